@@ -1,0 +1,151 @@
+"""Scale presets, the device report and the one-call notebook set-up.
+
+Every chapter starts with::
+
+    from otdiff import config
+    config.setup_notebook()
+    N = config.choose(demo=500, full=20_000)
+
+The preset is ``demo`` on a CPU (each chapter runs in about 90 seconds on two cores) and
+``full`` when JAX sees an accelerator (the sizes the papers' claims need). The environment
+variable ``OTDIFF_SCALE=demo|full`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+SCALES = ("demo", "full")
+ENV_VAR = "OTDIFF_SCALE"
+
+T = TypeVar("T")
+
+
+def default_device_kind() -> str:
+    """The platform of JAX's default backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    import jax
+
+    return jax.default_backend()
+
+
+def active_scale() -> str:
+    """The active preset: ``$OTDIFF_SCALE`` if set, else ``full`` on an accelerator, else ``demo``.
+
+    Raises:
+        ValueError: if ``OTDIFF_SCALE`` is set to anything but ``demo`` or ``full``.
+    """
+    value = os.environ.get(ENV_VAR, "").strip().lower()
+    if value:
+        if value not in SCALES:
+            raise ValueError(
+                f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a scale preset; "
+                f"accepted values are {', '.join(SCALES)}."
+            )
+        return value
+    return "demo" if default_device_kind() == "cpu" else "full"
+
+
+def choose(*, demo: T, full: T, scale: str | None = None) -> T:
+    """Return ``demo`` or ``full`` according to the active preset (or ``scale`` if given).
+
+    Chapters read their sizes from one place at the top with this helper, e.g.
+    ``n = choose(demo=500, full=20_000)``.
+    """
+    scale = active_scale() if scale is None else scale
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+    return demo if scale == "demo" else full
+
+
+def cache_dir() -> Path:
+    """The user cache folder of the book (``$XDG_CACHE_HOME/otdiff`` or ``~/.cache/otdiff``).
+
+    ``$OTDIFF_CACHE_DIR`` overrides it.
+    """
+    override = os.environ.get("OTDIFF_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "otdiff"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache, small programs included.
+
+    JAX only caches programs that took at least one second to compile and are at least a few
+    kilobytes, unless both thresholds are lowered: a chapter's many small kernels then load from
+    disk on the second run instead of compiling again.
+    """
+    import jax
+
+    folder = Path(path) if path is not None else cache_dir() / "jax"
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+def device_report() -> str:
+    """A one-line description of the devices JAX sees and the active preset."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    return (
+        f"otdiff: JAX {jax.__version__} on {len(devices)} x {', '.join(kinds)} "
+        f"({jax.default_backend()}); preset '{active_scale()}'"
+    )
+
+
+BOOK_STYLE: dict[str, Any] = {
+    "figure.figsize": (6.4, 4.0),
+    "figure.dpi": 90,
+    "savefig.dpi": 90,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "image.cmap": "viridis",
+    "animation.embed_limit": 40.0,  # MB, for the sweep players
+}
+
+
+def setup_notebook(seed: int = 0, *, quiet: bool = False, compilation_cache: bool = True) -> str:
+    """The one call at the top of every chapter.
+
+    Seeds Python's and NumPy's generators (JAX's randomness is explicit: chapters make their keys
+    with ``jax.random.key(seed)``), applies the book's matplotlib style, enables JAX's persistent
+    compilation cache in the user cache folder, and prints a one-line banner naming the device
+    and the preset.
+
+    Args:
+        seed: the seed for Python's ``random`` and NumPy's global generator; a non-negative int.
+        quiet: if true, do not print the banner.
+        compilation_cache: if false, leave JAX's compilation cache untouched.
+
+    Returns:
+        The active preset, ``"demo"`` or ``"full"``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    import matplotlib as mpl
+
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+    mpl.rcParams.update(BOOK_STYLE)
+    if compilation_cache:
+        enable_compilation_cache()
+    scale = active_scale()
+    if not quiet:
+        print(device_report())
+    return scale
