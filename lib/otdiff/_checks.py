@@ -1,0 +1,140 @@
+"""Input checks shared by the public functions of ``otdiff``.
+
+They run on concrete values, outside jitted code: each raises a ``ValueError`` or ``TypeError``
+that names the argument and the accepted range. Under a JAX transformation (the values are
+tracers) the value checks are skipped and only shapes are checked, so the checks cost nothing in
+hot loops; a public function calls them once, before it enters ``jit``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "is_concrete",
+    "check_positive",
+    "check_nonnegative",
+    "check_in_range",
+    "check_int",
+    "check_points",
+    "check_same_dim",
+    "check_weights",
+    "check_finite",
+]
+
+
+def is_concrete(x: Any) -> bool:
+    """True unless ``x`` is (or contains) a JAX tracer, i.e. we are inside a transformation."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def _scalar(value: Any, name: str) -> float | None:
+    if not is_concrete(value):
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise TypeError(f"{name} must be a real number, got {value!r}.") from None
+    if arr.shape != () or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be a real scalar, got {value!r}.")
+    return float(arr)
+
+
+def check_positive(value: Any, name: str) -> Any:
+    """``value`` must be a finite real number > 0."""
+    v = _scalar(value, name)
+    if v is not None and not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+    return value
+
+
+def check_nonnegative(value: Any, name: str) -> Any:
+    """``value`` must be a finite real number >= 0."""
+    v = _scalar(value, name)
+    if v is not None and not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return value
+
+
+def check_in_range(
+    value: Any, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Any:
+    """``value`` must lie in the interval from ``low`` to ``high`` (open ends as flagged)."""
+    v = _scalar(value, name)
+    if v is None:
+        return value
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
+    if not (math.isfinite(v) and ok_low and ok_high):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
+    return value
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` must be a Python/NumPy integer within ``[low, high]`` (a static size)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}.")
+    return int(value)
+
+
+def check_finite(x: Any, name: str) -> Any:
+    """No NaN or infinity in the array ``x`` (skipped under a transformation)."""
+    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(jnp.asarray(x)))):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return x
+
+
+def check_points(x: Any, name: str, *, min_points: int = 1) -> jax.Array:
+    """A point cloud: a finite floating array of shape ``(n, d)`` with ``n >= min_points``."""
+    try:
+        arr = jnp.asarray(x)
+    except Exception:
+        raise TypeError(f"{name} must be an array of shape (n, d), got {type(x).__name__}.") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, d), got shape {arr.shape}.")
+    if arr.shape[0] < min_points or arr.shape[1] < 1:
+        raise ValueError(
+            f"{name} must hold at least {min_points} point(s) of dimension >= 1, got shape {arr.shape}."
+        )
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    check_finite(arr, name)
+    return arr
+
+
+def check_same_dim(x: jax.Array, y: jax.Array, names: tuple[str, str] = ("x", "y")) -> None:
+    """Two point clouds must live in the same dimension."""
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same dimension, "
+            f"got {x.shape[-1]} and {y.shape[-1]}."
+        )
+
+
+def check_weights(w: Any, n: int, name: str, *, atol: float = 1e-4) -> jax.Array:
+    """Probability weights: ``None`` (uniform) or shape ``(n,)``, non-negative, summing to one."""
+    if w is None:
+        return jnp.full((n,), 1.0 / n)
+    arr = jnp.asarray(w)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match its points, got {arr.shape}.")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    if is_concrete(arr):
+        check_finite(arr, name)
+        if bool(jnp.any(arr < 0)):
+            raise ValueError(f"{name} must be non-negative.")
+        total = float(jnp.sum(arr))
+        if abs(total - 1.0) > atol:
+            raise ValueError(f"{name} must sum to one (within {atol:g}), got a sum of {total:.6g}.")
+    return arr
