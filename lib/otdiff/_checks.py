@@ -62,7 +62,13 @@ def check_nonnegative(value: Any, name: str) -> Any:
 
 
 def check_in_range(
-    value: Any, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+    value: Any,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> Any:
     """``value`` must lie in the interval from ``low`` to ``high`` (open ends as flagged)."""
     v = _scalar(value, name)
@@ -99,7 +105,9 @@ def check_points(x: Any, name: str, *, min_points: int = 1) -> jax.Array:
     try:
         arr = jnp.asarray(x)
     except Exception:
-        raise TypeError(f"{name} must be an array of shape (n, d), got {type(x).__name__}.") from None
+        raise TypeError(
+            f"{name} must be an array of shape (n, d), got {type(x).__name__}."
+        ) from None
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d), got shape {arr.shape}.")
     if arr.shape[0] < min_points or arr.shape[1] < 1:

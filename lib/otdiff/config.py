@@ -141,7 +141,7 @@ def setup_notebook(seed: int = 0, *, quiet: bool = False, compilation_cache: boo
     import matplotlib as mpl
 
     random.seed(int(seed))
-    np.random.seed(int(seed))
+    np.random.seed(int(seed))  # noqa: NPY002 (seeds the legacy global generator on purpose)
     mpl.rcParams.update(BOOK_STYLE)
     if compilation_cache:
         enable_compilation_cache()

@@ -69,9 +69,7 @@ class Param:
         """Return ``value`` converted to the parameter's type, or raise a clear ``ValueError``."""
         if self.is_choice:
             if value not in self.options:
-                raise ValueError(
-                    f"{self.name} must be one of {list(self.options)}, got {value!r}."
-                )
+                raise ValueError(f"{self.name} must be one of {list(self.options)}, got {value!r}.")
             return value
         try:
             number = float(value)
@@ -202,7 +200,9 @@ class Explorer:
         """``compute`` at ``values`` (defaults for the rest), checked for NaNs."""
         values = self._resolve(values)
         result = self.compute(**values, **self.fixed)
-        leaves = [x for x in jax.tree_util.tree_leaves(result) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        leaves = [
+            x for x in jax.tree_util.tree_leaves(result) if jnp.issubdtype(x.dtype, jnp.inexact)
+        ]
         if any(bool(jnp.isnan(x).any()) for x in leaves):
             raise FloatingPointError(f"compute returned NaN at {values}.")
         return result
@@ -234,7 +234,9 @@ class Explorer:
             plt.show()
 
         output = widgets.interactive_output(show, controls)
-        box = widgets.VBox([widgets.HBox(list(controls.values()), layout={"flex_flow": "row wrap"}), output])
+        box = widgets.VBox(
+            [widgets.HBox(list(controls.values()), layout={"flex_flow": "row wrap"}), output]
+        )
         box.add_class("otdiff-explorer")
         return box
 
@@ -280,10 +282,14 @@ def _vmapped_frames(compute, name, grid, base, params, fixed) -> list:
     def one(value, dyn):
         return compute(**{name: value}, **dyn, **static)
 
-    batched = jax.jit(jax.vmap(one, in_axes=(0, None)))(jnp.asarray(grid, dtype=jnp.float32), dynamic)
+    batched = jax.jit(jax.vmap(one, in_axes=(0, None)))(
+        jnp.asarray(grid, dtype=jnp.float32), dynamic
+    )
     frames = [jax.tree_util.tree_map(lambda x, i=i: x[i], batched) for i in range(len(grid))]
     for value, frame in zip(grid, frames, strict=True):
-        leaves = [x for x in jax.tree_util.tree_leaves(frame) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        leaves = [
+            x for x in jax.tree_util.tree_leaves(frame) if jnp.issubdtype(x.dtype, jnp.inexact)
+        ]
         if any(bool(jnp.isnan(x).any()) for x in leaves):
             raise FloatingPointError(f"compute returned NaN at {name}={value}.")
     return frames
@@ -296,7 +302,9 @@ class Player:
         name: the swept parameter; ``values``: its grid; ``frames``: ``compute``'s results.
     """
 
-    def __init__(self, explorer: Explorer, name: str, values: list, frames: list, base: dict, fps: float):
+    def __init__(
+        self, explorer: Explorer, name: str, values: list, frames: list, base: dict, fps: float
+    ):
         self.explorer, self.name, self.values, self.frames = explorer, name, values, frames
         self.base, self.fps = base, fps
         self._html: str | None = None
@@ -321,7 +329,9 @@ class Player:
                 fig.tight_layout()
                 return []
 
-            anim = animation.FuncAnimation(fig, draw, frames=len(self.values), interval=1000 / self.fps)
+            anim = animation.FuncAnimation(
+                fig, draw, frames=len(self.values), interval=1000 / self.fps
+            )
             body = anim.to_jshtml(fps=self.fps, default_mode="once")
             plt.close(fig)
             self._html = f'<div class="otdiff-player" data-parameter="{self.name}">{body}</div>'
@@ -344,13 +354,37 @@ def _control(p: Param):
     label = p.label or p.name
     style = {"description_width": "initial"}
     if p.is_choice:
-        return widgets.Dropdown(options=list(p.options), value=p.value, description=label, style=style)
+        return widgets.Dropdown(
+            options=list(p.options), value=p.value, description=label, style=style
+        )
     if p.integer:
-        return widgets.IntSlider(value=p.value, min=int(p.low), max=int(p.high), description=label,
-                                 continuous_update=False, style=style)
+        return widgets.IntSlider(
+            value=p.value,
+            min=int(p.low),
+            max=int(p.high),
+            description=label,
+            continuous_update=False,
+            style=style,
+        )
     if p.log:
-        return widgets.FloatLogSlider(value=p.value, base=10, min=math.log10(p.low), max=math.log10(p.high),
-                                      step=(math.log10(p.high) - math.log10(p.low)) / 100,
-                                      description=label, continuous_update=False, readout_format=".3g", style=style)
-    return widgets.FloatSlider(value=p.value, min=p.low, max=p.high, step=(p.high - p.low) / 100,
-                               description=label, continuous_update=False, readout_format=".3g", style=style)
+        return widgets.FloatLogSlider(
+            value=p.value,
+            base=10,
+            min=math.log10(p.low),
+            max=math.log10(p.high),
+            step=(math.log10(p.high) - math.log10(p.low)) / 100,
+            description=label,
+            continuous_update=False,
+            readout_format=".3g",
+            style=style,
+        )
+    return widgets.FloatSlider(
+        value=p.value,
+        min=p.low,
+        max=p.high,
+        step=(p.high - p.low) / 100,
+        description=label,
+        continuous_update=False,
+        readout_format=".3g",
+        style=style,
+    )

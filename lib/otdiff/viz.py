@@ -46,8 +46,16 @@ def point_cloud(ax, x, weights=None, *, color=SOURCE_COLOR, label=None, size=30.
     """A point cloud, each marker's area proportional to its weight (``size`` at uniform weight)."""
     x = _points(x, "x")
     w = _weights(weights, len(x), "weights")
-    ax.scatter(x[:, 0], x[:, 1], s=size * w * len(x), color=color, label=label,
-               edgecolors="white", linewidths=0.4, **kwargs)
+    ax.scatter(
+        x[:, 0],
+        x[:, 1],
+        s=size * w * len(x),
+        color=color,
+        label=label,
+        edgecolors="white",
+        linewidths=0.4,
+        **kwargs,
+    )
     ax.set_aspect("equal", adjustable="datalim")
     return ax
 
@@ -104,7 +112,9 @@ def coupling_matrix(ax, coupling, *, log: bool = False, cmap="magma_r", colorbar
     return ax
 
 
-def trajectories(ax, paths, *, color=SOURCE_COLOR, alpha=0.35, max_paths: int = 200, endpoints=True):
+def trajectories(
+    ax, paths, *, color=SOURCE_COLOR, alpha=0.35, max_paths: int = 200, endpoints=True
+):
     """Paths of shape (steps, n, d): one line per particle, with start and end marked."""
     from matplotlib.collections import LineCollection
 
@@ -112,7 +122,9 @@ def trajectories(ax, paths, *, color=SOURCE_COLOR, alpha=0.35, max_paths: int = 
     if paths.ndim != 3 or paths.shape[2] < 2:
         raise ValueError(f"paths must have shape (steps, n, d) with d >= 2, got {paths.shape}.")
     shown = paths[:, :max_paths, :2]
-    ax.add_collection(LineCollection(np.transpose(shown, (1, 0, 2)), colors=color, alpha=alpha, linewidths=0.8))
+    ax.add_collection(
+        LineCollection(np.transpose(shown, (1, 0, 2)), colors=color, alpha=alpha, linewidths=0.8)
+    )
     if endpoints:
         ax.scatter(*shown[0].T, s=8, color=color, label="start")
         ax.scatter(*shown[-1].T, s=8, color=TARGET_COLOR, label="end")
@@ -120,8 +132,16 @@ def trajectories(ax, paths, *, color=SOURCE_COLOR, alpha=0.35, max_paths: int = 
     return ax
 
 
-def convergence(ax, errors, *, label=None, tolerance=None, xlabel="iteration", ylabel="marginal error",
-                every: int = 1):
+def convergence(
+    ax,
+    errors,
+    *,
+    label=None,
+    tolerance=None,
+    xlabel="iteration",
+    ylabel="marginal error",
+    every: int = 1,
+):
     """An error curve on a log scale; entries that are negative (ott-jax's padding) are dropped.
 
     Args:

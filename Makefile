@@ -1,0 +1,78 @@
+# The book's commands. Each installs what it needs into .venv first.
+#   make book    execute every chapter and build the HTML book into _build/html
+#   make test    lint, unit tests, every notebook (nbval), the book build, browser tests
+#   make lab     JupyterLab on the book (widgets live)
+#   make bench   the benchmarks, results in benchmarks/results/
+#   make clean   remove builds and caches (keeps .venv); make distclean also removes .venv
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+UV_VERSION := 0.13.8
+HTML   := _build/html
+export PYTHONHASHSEED := 0
+
+.PHONY: install book test lint unit notebooks html browser chromium lab bench clean distclean lock
+
+install: $(STAMP)
+
+# A venv pinned to requirements.lock (exact versions of everything), the package in editable mode.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+# Regenerate the lock after changing pyproject.toml's dependencies.
+lock:
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q uv==$(UV_VERSION); }
+	$(BIN)/uv pip compile --universal --python-version 3.11 --all-extras pyproject.toml -o requirements.lock
+
+book: install
+	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
+	@echo
+	@echo "The book: file://$(CURDIR)/$(HTML)/index.html"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: install
+	$(BIN)/pytest tests -m "not browser" -q
+
+notebooks: install
+	$(BIN)/pytest --nbval-lax book -q -p no:cacheprovider
+
+html: install
+	rm -rf _build
+	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
+	@test -f $(HTML)/index.html || { echo "no $(HTML)/index.html"; exit 1; }
+
+browser: install
+	@test -x /usr/bin/chromium || $(MAKE) --no-print-directory chromium
+	$(BIN)/pytest tests/browser -m browser -q
+
+# The browser tests drive Debian's Chromium (never a downloaded browser build).
+chromium:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "Chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi
+
+test: lint unit notebooks html browser
+	@echo "make test: all checks passed"
+
+lab: install
+	$(BIN)/jupyter trust book/*/*.ipynb
+	$(BIN)/jupyter lab book
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

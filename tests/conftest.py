@@ -1,0 +1,5 @@
+"""Tests draw off-screen."""
+
+import matplotlib
+
+matplotlib.use("Agg")

@@ -1,0 +1,60 @@
+"""The shared input checks: clear messages, and silence under JAX transformations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from otdiff import _checks as C
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_positive(bad):
+    with pytest.raises(ValueError, match=r"epsilon must be a finite number > 0"):
+        C.check_positive(bad, "epsilon")
+
+
+def test_positive_type():
+    with pytest.raises(TypeError, match="epsilon must be a real scalar"):
+        C.check_positive(jnp.ones(2), "epsilon")
+
+
+def test_in_range_names_the_interval():
+    C.check_in_range(1.0, "rate", 0, 1, low_open=True)
+    with pytest.raises(ValueError, match=r"rate must lie in \(0, 1\]"):
+        C.check_in_range(0.0, "rate", 0, 1, low_open=True)
+
+
+def test_int():
+    assert C.check_int(np.int64(3), "n", low=1) == 3
+    with pytest.raises(TypeError, match="n must be an integer"):
+        C.check_int(3.0, "n")
+    with pytest.raises(ValueError, match=r"n must be an integer in \[1, 10\]"):
+        C.check_int(11, "n", low=1, high=10)
+
+
+def test_points_and_weights():
+    x = C.check_points(np.arange(6).reshape(3, 2), "x")
+    assert x.dtype == jnp.float32
+    with pytest.raises(ValueError, match=r"x must have shape \(n, d\)"):
+        C.check_points(np.ones(3), "x")
+    with pytest.raises(ValueError, match="x contains NaN"):
+        C.check_points(np.array([[np.nan, 0.0]]), "x")
+    with pytest.raises(ValueError, match="x and y must have the same dimension, got 2 and 3"):
+        C.check_same_dim(jnp.ones((2, 2)), jnp.ones((2, 3)))
+    np.testing.assert_allclose(C.check_weights(None, 4, "a"), 0.25)
+    with pytest.raises(ValueError, match=r"a must have shape \(3,\)"):
+        C.check_weights(jnp.ones(2) / 2, 3, "a")
+    with pytest.raises(ValueError, match="a must sum to one"):
+        C.check_weights(jnp.ones(2), 2, "a")
+    with pytest.raises(ValueError, match="a must be non-negative"):
+        C.check_weights(jnp.array([1.5, -0.5]), 2, "a")
+
+
+def test_checks_are_skipped_on_tracers():
+    @jax.jit
+    def f(eps, w):
+        C.check_positive(eps, "epsilon")
+        C.check_weights(w, 2, "a")
+        return eps * w
+
+    np.testing.assert_allclose(f(-1.0, jnp.ones(2)), -1.0)

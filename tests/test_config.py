@@ -1,0 +1,64 @@
+"""Scale presets, the cache folder and the notebook set-up."""
+
+import random
+
+import jax
+import matplotlib as mpl
+import numpy as np
+import pytest
+from otdiff import config
+
+
+def test_default_preset_follows_the_device(monkeypatch):
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    expected = "demo" if jax.default_backend() == "cpu" else "full"
+    assert config.active_scale() == expected
+
+
+@pytest.mark.parametrize("value", ["demo", "full", "FULL", " demo "])
+def test_environment_variable_overrides(monkeypatch, value):
+    monkeypatch.setenv(config.ENV_VAR, value)
+    assert config.active_scale() == value.strip().lower()
+
+
+def test_bad_environment_variable_is_named(monkeypatch):
+    monkeypatch.setenv(config.ENV_VAR, "huge")
+    with pytest.raises(ValueError, match="OTDIFF_SCALE.*demo, full"):
+        config.active_scale()
+
+
+def test_choose(monkeypatch):
+    monkeypatch.setenv(config.ENV_VAR, "full")
+    assert config.choose(demo=1, full=2) == 2
+    assert config.choose(demo=1, full=2, scale="demo") == 1
+    with pytest.raises(ValueError, match="scale must be one of"):
+        config.choose(demo=1, full=2, scale="medium")
+
+
+def test_cache_dir_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    assert config.cache_dir() == tmp_path
+    monkeypatch.delenv("OTDIFF_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert config.cache_dir() == tmp_path / "xdg" / "otdiff"
+
+
+def test_setup_notebook_seeds_styles_and_reports(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(config.ENV_VAR, "demo")
+    with mpl.rc_context():
+        assert config.setup_notebook(seed=3) == "demo"
+        first = (random.random(), np.random.rand())  # noqa: NPY002
+        config.setup_notebook(seed=3, quiet=True)
+        assert (random.random(), np.random.rand()) == first  # noqa: NPY002
+        assert mpl.rcParams["axes.spines.top"] is False
+    banner = capsys.readouterr().out.strip().splitlines()
+    assert len(banner) == 1 and "preset 'demo'" in banner[0] and jax.__version__ in banner[0]
+    assert (tmp_path / "jax").is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_setup_notebook_rejects_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        config.setup_notebook(seed=seed, quiet=True, compilation_cache=False)
