@@ -1,1 +1,15 @@
-"""otdiff."""
+"""otdiff: the library of the interactive textbook on optimal transport and diffusion models.
+
+Subpackages mirror the book's chapters:
+
+- :mod:`otdiff.config`: scale presets (``demo``/``full``), the device report, notebook set-up.
+- :mod:`otdiff.ui`: explorers, live widgets and sweep players from one pure function.
+- :mod:`otdiff.viz`: the plots chapters share.
+- :mod:`otdiff.ot`: entropic optimal transport on top of ott-jax.
+
+House style (after optax, blackjax, ott-jax and equinox): pure functions over NamedTuple states,
+the random key first, safe under ``jit``/``vmap``; inputs checked outside jitted code with errors
+that name the argument and the accepted range.
+"""
+
+__version__ = "0.1.0"
