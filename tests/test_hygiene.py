@@ -85,7 +85,10 @@ class TestNotebook:
             c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"
         )
         assert "{exercise}" in text and "{solution}" in text, "exercises with solutions are missing"
-        assert "{bibliography}" in text, "the references section is missing"
+        # Per-page references: {footcite} + {footbibliography}. A {bibliography} directive per
+        # page would repeat keys across pages, which sphinxcontrib-bibtex warns about (-W fails).
+        assert "{footbibliography}" in text, "the references section ({footbibliography}) is missing"
+        assert "{bibliography}" not in text, "use {footcite}/{footbibliography}, not {bibliography}"
 
     def test_sizes_come_from_the_preset(self, path):
         nb = nbformat.read(path, as_version=4)

@@ -109,3 +109,8 @@ def test_nan_results_are_reported():
         ex.evaluate(eps=0.5)
     with pytest.raises(FloatingPointError, match="NaN at eps="):
         ex.sweep("eps", n_frames=3)
+
+
+def test_player_requests_nothing_from_the_network():
+    html = make().sweep("shift", n_frames=2).to_html()
+    assert "http://" not in html and "https://" not in html

@@ -24,6 +24,7 @@ call it with each slider's extreme values.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -332,13 +333,25 @@ class Player:
             anim = animation.FuncAnimation(
                 fig, draw, frames=len(self.values), interval=1000 / self.fps
             )
-            body = anim.to_jshtml(fps=self.fps, default_mode="once")
+            body = _offline(anim.to_jshtml(fps=self.fps, default_mode="once"))
             plt.close(fig)
             self._html = f'<div class="otdiff-player" data-parameter="{self.name}">{body}</div>'
         return self._html
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+
+_REMOTE_STYLESHEET = re.compile(r'<link rel="stylesheet"\s+href="https?://[^"]*"\s*/?>\s*')
+
+
+def _offline(html: str) -> str:
+    """Drop matplotlib's link to a CDN stylesheet (Font Awesome, for the player's icons).
+
+    The book's theme and JupyterLab both ship the icon font, and the static book must not
+    request anything from the network.
+    """
+    return _REMOTE_STYLESHEET.sub("", html)
 
 
 def _clamp(p: Param, value: Any) -> Any:

@@ -57,6 +57,7 @@ class NetworkGuard:
     """
 
     def __init__(self, context) -> None:
+        self.is_local = is_local
         self.requests: list[str] = []
         self.external: list[str] = []
         context.on("request", self._record)
