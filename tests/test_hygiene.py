@@ -87,7 +87,9 @@ class TestNotebook:
         assert "{exercise}" in text and "{solution}" in text, "exercises with solutions are missing"
         # Per-page references: {footcite} + {footbibliography}. A {bibliography} directive per
         # page would repeat keys across pages, which sphinxcontrib-bibtex warns about (-W fails).
-        assert "{footbibliography}" in text, "the references section ({footbibliography}) is missing"
+        assert "{footbibliography}" in text, (
+            "the references section ({footbibliography}) is missing"
+        )
         assert "{bibliography}" not in text, "use {footcite}/{footbibliography}, not {bibliography}"
 
     def test_sizes_come_from_the_preset(self, path):
