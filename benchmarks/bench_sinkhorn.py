@@ -32,8 +32,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from otdiff import ot
 from scipy.special import logsumexp
+
+from otdiff import ot
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sinkhorn.json"
 INNER = 10  # iterations between two error checks, in every solver

@@ -6,6 +6,7 @@ import jax
 import matplotlib as mpl
 import numpy as np
 import pytest
+
 from otdiff import config
 
 

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from otdiff import ot
 from scipy.special import logsumexp
+
+from otdiff import ot
 
 # -- data and the NumPy reference ------------------------------------------------------------
 

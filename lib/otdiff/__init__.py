@@ -6,6 +6,7 @@ Subpackages mirror the book's chapters:
 - :mod:`otdiff.ui`: explorers, live widgets and sweep players from one pure function.
 - :mod:`otdiff.viz`: the plots chapters share.
 - :mod:`otdiff.ot`: entropic optimal transport on top of ott-jax.
+- :mod:`otdiff.optim`: gradient surgery (Bloop and its baselines) as optax transformations.
 
 House style (after optax, blackjax, ott-jax and equinox): pure functions over NamedTuple states,
 the random key first, safe under ``jit``/``vmap``; inputs checked outside jitted code with errors
