@@ -59,3 +59,16 @@ def test_checks_are_skipped_on_tracers():
         return eps * w
 
     np.testing.assert_allclose(f(-1.0, jnp.ones(2)), -1.0)
+
+
+def test_checks_on_concrete_arrays_closed_over_by_a_traced_function():
+    x = jnp.ones((3, 2))
+    w = jnp.full(3, 1 / 3)
+
+    @jax.jit
+    def f(scale):
+        C.check_points(x, "x")
+        C.check_weights(w, 3, "a")
+        return scale * x
+
+    np.testing.assert_allclose(f(2.0), 2.0)

@@ -115,3 +115,14 @@ def test_nan_results_are_reported():
 def test_player_requests_nothing_from_the_network():
     html = make().sweep("shift", n_frames=2).to_html()
     assert "http://" not in html and "https://" not in html
+
+
+def test_sweep_in_batches_equals_the_vmapped_sweep():
+    ex = make()
+    full = ex.sweep("scale", n_frames=5)
+    for batch_size in (1, 2):
+        batched = ex.sweep("scale", n_frames=5, batch_size=batch_size)
+        for f, g in zip(full.frames, batched.frames, strict=True):
+            np.testing.assert_allclose(f["y"], g["y"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, inf\]"):
+        ex.sweep("scale", batch_size=0)

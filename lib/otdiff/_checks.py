@@ -95,7 +95,8 @@ def check_int(value: Any, name: str, *, low: int | None = None, high: int | None
 
 def check_finite(x: Any, name: str) -> Any:
     """No NaN or infinity in the array ``x`` (skipped under a transformation)."""
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(jnp.asarray(x)))):
+    # NumPy, not jax.numpy: inside a trace, jnp on a concrete array would be staged out.
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"{name} contains NaN or infinite values.")
     return x
 
@@ -140,9 +141,9 @@ def check_weights(w: Any, n: int, name: str, *, atol: float = 1e-4) -> jax.Array
         arr = arr.astype(jnp.result_type(float))
     if is_concrete(arr):
         check_finite(arr, name)
-        if bool(jnp.any(arr < 0)):
+        if np.any(np.asarray(arr) < 0):
             raise ValueError(f"{name} must be non-negative.")
-        total = float(jnp.sum(arr))
+        total = float(np.sum(np.asarray(arr, dtype=np.float64)))
         if abs(total - 1.0) > atol:
             raise ValueError(f"{name} must sum to one (within {atol:g}), got a sum of {total:.6g}.")
     return arr

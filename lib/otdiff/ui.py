@@ -12,8 +12,8 @@ re-runs the compiled program without compiling again (``Explorer.compilations()`
 programs compiled so far; a test checks it stays at one). Parameters marked ``static`` (a
 method name, a shape-setting integer) compile once per distinct value and are then cached.
 
-*Sweep.* :meth:`Explorer.sweep` evaluates ``compute`` on a grid of one parameter with
-``jax.vmap`` (a loop for static parameters), draws every frame with ``plot`` and renders them
+*Sweep.* :meth:`Explorer.sweep` evaluates ``compute`` on a grid of one parameter in one compiled
+program, with ``jax.vmap`` or ``jax.lax.map`` in batches (a loop for static parameters), draws every frame with ``plot`` and renders them
 with matplotlib's ``FuncAnimation.to_jshtml``: an HTML/JavaScript player with the frames
 embedded, which needs neither a kernel nor a network.
 
@@ -32,6 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from otdiff import _checks
 
 __all__ = ["Param", "slider", "choice", "Explorer", "Player"]
 
@@ -249,6 +251,7 @@ class Explorer:
         *,
         n_frames: int = 12,
         fps: float = 3.0,
+        batch_size: int | None = None,
         **others,
     ) -> Player:
         """Evaluate over a grid of ``name`` and return a :class:`Player` of the frames.
@@ -259,6 +262,11 @@ class Explorer:
                 log sliders; every option for a choice).
             n_frames: the grid size when ``values`` is not given; 2 to 60.
             fps: frames per second of the player.
+            batch_size: ``None`` evaluates every frame at once with ``jax.vmap``; an integer
+                ``k`` maps over the grid ``k`` frames at a time (``jax.lax.map``), still in one
+                compiled program. Use ``1`` for a ``compute`` with a data-dependent loop (a
+                solver run to a tolerance): under ``vmap`` every frame runs until the slowest
+                has converged, which on a CPU costs more than it saves.
             **others: values of the other parameters (defaults otherwise).
         """
         if name not in self.params:
@@ -272,20 +280,27 @@ class Explorer:
         if param.static:
             frames = [self.evaluate(**{**base, name: v}) for v in grid]
         else:
-            frames = _vmapped_frames(self._raw_compute, name, grid, base, self.params, self.fixed)
+            if batch_size is not None:
+                _checks.check_int(batch_size, "batch_size", low=1)
+            frames = _batched_frames(
+                self._raw_compute, name, grid, base, self.params, self.fixed, batch_size
+            )
         return Player(self, name, grid, frames, base, fps)
 
 
-def _vmapped_frames(compute, name, grid, base, params, fixed) -> list:
+def _batched_frames(compute, name, grid, base, params, fixed, batch_size) -> list:
     static = {k: v for k, v in base.items() if params[k].static} | fixed
     dynamic = {k: v for k, v in base.items() if not params[k].static and k != name}
 
     def one(value, dyn):
         return compute(**{name: value}, **dyn, **static)
 
-    batched = jax.jit(jax.vmap(one, in_axes=(0, None)))(
-        jnp.asarray(grid, dtype=jnp.float32), dynamic
-    )
+    values = jnp.asarray(grid, dtype=jnp.float32)
+    if batch_size is None:
+        batched = jax.jit(jax.vmap(one, in_axes=(0, None)))(values, dynamic)
+    else:
+        mapped = jax.jit(lambda v, d: jax.lax.map(lambda x: one(x, d), v, batch_size=batch_size))
+        batched = mapped(values, dynamic)
     frames = [jax.tree_util.tree_map(lambda x, i=i: x[i], batched) for i in range(len(grid))]
     for value, frame in zip(grid, frames, strict=True):
         leaves = [

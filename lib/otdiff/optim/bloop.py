@@ -297,6 +297,21 @@ def bloop(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _stateless(name: str, direction: Callable[[PyTree, PyTree], PyTree]):
+    """A surgery whose direction depends on the current batch only (its state counts steps)."""
+
+    def init_fn(params):
+        del params
+        return SurgeryState(count=_count_init())
+
+    def update_fn(updates, state, params=None, *, aux_grad=None, **extra_args):
+        del params, extra_args
+        _check_aux(updates, aux_grad, name)
+        return direction(updates, aux_grad), SurgeryState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def weighted_sum(lam: float | jax.Array = 0.1) -> optax.GradientTransformationExtraArgs:
     """Mixed training: the gradient of :math:`L_{\\rm main} + \\lambda L_{\\rm aux}`.
 
@@ -321,18 +336,7 @@ def weighted_sum(lam: float | jax.Array = 0.1) -> optax.GradientTransformationEx
     """
     _check_lam(lam)
 
-    def init_fn(params):
-        del params
-        return SurgeryState(count=_count_init())
-
-    def update_fn(updates, state, params=None, *, aux_grad=None, **extra_args):
-        del params, extra_args
-        _check_aux(updates, aux_grad, "weighted_sum")
-        return _sum_direction(updates, aux_grad, lam), SurgeryState(
-            optax.safe_increment(state.count)
-        )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _stateless("weighted_sum", lambda g, a: _sum_direction(g, a, lam))
 
 
 def projected(
@@ -366,17 +370,7 @@ def projected(
     _check_lam(lam)
     _check_eps(eps)
 
-    def init_fn(params):
-        del params
-        return SurgeryState(count=_count_init())
-
-    def update_fn(updates, state, params=None, *, aux_grad=None, **extra_args):
-        del params, extra_args
-        _check_aux(updates, aux_grad, "projected")
-        direction = _projected_direction(updates, aux_grad, lam, eps)
-        return direction, SurgeryState(optax.safe_increment(state.count))
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _stateless("projected", lambda g, a: _projected_direction(g, a, lam, eps))
 
 
 def pcgrad(
@@ -415,17 +409,7 @@ def pcgrad(
     _check_lam(lam)
     _check_eps(eps)
 
-    def init_fn(params):
-        del params
-        return SurgeryState(count=_count_init())
-
-    def update_fn(updates, state, params=None, *, aux_grad=None, **extra_args):
-        del params, extra_args
-        _check_aux(updates, aux_grad, "pcgrad")
-        direction = _pcgrad_direction(updates, aux_grad, lam, eps)
-        return direction, SurgeryState(optax.safe_increment(state.count))
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _stateless("pcgrad", lambda g, a: _pcgrad_direction(g, a, lam, eps))
 
 
 def surgery(
