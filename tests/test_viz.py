@@ -43,3 +43,7 @@ def test_bad_shapes_are_named(ax):
         viz.point_cloud(ax, np.ones((2, 2)), weights=np.ones(3))
     with pytest.raises(ValueError, match=r"paths must have shape \(steps, n, d\)"):
         viz.trajectories(ax, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        viz.convergence(ax, [1.0], every=0)
+    with pytest.raises(ValueError, match="max_paths must be a positive integer"):
+        viz.trajectories(ax, np.ones((2, 2, 2)), max_paths=0)

@@ -121,6 +121,8 @@ def trajectories(
     paths = np.asarray(paths)
     if paths.ndim != 3 or paths.shape[2] < 2:
         raise ValueError(f"paths must have shape (steps, n, d) with d >= 2, got {paths.shape}.")
+    if not isinstance(max_paths, int) or max_paths < 1:
+        raise ValueError(f"max_paths must be a positive integer, got {max_paths!r}.")
     shown = paths[:, :max_paths, :2]
     ax.add_collection(
         LineCollection(np.transpose(shown, (1, 0, 2)), colors=color, alpha=alpha, linewidths=0.8)
@@ -149,6 +151,8 @@ def convergence(
         tolerance: if given, drawn as a dashed horizontal line.
         every: iterations between two recorded errors (ott-jax records every ``inner_iterations``).
     """
+    if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
+        raise ValueError(f"every must be a positive integer, got {every!r}.")
     e = np.asarray(errors, dtype=float).ravel()
     keep = np.isfinite(e) & (e > 0)
     steps = (np.arange(e.size) + 1) * every
