@@ -1,8 +1,21 @@
-"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax) and exact references.
+"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, exact references.
 
-Taught in: book/ot/01_sinkhorn.ipynb.
+Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb.
 """
 
+from otdiff.ot.initializers import (
+    INITIALIZERS,
+    GaussianInitializer,
+    GaussianMixtureInitializer,
+    InitializedSolve,
+    SortingInitializer,
+    gaussian_clouds,
+    initial_potential,
+    make_initializer,
+    mixture_clouds,
+    solve_core_with_initializer,
+    solve_with_initializer,
+)
 from otdiff.ot.sinkhorn import (
     AssignmentOutput,
     SinkhornOutput,
@@ -16,6 +29,17 @@ from otdiff.ot.sinkhorn import (
 )
 
 __all__ = [
+    "INITIALIZERS",
+    "GaussianInitializer",
+    "GaussianMixtureInitializer",
+    "InitializedSolve",
+    "SortingInitializer",
+    "gaussian_clouds",
+    "initial_potential",
+    "make_initializer",
+    "mixture_clouds",
+    "solve_core_with_initializer",
+    "solve_with_initializer",
     "AssignmentOutput",
     "SinkhornOutput",
     "cost_matrix",
