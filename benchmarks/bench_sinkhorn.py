@@ -22,14 +22,11 @@ Usage: ``python benchmarks/bench_sinkhorn.py [--sizes 200 500] [--epsilons 0.1 0
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+import _record
 import jax
 import numpy as np
 from scipy.special import logsumexp
@@ -186,24 +183,13 @@ def main() -> None:
             f"{r['speedup_vs_numpy']:8.1f}x"
         )
 
-    device = jax.devices()[0]
-    record = {
-        "benchmark": "sinkhorn",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "jax": jax.__version__,
-            "jax_device": f"{device.platform}: {device.device_kind}",
-            "pot": None if pot is None else pot.__version__,
-        },
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
-        "results": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    _record.write(
+        args.output,
+        "sinkhorn",
+        {k: v for k, v in vars(args).items() if k != "output"},
+        rows,
+        pot=None if pot is None else pot.__version__,
+    )
 
 
 if __name__ == "__main__":

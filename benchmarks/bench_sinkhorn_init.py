@@ -27,14 +27,11 @@ cores) or ``python benchmarks/bench_sinkhorn_init.py --full`` (the issue's sizes
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+import _record
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,24 +189,13 @@ def main() -> None:
                         flush=True,
                     )
 
-    device = jax.devices()[0]
-    record = {
-        "benchmark": "sinkhorn_init",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "jax": jax.__version__,
-            "jax_device": f"{device.platform}: {device.device_kind}",
-            "pot": None if pot is None else pot.__version__,
-        },
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    _record.write(
+        args.output,
+        "sinkhorn_init",
+        vars(args),
+        rows,
+        pot=None if pot is None else pot.__version__,
+    )
 
 
 if __name__ == "__main__":

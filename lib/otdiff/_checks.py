@@ -25,6 +25,7 @@ __all__ = [
     "check_same_dim",
     "check_weights",
     "check_finite",
+    "check_weighted_clouds",
 ]
 
 
@@ -147,3 +148,15 @@ def check_weights(w: Any, n: int, name: str, *, atol: float = 1e-4) -> jax.Array
         if abs(total - 1.0) > atol:
             raise ValueError(f"{name} must sum to one (within {atol:g}), got a sum of {total:.6g}.")
     return arr
+
+
+def check_weighted_clouds(x: Any, y: Any, a: Any, b: Any):
+    """Two weighted point clouds in one dimension and one floating dtype: ``(x, y, a, b)``."""
+    x = check_points(x, "x")
+    y = check_points(y, "y")
+    check_same_dim(x, y)
+    dtype = jnp.result_type(x.dtype, y.dtype)
+    x, y = x.astype(dtype), y.astype(dtype)
+    a = check_weights(a, x.shape[0], "a").astype(dtype)
+    b = check_weights(b, y.shape[0], "b").astype(dtype)
+    return x, y, a, b

@@ -353,7 +353,7 @@ def initial_potential(
 
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
-    x, y, a, b = _check_clouds(x, y, a, b)
+    x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
     _checks.check_positive(epsilon, "epsilon")
     _check_init_name(initializer, x, y, a, b)
     init = make_initializer(initializer, **options)
@@ -449,17 +449,6 @@ def solve_core_with_initializer(
     )
 
 
-def _check_clouds(x, y, a, b):
-    x = _checks.check_points(x, "x")
-    y = _checks.check_points(y, "y")
-    _checks.check_same_dim(x, y)
-    dtype = jnp.result_type(x.dtype, y.dtype)
-    x, y = x.astype(dtype), y.astype(dtype)
-    a = _checks.check_weights(a, x.shape[0], "a").astype(dtype)
-    b = _checks.check_weights(b, y.shape[0], "b").astype(dtype)
-    return x, y, a, b
-
-
 def _check_init_name(initializer, x, y, a, b) -> None:
     if initializer not in INITIALIZERS:
         raise ValueError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}.")
@@ -533,7 +522,7 @@ def solve_with_initializer(
 
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
-    x, y, a, b = _check_clouds(x, y, a, b)
+    x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
     _checks.check_positive(epsilon, "epsilon")
     _checks.check_positive(threshold, "threshold")
     max_iterations = _checks.check_int(max_iterations, "max_iterations", low=1)

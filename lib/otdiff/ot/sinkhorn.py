@@ -196,13 +196,8 @@ def solve_core(
 
 
 def _check_problem(x, y, a, b, threshold, max_iterations, inner_iterations, lse_mode):
-    x = _checks.check_points(x, "x")
-    y = _checks.check_points(y, "y")
-    _checks.check_same_dim(x, y)
-    dtype = jnp.result_type(x.dtype, y.dtype)
-    x, y = x.astype(dtype), y.astype(dtype)
-    a = _checks.check_weights(a, x.shape[0], "a").astype(dtype)
-    b = _checks.check_weights(b, y.shape[0], "b").astype(dtype)
+    x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
+    dtype = x.dtype
     _checks.check_positive(threshold, "threshold")
     max_iterations = _checks.check_int(max_iterations, "max_iterations", low=1)
     inner_iterations = _checks.check_int(inner_iterations, "inner_iterations", low=1)
