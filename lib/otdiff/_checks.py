@@ -26,6 +26,7 @@ __all__ = [
     "check_weights",
     "check_finite",
     "check_weighted_clouds",
+    "check_iterations",
 ]
 
 
@@ -160,3 +161,19 @@ def check_weighted_clouds(x: Any, y: Any, a: Any, b: Any):
     a = check_weights(a, x.shape[0], "a").astype(dtype)
     b = check_weights(b, y.shape[0], "b").astype(dtype)
     return x, y, a, b
+
+
+def check_iterations(max_iterations: Any, inner_iterations: Any) -> tuple[int, int]:
+    """Sinkhorn's loop sizes: positive integers, ``max_iterations`` a multiple of the inner one.
+
+    ott-jax runs whole blocks of ``inner_iterations`` and checks the error after each block, so
+    any other ``max_iterations`` would silently overshoot.
+    """
+    max_iterations = check_int(max_iterations, "max_iterations", low=1)
+    inner_iterations = check_int(inner_iterations, "inner_iterations", low=1)
+    if max_iterations % inner_iterations:
+        raise ValueError(
+            f"max_iterations must be a multiple of inner_iterations={inner_iterations} "
+            f"(errors are checked every inner_iterations), got {max_iterations}."
+        )
+    return max_iterations, inner_iterations

@@ -525,13 +525,7 @@ def solve_with_initializer(
     x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
     _checks.check_positive(epsilon, "epsilon")
     _checks.check_positive(threshold, "threshold")
-    max_iterations = _checks.check_int(max_iterations, "max_iterations", low=1)
-    inner_iterations = _checks.check_int(inner_iterations, "inner_iterations", low=1)
-    if max_iterations % inner_iterations:
-        raise ValueError(
-            f"max_iterations must be a multiple of inner_iterations={inner_iterations}, got "
-            f"{max_iterations}."
-        )
+    max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
     _check_init_name(initializer, x, y, a, b)
     make_initializer(initializer, **dict(options))  # checks the options
     key = jax.random.key(0) if key is None else key

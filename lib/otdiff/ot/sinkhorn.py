@@ -199,13 +199,7 @@ def _check_problem(x, y, a, b, threshold, max_iterations, inner_iterations, lse_
     x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
     dtype = x.dtype
     _checks.check_positive(threshold, "threshold")
-    max_iterations = _checks.check_int(max_iterations, "max_iterations", low=1)
-    inner_iterations = _checks.check_int(inner_iterations, "inner_iterations", low=1)
-    if max_iterations % inner_iterations:
-        raise ValueError(
-            f"max_iterations must be a multiple of inner_iterations={inner_iterations} "
-            f"(errors are checked every inner_iterations), got {max_iterations}."
-        )
+    max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
     if not isinstance(lse_mode, bool | np.bool_):
         raise TypeError(f"lse_mode must be a bool, got {lse_mode!r}.")
     threshold = jnp.asarray(threshold, dtype=dtype)
