@@ -301,7 +301,9 @@ def test_digits_problem_and_spectral_norm():
             float(problems.spectral_norm(m)), np.linalg.norm(np.asarray(m), 2), rtol=1e-4
         )
     # the digits read without importing scikit-learn: scikit-learn's well-known class counts
-    pixels, labels = problems._load_digits()
+    from otdiff.data import load_digits_raw
+
+    pixels, labels = load_digits_raw()
     assert pixels.shape == (1797, 64) and pixels.min() == 0.0 and pixels.max() == 1.0
     counts = np.bincount(labels, minlength=10).tolist()
     assert counts == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from otdiff._checks import check_in_range, check_int, check_nonnegative
+from otdiff.data.digits import load_digits_raw
 
 __all__ = [
     "LeastSquaresProblem",
@@ -302,30 +303,6 @@ class DigitsProblem(eqx.Module):
         }
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 1797 digits as ``(pixels / 16, labels)``.
-
-    Reads the CSV file that scikit-learn ships without importing scikit-learn (which takes
-    seconds); falls back to ``sklearn.datasets.load_digits`` if the file is not where expected.
-    """
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("sklearn")
-    path = None
-    if spec is not None and spec.origin is not None:
-        path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
-    if path is not None and path.is_file():
-        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
-        pixels, labels = table[:, :-1], table[:, -1]
-    else:  # pragma: no cover - depends on scikit-learn's layout
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        pixels, labels = data.data, data.target
-    return np.asarray(pixels, np.float32) / 16.0, np.asarray(labels, np.int32)
-
-
 def digits(
     hidden: Sequence[int] = (64, 64), *, test_fraction: float = 0.3, seed: int = 0
 ) -> DigitsProblem:
@@ -341,7 +318,7 @@ def digits(
     hidden = tuple(check_int(h, "hidden", low=1) for h in hidden)
     check_in_range(test_fraction, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
     seed = check_int(seed, "seed", low=0)
-    x, y = _load_digits()
+    x, y = load_digits_raw()
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(test_fraction * len(x)))
     test, train = order[:n_test], order[n_test:]
