@@ -5,12 +5,16 @@
 - :mod:`otdiff.diffusion.samplers`: reverse-SDE Euler–Maruyama (with its Gaussian kernel),
   DDIM and the probability-flow ODE (diffrax).
 - :mod:`otdiff.diffusion.likelihood`: log-likelihoods by the instantaneous change of variables.
+- :mod:`otdiff.diffusion.networks`: Equinox noise predictors (an MLP, a small convolutional net).
+- :mod:`otdiff.diffusion.training`: a pure optax step with an EMA, data parallelism, checkpoints
+  and resumable :func:`~otdiff.diffusion.training.fit`.
 
 A score is a function ``score(x, t)`` of one point ``x`` (shape ``(d,)``) and a scalar time.
 
 Taught in: book/diffusion/01_score_based.ipynb
 """
 
+from otdiff.diffusion import networks, training
 from otdiff.diffusion.likelihood import DIVERGENCES, divergence, log_likelihood
 from otdiff.diffusion.losses import (
     WEIGHTINGS,
@@ -20,6 +24,7 @@ from otdiff.diffusion.losses import (
     score_from_eps,
     stratified_times,
 )
+from otdiff.diffusion.networks import InputScaling, ScoreConvNet, ScoreMLP, TimeEmbedding
 from otdiff.diffusion.samplers import (
     SAMPLERS,
     SampleResult,
@@ -34,6 +39,16 @@ from otdiff.diffusion.samplers import (
     time_grid,
 )
 from otdiff.diffusion.sde import SCHEDULES, VPSDE, check_times, make_sde, vp_cosine, vp_linear
+from otdiff.diffusion.training import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    FitResult,
+    TrainState,
+    data_parallel_mesh,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "VPSDE",
@@ -62,4 +77,18 @@ __all__ = [
     "log_likelihood",
     "divergence",
     "DIVERGENCES",
+    "networks",
+    "training",
+    "TimeEmbedding",
+    "InputScaling",
+    "ScoreMLP",
+    "ScoreConvNet",
+    "TrainState",
+    "FitResult",
+    "CorruptCheckpointError",
+    "CheckpointMismatchError",
+    "data_parallel_mesh",
+    "fit",
+    "save_checkpoint",
+    "load_checkpoint",
 ]

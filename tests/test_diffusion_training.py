@@ -1,0 +1,335 @@
+"""Tests of otdiff.diffusion.networks and otdiff.diffusion.training: networks, the pure step,
+the EMA, chunking, checkpoints (format, corruption, resume) and the data-parallel step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from otdiff.diffusion import vp_linear
+from otdiff.diffusion.networks import InputScaling, ScoreConvNet, ScoreMLP, TimeEmbedding
+from otdiff.diffusion.training import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    TrainState,
+    data_parallel_mesh,
+    ema_update,
+    fit,
+    init_train_state,
+    load_checkpoint,
+    make_optimizer,
+    make_train_chunk,
+    make_train_step,
+    read_checkpoint_metadata,
+    save_checkpoint,
+    split_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SDE = vp_linear()
+
+
+def flat(tree):
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.asarray(jax.random.normal(jax.random.key(0), (256, 2)) * 1.5, np.float32)
+
+
+def tiny_mlp(dim=2, seed=1):
+    return ScoreMLP(dim, hidden=(16, 16), embed_dim=8, key=jax.random.key(seed))
+
+
+# -- networks ------------------------------------------------------------------------------------
+
+
+def test_score_mlp_shapes_vmap_and_jit():
+    model = tiny_mlp(3)
+    x = jnp.ones((5, 3))
+    t = jnp.linspace(0.1, 0.9, 5)
+    out = jax.jit(jax.vmap(model))(x, t)
+    assert out.shape == (5, 3) and out.dtype == jnp.float32
+    np.testing.assert_allclose(out[1], model(x[1], t[1]), rtol=1e-5, atol=1e-6)
+    # the time matters
+    assert not np.allclose(model(x[0], 0.1), model(x[0], 0.9))
+
+
+def test_score_convnet_shapes():
+    model = ScoreConvNet(channels=8, n_blocks=1, embed_dim=8, groups=4, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (4, 64))
+    out = jax.vmap(model)(x, jnp.full((4,), 0.5))
+    assert out.shape == (4, 64)
+    assert np.all(np.isfinite(out))
+
+
+def test_time_embedding_and_scaling():
+    emb = TimeEmbedding(8, key=jax.random.key(0))
+    assert emb(0.3).shape == (8,)
+    # the input scaling is 1/sqrt(alpha^2 v + sigma^2)
+    scale = InputScaling(2.0)
+    t = 0.4
+    a2 = float(SDE.alpha(t)) ** 2
+    np.testing.assert_allclose(scale(t), 1 / np.sqrt(a2 * 4.0 + 1 - a2), rtol=1e-5)
+    m = ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0), data_std=2.0, sde=SDE)
+    assert m(jnp.ones(2), 0.5).shape == (2,)
+    # the schedule numbers of the scaling are not trainable
+    params, _ = split_model(m)
+    assert len(jax.tree_util.tree_leaves(params)) == len(
+        jax.tree_util.tree_leaves(
+            split_model(ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0)))[0]
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: TimeEmbedding(8, n_frequencies=7, key=jax.random.key(0)), "n_frequencies"),
+        (lambda: ScoreMLP(0, key=jax.random.key(0)), "dim"),
+        (lambda: ScoreMLP(2, hidden=(), key=jax.random.key(0)), "hidden"),
+        (lambda: ScoreConvNet(channels=6, groups=4, key=jax.random.key(0)), "groups"),
+        (lambda: ScoreMLP(2, key=jax.random.key(0), data_std=-1.0), "data_std"),
+    ],
+)
+def test_network_bad_arguments(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_networks_reject_batches():
+    with pytest.raises(ValueError, match="vmap"):
+        tiny_mlp()(jnp.ones((4, 2)), 0.5)
+    conv = ScoreConvNet(channels=4, n_blocks=0, groups=2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="vmap"):
+        conv(jnp.ones((8, 8)), 0.5)
+
+
+# -- the step ------------------------------------------------------------------------------------
+
+
+def test_ema_update_rule():
+    ema, params = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+    for k, decay in [(0, 0.999), (5, 0.999), (10_000, 0.999), (3, 0.2)]:
+        rho = min(decay, (1 + k) / (10 + k))
+        out = ema_update(ema, params, jnp.asarray(k), decay)
+        np.testing.assert_allclose(out["w"], rho * np.ones(3), rtol=1e-6)
+
+
+def test_train_step_is_pure_and_learns(data):
+    model = tiny_mlp()
+    opt = make_optimizer(1e-2, 200, warmup_steps=10)
+    state = init_train_state(model, opt)
+    _, static = split_model(model)
+    assert isinstance(state, TrainState) and int(state.step) == 0
+    np.testing.assert_array_equal(flat(state.ema_params), flat(state.params))
+    step = jax.jit(make_train_step(static, SDE, opt, batch_size=32, ema_decay=0.9))
+    key = jax.random.key(3)
+    s1, l1 = step(key, state, data)
+    s1b, l1b = step(key, state, data)
+    assert float(l1) == float(l1b)
+    np.testing.assert_array_equal(flat(s1.params), flat(s1b.params))
+    assert int(s1.step) == 1
+    # the EMA moved by (1 - rho_0) = 0.9 of the way towards the new weights
+    np.testing.assert_allclose(
+        flat(s1.ema_params), 0.1 * flat(state.params) + 0.9 * flat(s1.params), rtol=1e-5, atol=1e-7
+    )
+    chunk = make_train_chunk(make_train_step(static, SDE, opt, batch_size=64), 200)
+    _, losses = chunk(key, state, data)
+    assert np.mean(losses[-50:]) < 0.9 * np.mean(losses[:20])
+
+
+def test_chunking_does_not_change_the_keys(data):
+    model = tiny_mlp()
+    opt = make_optimizer(1e-2, 20)
+    state = init_train_state(model, opt)
+    step = make_train_step(split_model(model)[1], SDE, opt, batch_size=16)
+    key = jax.random.key(4)
+    whole, l_whole = make_train_chunk(step, 6)(key, state, data)
+    half = make_train_chunk(step, 3)
+    s, l_a = half(key, state, data)
+    s, l_b = half(key, s, data)
+    np.testing.assert_allclose(np.concatenate([l_a, l_b]), l_whole, rtol=1e-6)
+    np.testing.assert_allclose(flat(s.params), flat(whole.params), rtol=1e-6, atol=1e-7)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip(tmp_path):
+    tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": (np.int32(3) * np.ones(2, np.int32),)}
+    path = save_checkpoint(tmp_path / "sub" / "c.ckpt", tree, {"note": "hi", "n": 3})
+    out, meta = load_checkpoint(path, {"a": jnp.zeros((2, 3)), "b": (np.zeros(2, np.int32),)})
+    np.testing.assert_array_equal(out["a"], tree["a"])
+    np.testing.assert_array_equal(out["b"][0], tree["b"][0])
+    assert meta == {"note": "hi", "n": 3} == read_checkpoint_metadata(path)
+    assert [p.name for p in path.parent.iterdir()] == ["c.ckpt"]  # no temporary file left
+    # no pickle: the payload is a sequence of .npy records
+    assert b"\x93NUMPY" in path.read_bytes()
+
+
+def _bad_files(path: Path):
+    raw = path.read_bytes()
+    yield "truncated", raw[: len(raw) - 7]
+    yield "header cut", raw[:14]
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0xFF
+    yield "flipped byte", bytes(flipped)
+    yield "not a checkpoint", b"hello world, not a checkpoint"
+    yield "empty", b""
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    like = {"w": jnp.zeros((4, 4))}
+    path = save_checkpoint(tmp_path / "c.ckpt", {"w": jnp.ones((4, 4))})
+    good = path.read_bytes()
+    for why, content in _bad_files(path):
+        path.write_bytes(content)
+        with pytest.raises(CorruptCheckpointError, match=str(path)):
+            load_checkpoint(path, like)
+        assert issubclass(CorruptCheckpointError, ValueError), why
+    path.write_bytes(good)
+    with pytest.raises(CheckpointMismatchError, match="leaf 0"):
+        load_checkpoint(path, {"w": jnp.zeros((4, 5))})
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt", like)
+
+
+def test_failed_save_keeps_the_old_file(tmp_path):
+    path = save_checkpoint(tmp_path / "c.ckpt", {"w": jnp.ones(3)}, {"v": 1})
+    with pytest.raises(TypeError, match="JSON"):
+        save_checkpoint(path, {"w": jnp.zeros(3)}, {"v": object()})
+    out, meta = load_checkpoint(path, {"w": jnp.zeros(3)})
+    assert meta == {"v": 1} and np.all(np.asarray(out["w"]) == 1)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+# -- fit and resume -------------------------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_fit_resumes_bit_for_bit(tmp_path, data):
+    kwargs = dict(n_steps=30, batch_size=32, learning_rate=5e-3, chunk_size=10, ema_decay=0.99)
+    key = jax.random.key(7)
+    full = fit(key, tiny_mlp(), data, SDE, **kwargs)
+    assert full.losses.shape == (30,) and np.all(np.isfinite(full.losses))
+
+    ckpt = tmp_path / "run.ckpt"
+    seen = []
+
+    def interrupt_after_two(step, loss):
+        seen.append((step, loss))
+        if step == 20:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(
+            key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, callback=interrupt_after_two, **kwargs
+        )
+    assert [s for s, _ in seen] == [10, 20]
+    assert read_checkpoint_metadata(ckpt)["step"] == 20
+    resumed = fit(key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+    np.testing.assert_array_equal(flat(resumed.state.params), flat(full.state.params))
+    np.testing.assert_array_equal(flat(resumed.state.ema_params), flat(full.state.ema_params))
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    assert int(resumed.state.step) == 30
+    # the EMA model differs from the last weights and both are usable modules
+    assert not np.array_equal(
+        flat(split_model(resumed.ema_model)[0]), flat(split_model(resumed.model)[0])
+    )
+    assert resumed.ema_model(jnp.zeros(2), 0.5).shape == (2,)
+
+    # a finished checkpoint returns at once with the same weights
+    again = fit(key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+    np.testing.assert_array_equal(flat(again.state.params), flat(full.state.params))
+    # a checkpoint of another run is refused
+    with pytest.raises(CheckpointMismatchError, match="different training run"):
+        fit(jax.random.key(8), tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+    # a damaged one names the file
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    with pytest.raises(CorruptCheckpointError, match="run.ckpt"):
+        fit(key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (dict(data=np.ones(5, np.float32)), ValueError, "data"),
+        (dict(data=np.full((8, 2), np.nan, np.float32)), ValueError, "NaN"),
+        (dict(n_steps=0), ValueError, "n_steps"),
+        (dict(batch_size=2.5), TypeError, "batch_size"),
+        (dict(learning_rate=-1.0), ValueError, "learning_rate"),
+        (dict(ema_decay=1.0), ValueError, "ema_decay"),
+        (dict(weighting="l1"), ValueError, "weighting"),
+        (dict(chunk_size=0), ValueError, "chunk_size"),
+        (dict(data=np.ones((8, 3), np.float32)), ValueError, "shape"),
+        (dict(mesh="cpu"), TypeError, "mesh"),
+        (dict(callback=3), TypeError, "callback"),
+    ],
+)
+def test_fit_bad_arguments(data, change, exc, match):
+    kwargs = dict(n_steps=5, batch_size=8)
+    args = {"data": data}
+    for k in list(change):
+        (args if k == "data" else kwargs)[k] = change[k]
+    with pytest.raises(exc, match=match):
+        fit(jax.random.key(0), tiny_mlp(), args["data"], SDE, **kwargs)
+
+
+def test_mesh_on_one_device(data):
+    mesh = data_parallel_mesh()
+    assert mesh.axis_names == ("data",)
+    res = fit(
+        jax.random.key(0), tiny_mlp(), data, SDE, n_steps=4, batch_size=8, chunk_size=4, mesh=mesh
+    )
+    assert np.all(np.isfinite(res.losses))
+    # any optax optimiser can replace the default one
+    sgd = fit(
+        jax.random.key(0), tiny_mlp(), data, SDE, n_steps=4, batch_size=8, optimizer=optax.sgd(1e-2)
+    )
+    assert np.all(np.isfinite(sgd.losses)) and int(sgd.state.step) == 4
+    with pytest.raises(ValueError, match="at least one device"):
+        data_parallel_mesh([])
+
+
+def test_sharded_step_matches_one_device():
+    """One step (and one 5-step chunk) on a 4-device CPU mesh equals the one-device step."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_sharded_step.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["n_devices"] == 4 and out["mesh_shape"] == {"data": 4}
+    assert abs(out["loss_1"] - out["loss_4"]) <= 1e-6 * max(1.0, abs(out["loss_1"]))
+    assert out["params_max_abs_change"] > 1e-3  # the step did move the weights
+    assert out["params_max_abs_diff"] < 1e-6
+    assert out["ema_max_abs_diff"] < 1e-6
+    assert out["params_devices_4"] == 4  # parameters replicated on the four devices
+    assert out["batch_devices"] == 4 and out["batch_shard_shapes"] == [[16, 3]]
+    assert out["has_all_reduce"]  # gradients summed across devices
+    assert out["chunk_loss_max_abs_diff"] < 1e-5 and out["chunk_params_max_abs_diff"] < 1e-5
+    assert "multiple of the number of devices" in out["bad_batch_error"]

@@ -1,0 +1,228 @@
+"""Tests of otdiff.zoo on tiny recipes in a temporary cache: train once, cache, determinism,
+corruption, resume after an interruption, concurrent requests, registry and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from otdiff import zoo
+from otdiff.diffusion.training import read_checkpoint_metadata, split_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLS = {"data": 0}
+
+
+def tiny_data(seed):
+    CALLS["data"] += 1
+    return np.asarray(jax.random.normal(jax.random.key(seed), (128, 2)) + 2.0)
+
+
+def tiny_model(key):
+    from otdiff.diffusion.networks import ScoreMLP
+
+    return ScoreMLP(2, hidden=(8, 8), embed_dim=8, key=key)
+
+
+TINY = zoo.Recipe(
+    name="tiny_test",
+    dim=2,
+    make_data=tiny_data,
+    make_model=tiny_model,
+    n_steps=20,
+    batch_size=16,
+    chunk_size=10,
+    description="a tiny test recipe",
+)
+
+
+def flat(module):
+    return np.asarray(ravel_pytree(split_model(module)[0])[0])
+
+
+@pytest.fixture(autouse=True)
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    zoo._MEMORY.clear()
+    yield tmp_path / "zoo"
+    zoo._MEMORY.clear()
+
+
+def test_registry_and_errors():
+    assert {"ring8", "digits"} <= set(zoo.available())
+    assert zoo.recipe("ring8").dim == 2 and zoo.recipe("digits").dim == 64
+    with pytest.raises(ValueError, match="available"):
+        zoo.load("no_such_model")
+    with pytest.raises(TypeError, match="name"):
+        zoo.load(3)
+    with pytest.raises(ValueError, match="seed"):
+        zoo.load(TINY, seed=-1)
+    with pytest.raises(ValueError, match="exists"):
+        zoo.register(zoo.Recipe(**{**TINY.__dict__, "name": "ring8"}))
+    with pytest.raises(ValueError, match="name"):
+        zoo.Recipe(**{**TINY.__dict__, "name": "bad/name"})
+    with pytest.raises(ValueError, match="n_steps"):
+        zoo.Recipe(**{**TINY.__dict__, "n_steps": 0})
+    with pytest.raises(TypeError, match="Recipe"):
+        zoo.register("ring8")
+
+
+def test_recipe_hash_changes_with_the_recipe():
+    h = TINY.fingerprint()
+    assert h == zoo.Recipe(**TINY.__dict__).fingerprint()
+    assert h != zoo.Recipe(**{**TINY.__dict__, "n_steps": 21}).fingerprint()
+    assert h != zoo.Recipe(**{**TINY.__dict__, "make_model": lambda key: None}).fingerprint()
+    assert h == zoo.Recipe(**{**TINY.__dict__, "description": "other words"}).fingerprint()
+
+
+def test_trains_once_then_loads_from_cache(tmp_cache, capsys):
+    first = zoo.load(TINY, seed=3)
+    assert first.info["trained_now"] and "training 'tiny_test'" in capsys.readouterr().out
+    path = Path(first.info["path"])
+    assert path.parent == tmp_cache and path.name.startswith("tiny_test-seed3-")
+    assert not list(tmp_cache.glob("*.train.ckpt"))  # the resume checkpoint is gone once done
+    zoo._MEMORY.clear()
+    n_data = CALLS["data"]
+    second = zoo.load(TINY, seed=3)
+    assert not second.info["trained_now"] and CALLS["data"] == n_data  # no retraining
+    np.testing.assert_array_equal(flat(first.model), flat(second.model))
+    assert second.info["name"] == "tiny_test" and second.info["seed"] == 3
+    # a usable score on one point, consistent with the model
+    x, t = jnp.array([1.0, -1.0]), 0.5
+    np.testing.assert_allclose(
+        second.score(x, t), -second.model(x, t) / second.sde.sigma(t), rtol=1e-6
+    )
+    assert zoo.training_losses(TINY, seed=3).shape == (20,)
+
+
+def test_deterministic_from_the_seed(tmp_cache, tmp_path):
+    a = zoo.load(TINY, seed=1, verbose=False)
+    b = zoo.load(TINY, seed=1, verbose=False, cache=tmp_path / "elsewhere")
+    c = zoo.load(TINY, seed=2, verbose=False)
+    np.testing.assert_array_equal(flat(a.model), flat(b.model))
+    assert not np.array_equal(flat(a.model), flat(c.model))
+    r = zoo.load(TINY, seed=1, verbose=False, retrain=True)
+    assert r.info["trained_now"]
+    np.testing.assert_array_equal(flat(a.model), flat(r.model))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_file_is_rebuilt_with_a_warning(tmp_cache, damage):
+    good = zoo.load(TINY, verbose=False)
+    path = Path(good.info["path"])
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"\x00" * 100)
+    zoo._MEMORY.clear()
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = zoo.load(TINY, verbose=False)
+    assert again.info["trained_now"]
+    np.testing.assert_array_equal(flat(good.model), flat(again.model))
+    read_checkpoint_metadata(path)  # sound again
+
+
+def test_interrupted_training_resumes(tmp_cache, monkeypatch):
+    reference = zoo.load(TINY, seed=5, verbose=False, cache=tmp_cache / "ref")
+    from otdiff.diffusion import training
+
+    real_fit = training.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(step, loss):
+            if step == 10:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **kwargs, callback=stop)
+
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.load(TINY, seed=5, verbose=False)
+    (ckpt,) = tmp_cache.glob("*.train.ckpt")
+    assert read_checkpoint_metadata(ckpt)["step"] == 10
+    assert not list(tmp_cache.glob("tiny_test-seed5-*[0-9a-f].ckpt"))  # no final file yet
+    monkeypatch.setattr(training, "fit", real_fit)
+    resumed = zoo.load(TINY, seed=5, verbose=False)
+    np.testing.assert_array_equal(flat(resumed.model), flat(reference.model))
+    # a damaged resume checkpoint is dropped with a warning and training starts over
+    zoo.clear("tiny_test")
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.load(TINY, seed=5, verbose=False)
+    monkeypatch.setattr(training, "fit", real_fit)
+    (ckpt,) = tmp_cache.glob("*.train.ckpt")
+    ckpt.write_bytes(ckpt.read_bytes()[:50])
+    with pytest.warns(UserWarning, match="from scratch"):
+        fresh = zoo.load(TINY, seed=5, verbose=False)
+    np.testing.assert_array_equal(flat(fresh.model), flat(reference.model))
+
+
+def test_concurrent_threads_train_once(tmp_cache):
+    CALLS["data"] = 0
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(zoo.load(TINY, seed=7, verbose=False))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert sum(r.info["trained_now"] for r in results) == 1
+    assert CALLS["data"] == 1
+    for r in results[1:]:
+        np.testing.assert_array_equal(flat(r.model), flat(results[0].model))
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_zoo import TINY, flat
+from otdiff import zoo
+m = zoo.load(TINY, seed=11, verbose=False)
+print(json.dumps({{"trained": m.info["trained_now"], "sum": float(np.sum(flat(m.model)))}}))
+"""
+
+
+def test_concurrent_processes_train_once(tmp_cache):
+    code = SCRIPT.format(tests=str(ROOT / "tests"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(o["trained"] for o in outs) == [False, True]
+    assert outs[0]["sum"] == outs[1]["sum"]
+    assert len(list(tmp_cache.glob("tiny_test-seed11-*.ckpt"))) == 1
+    assert not list(tmp_cache.glob(".*tmp"))
+
+
+def test_clear(tmp_cache):
+    zoo.load(TINY, verbose=False)
+    removed = zoo.clear("tiny_test")
+    assert len(removed) == 1 and not list(tmp_cache.glob("*.ckpt"))
+    assert zoo.clear("tiny_test") == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert zoo.load(TINY, verbose=False).info["trained_now"]
+    assert zoo.clear() and zoo.clear() == []
