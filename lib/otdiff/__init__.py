@@ -7,6 +7,13 @@ Subpackages mirror the book's chapters:
 - :mod:`otdiff.viz`: the plots chapters share.
 - :mod:`otdiff.ot`: entropic optimal transport on top of ott-jax.
 - :mod:`otdiff.optim`: gradient surgery (Bloop and its baselines) as optax transformations.
+- :mod:`otdiff.diffusion`: the VP SDE, denoising score matching, samplers, likelihoods, networks
+  and training.
+- :mod:`otdiff.data`: densities with exact (noised) log-densities and scores; the 8x8 digits.
+- :mod:`otdiff.metrics`: mode occupancy, energy distance, Sinkhorn divergence, a digit judge.
+- :mod:`otdiff.zoo`: trained models shared between chapters, cached on disk.
+- :mod:`otdiff.smc`, :mod:`otdiff.energy`: sequential Monte Carlo and energy-based diffusion.
+- :mod:`otdiff.spell`: sparse repellency for shielded generation.
 
 House style (after optax, blackjax, ott-jax and equinox): pure functions over NamedTuple states,
 the random key first, safe under ``jit``/``vmap``; inputs checked outside jitted code with errors

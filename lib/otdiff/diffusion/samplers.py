@@ -340,6 +340,8 @@ def sample(
     if sampler == "ddim":
         return ddim(k_run, score, sde, x_init, n_steps, t_min=t_min, **kwargs)
     if sampler == "ode":
+        if "hook" in kwargs:
+            raise ValueError("hook is not supported by sampler='ode' (use 'sde' or 'ddim').")
         return probability_flow(
             score, sde, x_init, t_min=t_min, solver="heun", n_steps=n_steps, **kwargs
         )
