@@ -1,6 +1,6 @@
-"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, exact references.
+"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, ProgOT, exact references.
 
-Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb.
+Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb.
 """
 
 from otdiff.ot.initializers import (
@@ -15,6 +15,21 @@ from otdiff.ot.initializers import (
     mixture_clouds,
     solve_core_with_initializer,
     solve_with_initializer,
+)
+from otdiff.ot.progot import (
+    ALPHA_SCHEDULES,
+    ProgOTOutput,
+    alpha_schedule,
+    default_epsilon,
+    elapsed_times,
+    entropic_map,
+    epsilon_schedule,
+    known_map,
+    known_map_problem,
+    progot,
+    progot_core,
+    select_end_epsilon,
+    transport,
 )
 from otdiff.ot.sinkhorn import (
     AssignmentOutput,
@@ -40,6 +55,19 @@ __all__ = [
     "mixture_clouds",
     "solve_core_with_initializer",
     "solve_with_initializer",
+    "ALPHA_SCHEDULES",
+    "ProgOTOutput",
+    "alpha_schedule",
+    "default_epsilon",
+    "elapsed_times",
+    "entropic_map",
+    "epsilon_schedule",
+    "known_map",
+    "known_map_problem",
+    "progot",
+    "progot_core",
+    "select_end_epsilon",
+    "transport",
     "AssignmentOutput",
     "SinkhornOutput",
     "cost_matrix",

@@ -1,0 +1,254 @@
+"""otdiff.ot.progot: schedules, the fitted trajectory and its replay, ott-jax agreement, checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ott.geometry import pointcloud
+from ott.problems.linear import linear_problem
+from ott.tools import progot as ott_progot
+
+from otdiff import ot
+
+N, D = 60, 3
+
+
+@pytest.fixture(scope="module")
+def clouds():
+    x, y, x_test, _ = ot.known_map_problem(jax.random.key(0), N, D, n_test=40)
+    return x, y, x_test
+
+
+@pytest.fixture(scope="module")
+def fitted(clouds):
+    x, y, _ = clouds
+    eps0 = ot.default_epsilon(x, y)
+    return ot.progot(x, y, num_steps=4, alphas="lin", epsilon_start=eps0, epsilon_end=0.1 * eps0)
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ot.ALPHA_SCHEDULES)
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_alpha_schedules_match_ott(kind, k):
+    ours = ot.alpha_schedule(kind, k)
+    theirs = ott_progot.get_alpha_schedule(kind, num_steps=k)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert ours.shape == (k,) and bool(jnp.all((ours > 0) & (ours <= 1)))
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_schedules_compose_to_the_stated_times(k):
+    steps = np.arange(k + 1)
+    t_lin = ot.elapsed_times(ot.alpha_schedule("lin", k))
+    np.testing.assert_allclose(t_lin, steps / k, atol=1e-6)  # constant speed: t_k = k / K
+    t_exp = ot.elapsed_times(ot.alpha_schedule("exp", k))
+    np.testing.assert_allclose(t_exp, 1 - (1 - np.exp(-1)) ** steps, atol=1e-6)  # never 1
+    t_quad = ot.elapsed_times(ot.alpha_schedule("quad", k))
+    np.testing.assert_allclose(t_quad, steps * (steps + 2) / (k * (k + 2)), atol=1e-6)
+    for t in (t_lin, t_quad):
+        assert float(t[-1]) == pytest.approx(1.0, abs=1e-6)
+    # Steps compose: t_{k+1} = t_k + alpha_k (1 - t_k).
+    alphas = ot.alpha_schedule("quad", k)
+    np.testing.assert_allclose(t_quad[1:], t_quad[:-1] + alphas * (1 - t_quad[:-1]), atol=1e-6)
+
+
+def test_constant_speed_moves_equal_distances(fitted):
+    moves = jnp.linalg.norm(jnp.diff(fitted.xs, axis=0), axis=-1)  # (K, n)
+    # Each step moves a point by alpha_k (1 - t_k) |T_k(x) - x_0|-ish: equal under "lin" when
+    # the maps agree; check the schedule itself: alpha_k (1 - t_k) = 1 / K.
+    t = ot.elapsed_times(fitted.alphas)
+    np.testing.assert_allclose(fitted.alphas * (1 - t[:-1]), 0.25, atol=1e-6)
+    assert moves.shape == (4, N)
+
+
+@pytest.mark.parametrize("kind", ot.ALPHA_SCHEDULES)
+def test_epsilon_schedule_matches_ott_rule(clouds, kind):
+    x, y, _ = clouds
+    alphas = ot.alpha_schedule(kind, 5)
+    geom = pointcloud.PointCloud(x, y)
+    # ott picks the end epsilon as a scale of the (y, y) default; with a single scale it is it.
+    theirs = ott_progot.get_epsilon_schedule(
+        geom, alphas=alphas, epsilon_scales=jnp.array([0.5]), y_eval=y[:10]
+    )
+    ours = ot.epsilon_schedule(alphas, geom.epsilon, 0.5 * ot.default_epsilon(y, y))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    assert float(ours[0]) == pytest.approx(float(geom.epsilon), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_geometric_schedule_ends_at_epsilon_end(k):
+    eps = ot.epsilon_schedule(ot.alpha_schedule("exp", k), 1.0, 0.01, kind="geometric")
+    assert float(eps[-1]) == pytest.approx(0.01, rel=1e-5)
+    assert bool(jnp.all(jnp.diff(eps) < 0))
+    assert float(eps[0]) < 1.0
+
+
+# -- the fit and the out-of-sample map ------------------------------------------------------------
+
+
+def test_output_shapes_and_convergence(fitted):
+    assert fitted.xs.shape == (5, N, D)
+    assert fitted.f.shape == (4, N) and fitted.g.shape == (4, N)
+    assert fitted.coupling.shape == (N, N)
+    assert bool(fitted.converged.all())
+    assert fitted.num_steps == 4
+    assert int(fitted.total_iterations) == int(fitted.n_iterations.sum())
+    assert float(fitted.marginal_error) < 2.5e-3
+
+
+def test_transport_replays_the_fitted_trajectory(clouds, fitted):
+    x, _, _ = clouds
+    path = ot.transport(fitted, x, return_path=True)
+    np.testing.assert_allclose(path, fitted.xs, atol=1e-4)
+    np.testing.assert_allclose(ot.transport(fitted, x), fitted.xs[-1], atol=1e-4)
+    np.testing.assert_allclose(ot.transport(fitted, x, num_steps=2), fitted.xs[2], atol=1e-4)
+
+
+def test_trajectory_follows_the_paper_recursion(clouds, fitted):
+    x, y, _ = clouds
+    for k in range(4):
+        tx = ot.entropic_map(fitted.xs[k], y, fitted.g[k], fitted.epsilons[k])
+        expected = (1 - fitted.alphas[k]) * fitted.xs[k] + fitted.alphas[k] * tx
+        np.testing.assert_allclose(fitted.xs[k + 1], expected, atol=1e-4)
+
+
+def test_entropic_map_is_the_barycentric_projection(clouds):
+    x, y, _ = clouds
+    eps = ot.default_epsilon(x, y)
+    out = ot.solve(x, y, eps, threshold=1e-6, max_iterations=5000)
+    projection = (out.coupling @ y) / out.coupling.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ot.entropic_map(x, y, out.g, eps), projection, atol=1e-4)
+
+
+def test_last_coupling_cost_is_on_original_points(clouds, fitted):
+    x, y, _ = clouds
+    expected = jnp.sum(fitted.coupling * ot.cost_matrix(x, y))
+    assert float(fitted.transport_cost) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_map_is_close_to_the_known_map_in_2d():
+    x, y, x_test, y_test = ot.known_map_problem(jax.random.key(1), 400, 2, n_test=200)
+    out = ot.progot(x, y, num_steps=4)
+    error = jnp.mean(jnp.sum((ot.transport(out, x_test) - y_test) ** 2, axis=1))
+    variance = jnp.sum(jnp.var(y_test, axis=0))
+    assert float(error / variance) < 0.1
+
+
+# -- agreement with ott-jax where the two should agree -------------------------------------------
+
+
+def _ott_fit(x, y, alphas, epsilons, **kwargs):
+    solver = ott_progot.ProgOT(alphas, epsilons=epsilons)
+    prob = linear_problem.LinearProblem(pointcloud.PointCloud(x, y))
+    return solver(prob, warm_start=True, **kwargs)
+
+
+def test_one_step_agrees_with_ott(clouds):
+    x, y, x_test = clouds
+    alphas, eps = jnp.ones(1), jnp.array([0.5])
+    ours = ot.progot(x, y, alphas=alphas, epsilons=eps, threshold=1e-4)
+    theirs = _ott_fit(x, y, alphas, eps, threshold=1e-4)
+    step = theirs.get_output(0)
+    np.testing.assert_allclose(ours.coupling, step.matrix, atol=1e-6)
+    assert int(ours.n_iterations[0]) == int(step.n_iters)
+    np.testing.assert_allclose(
+        ot.transport(ours, x_test), theirs.transport(x_test)[0], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_first_step_agrees_with_ott_and_later_steps_do_not(clouds):
+    # ott-jax 0.6 interpolates from the original points during the fit (since its PR #650):
+    # the first step is the same problem, the later ones are not.
+    x, y, _ = clouds
+    alphas = ot.alpha_schedule("lin", 3)
+    eps = jnp.array([1.0, 0.5, 0.25])
+    ours = ot.progot(x, y, alphas=alphas, epsilons=eps)
+    theirs = _ott_fit(x, y, alphas, eps)
+    np.testing.assert_allclose(ours.g[0], theirs.get_output(0).g, rtol=1e-4, atol=1e-4)
+    assert int(ours.n_iterations[0]) == int(theirs.get_output(0).n_iters)
+    np.testing.assert_allclose(ours.epsilons, theirs.epsilons, rtol=1e-6)
+
+
+def test_entropic_map_matches_ott_dual_potentials(clouds):
+    x, y, x_test = clouds
+    eps = 0.7
+    prob = linear_problem.LinearProblem(pointcloud.PointCloud(x, y, epsilon=eps))
+    from ott.solvers.linear import sinkhorn
+
+    out = sinkhorn.Sinkhorn()(prob)
+    theirs = out.to_dual_potentials().transport(x_test)
+    np.testing.assert_allclose(ot.entropic_map(x_test, y, out.g, eps), theirs, atol=1e-4)
+
+
+# -- jit, dynamic schedules -----------------------------------------------------------------------
+
+
+def test_new_epsilons_and_thresholds_do_not_recompile(clouds):
+    x, y, _ = clouds
+    a = jnp.full(N, 1.0 / N)
+    alphas = ot.alpha_schedule("lin", 3)
+    before = None
+    for scale in (1.0, 0.5, 0.25):
+        ot.progot_core(x, y, a, a, alphas, scale * jnp.ones(3), jnp.full(3, 1e-3 * scale))
+        size = ot.progot_core._cache_size()
+        before = size if before is None else before
+    assert ot.progot_core._cache_size() == before
+
+
+def test_per_step_thresholds_are_used(clouds):
+    x, y, _ = clouds
+    eps = jnp.array([1.0, 0.5])
+    loose = ot.progot(x, y, alphas=ot.alpha_schedule("lin", 2), epsilons=eps, threshold=1e-1)
+    tight = ot.progot(
+        x, y, alphas=ot.alpha_schedule("lin", 2), epsilons=eps, threshold=jnp.array([1e-1, 1e-5])
+    )
+    assert int(tight.n_iterations[1]) > int(loose.n_iterations[1])
+    assert int(tight.n_iterations[0]) == int(loose.n_iterations[0])
+
+
+def test_select_end_epsilon_picks_from_the_grid(clouds):
+    _, y, _ = clouds
+    scales = jnp.array([1.0, 0.5, 0.25])
+    eps, errors = ot.select_end_epsilon(y[:40], y[40:], scales)
+    assert errors.shape == (3,)
+    base = ot.default_epsilon(y[:40], y[:40])
+    assert float(eps) == pytest.approx(float(scales[jnp.argmin(errors)] * base), rel=1e-5)
+
+
+# -- input checks ---------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors(clouds):
+    x, y, _ = clouds
+    with pytest.raises(ValueError, match="num_steps"):
+        ot.progot(x, y, num_steps=0)
+    with pytest.raises(ValueError, match="num_steps"):
+        ot.alpha_schedule("lin", 0)
+    with pytest.raises(ValueError, match="kind"):
+        ot.alpha_schedule("cubic", 3)
+    with pytest.raises(ValueError, match=r"alphas must all lie in \(0, 1\]"):
+        ot.progot(x, y, alphas=jnp.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"alphas must all lie in \(0, 1\]"):
+        ot.progot(x, y, alphas=jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="at least one step"):
+        ot.progot(x, y, alphas=jnp.zeros(0))
+    with pytest.raises(ValueError, match="epsilons"):
+        ot.progot(x, y, alphas=jnp.ones(2) / 2, epsilons=jnp.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="epsilons"):
+        ot.progot(x, y, alphas=jnp.ones(2) / 2, epsilons=jnp.array([1.0, 0.5, 0.2]))
+    with pytest.raises(ValueError, match="epsilon_end"):
+        ot.progot(x, y, epsilon_end=-1.0)
+    with pytest.raises(ValueError, match="epsilon_start"):
+        ot.epsilon_schedule(jnp.ones(1), 0.0, 1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        ot.progot(x, y, threshold=0.0)
+    with pytest.raises(ValueError, match="same dimension"):
+        ot.progot(x, y[:, :2])
+    with pytest.raises(ValueError, match="x contains NaN"):
+        ot.progot(x.at[0, 0].set(jnp.nan), y)
+    with pytest.raises(TypeError, match="warm_start"):
+        ot.progot(x, y, warm_start="yes")
+    with pytest.raises(ValueError, match="kind"):
+        ot.epsilon_schedule(jnp.ones(1), 1.0, 0.1, kind="cosine")
