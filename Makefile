@@ -40,7 +40,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 unit: install
-	$(BIN)/pytest tests -m "not browser" -q
+	$(BIN)/pytest tests -m "not browser" -q -n auto
 
 notebooks: install
 	$(BIN)/pytest --nbval-lax book -q -p no:cacheprovider
