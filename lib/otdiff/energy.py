@@ -69,7 +69,7 @@ from otdiff._checks import (
     is_concrete,
 )
 from otdiff.diffusion.losses import stratified_times
-from otdiff.diffusion.networks import InputScaling, TimeEmbedding
+from otdiff.diffusion.networks import InputScaling, TimeEmbedding, time_mlp_apply, time_mlp_layers
 from otdiff.diffusion.samplers import gaussian_log_prob, time_grid
 
 __all__ = [
@@ -169,26 +169,15 @@ class EnergyMLP(eqx.Module):
         noise_scaled: bool = False,
     ):
         dim = check_int(dim, "dim", low=1)
-        hidden = tuple(check_int(h, "hidden", low=1) for h in hidden)
-        if not hidden:
-            raise ValueError("hidden must list at least one layer width.")
         self.noise_scaled = bool(noise_scaled)
         if sde is not None and getattr(sde, "kind", None) != "linear":
             raise ValueError("EnergyMLP supports the linear VP schedule only (sde.kind).")
         self.beta_min = 0.1 if sde is None else float(sde.beta_min)
         self.beta_max = 20.0 if sde is None else float(sde.beta_max)
-        keys = jax.random.split(key, 2 * len(hidden) + 2)
         self.dim = dim
-        self.embedding = TimeEmbedding(embed_dim, key=keys[0])
-        widths = (dim, *hidden)
-        self.layers = tuple(
-            eqx.nn.Linear(widths[i], widths[i + 1], key=keys[1 + i]) for i in range(len(hidden))
+        self.embedding, self.layers, self.time_projections, self.output = time_mlp_layers(
+            dim, hidden, embed_dim, "scalar", key=key
         )
-        self.time_projections = tuple(
-            eqx.nn.Linear(embed_dim, h, use_bias=False, key=keys[1 + len(hidden) + i])
-            for i, h in enumerate(hidden)
-        )
-        self.output = eqx.nn.Linear(hidden[-1], "scalar", key=keys[-1])
         self.scaling = (
             None if data_std is None else InputScaling(data_std, self.beta_min, self.beta_max)
         )
@@ -207,11 +196,7 @@ class EnergyMLP(eqx.Module):
         if self.scaling is not None:
             x = x * self.scaling(t)
             base = 0.5 * jnp.sum(x**2)
-        emb = jax.nn.silu(self.embedding(t))
-        h = x
-        for layer, proj in zip(self.layers, self.time_projections, strict=True):
-            h = jax.nn.silu(layer(h) + proj(emb))
-        out = self.output(h)
+        out = time_mlp_apply(self, x, t)
         return base + (out / self._sigma(t) if self.noise_scaled else out)
 
 

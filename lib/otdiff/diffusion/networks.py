@@ -128,6 +128,39 @@ def _scaling(data_std, sde) -> InputScaling | None:
     return InputScaling(data_std, float(sde.beta_min), float(sde.beta_max))
 
 
+def time_mlp_layers(dim: int, hidden: Sequence[int], embed_dim: int, out_size, *, key: jax.Array):
+    """The layers of a time-conditioned MLP: ``(embedding, layers, time_projections, output)``.
+
+    Shared by :class:`ScoreMLP` and :class:`otdiff.energy.EnergyMLP` (``out_size="scalar"``).
+    Each hidden layer computes :math:`h \\leftarrow \\mathrm{SiLU}(W h + b + U\\phi(t))` (see
+    :func:`time_mlp_apply`).
+    """
+    hidden = tuple(check_int(h, "hidden", low=1) for h in hidden)
+    if not hidden:
+        raise ValueError("hidden must list at least one layer width.")
+    keys = jax.random.split(key, 2 * len(hidden) + 2)
+    embedding = TimeEmbedding(embed_dim, key=keys[0])
+    widths = (dim, *hidden)
+    layers = tuple(
+        eqx.nn.Linear(widths[i], widths[i + 1], key=keys[1 + i]) for i in range(len(hidden))
+    )
+    time_projections = tuple(
+        eqx.nn.Linear(embed_dim, h, use_bias=False, key=keys[1 + len(hidden) + i])
+        for i, h in enumerate(hidden)
+    )
+    output = eqx.nn.Linear(hidden[-1], out_size, key=keys[-1])
+    return embedding, layers, time_projections, output
+
+
+def time_mlp_apply(module, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The forward pass of a module holding :func:`time_mlp_layers`' layers, at one point."""
+    emb = jax.nn.silu(module.embedding(t))
+    h = x
+    for layer, proj in zip(module.layers, module.time_projections, strict=True):
+        h = jax.nn.silu(layer(h) + proj(emb))
+    return module.output(h)
+
+
 class ScoreMLP(eqx.Module):
     """An MLP noise predictor :math:`\\hat\\varepsilon_\\theta(x, t)` for points of dimension ``dim``.
 
@@ -162,22 +195,10 @@ class ScoreMLP(eqx.Module):
         data_std: float | None = None,
         sde=None,
     ):
-        dim = check_int(dim, "dim", low=1)
-        hidden = tuple(check_int(h, "hidden", low=1) for h in hidden)
-        if not hidden:
-            raise ValueError("hidden must list at least one layer width.")
-        keys = jax.random.split(key, 2 * len(hidden) + 2)
-        self.dim = dim
-        self.embedding = TimeEmbedding(embed_dim, key=keys[0])
-        widths = (dim, *hidden)
-        self.layers = tuple(
-            eqx.nn.Linear(widths[i], widths[i + 1], key=keys[1 + i]) for i in range(len(hidden))
+        self.dim = check_int(dim, "dim", low=1)
+        self.embedding, self.layers, self.time_projections, self.output = time_mlp_layers(
+            dim, hidden, embed_dim, dim, key=key
         )
-        self.time_projections = tuple(
-            eqx.nn.Linear(embed_dim, h, use_bias=False, key=keys[1 + len(hidden) + i])
-            for i, h in enumerate(hidden)
-        )
-        self.output = eqx.nn.Linear(hidden[-1], dim, key=keys[-1])
         self.scaling = _scaling(data_std, sde)
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
@@ -188,11 +209,7 @@ class ScoreMLP(eqx.Module):
             )
         if self.scaling is not None:
             x = x * self.scaling(t)
-        emb = jax.nn.silu(self.embedding(t))
-        h = x
-        for layer, proj in zip(self.layers, self.time_projections, strict=True):
-            h = jax.nn.silu(layer(h) + proj(emb))
-        return self.output(h)
+        return time_mlp_apply(self, x, t)
 
 
 class _ResBlock(eqx.Module):
