@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,3 +39,31 @@ def write(path: Path, name: str, settings: dict, results: list, **versions: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def median_time(fn, *args, repeats: int) -> float:
+    """Median wall time of ``fn(*args)`` over ``repeats`` calls after one warm-up call (compiles)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def median_seconds(calls: dict, repeats: int) -> dict:
+    """Median wall time of each ``fn(*args)`` in ``calls`` (name -> (fn, args)).
+
+    Every function is compiled and run once first; the timed repeats are interleaved (one call of
+    each function per round), so a change of machine load affects all rows alike.
+    """
+    for fn, fn_args in calls.values():
+        jax.block_until_ready(fn(*fn_args))
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, fn_args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*fn_args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

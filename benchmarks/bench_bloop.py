@@ -25,35 +25,17 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+from _record import median_seconds
 
 from otdiff import optim
 from otdiff.optim import problems
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bloop.json"
-
-
-def median_seconds(calls: dict, repeats: int) -> dict:
-    """Median wall time of each ``fn(*args)`` in ``calls`` (name -> (fn, args)).
-
-    Every function is compiled and run once first; the timed repeats are interleaved (one call of
-    each function per round), so a change of machine load affects all rows alike.
-    """
-    for fn, fn_args in calls.values():
-        jax.block_until_ready(fn(*fn_args))  # compile and warm up
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, fn_args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def step_timer(problem, method: str | None, batch_size: int, inner: int):

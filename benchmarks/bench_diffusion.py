@@ -21,29 +21,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from _record import write
+from _record import median_time, write
 
 from otdiff import diffusion
 from otdiff.diffusion.networks import ScoreMLP
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_sampling.json"
-
-
-def median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_rate(size: int = 1024, repeats: int = 20) -> float:

@@ -24,31 +24,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import _record
 import jax
+from _record import median_seconds
 
 from otdiff import energy as en
 from otdiff.diffusion import euler_maruyama, score_from_eps, vp_linear
 from otdiff.diffusion.networks import ScoreMLP
 
 RESULTS = Path(__file__).resolve().parent / "results" / "smc.json"
-
-
-def median_seconds(calls: dict, repeats: int) -> dict:
-    """Median wall time of each ``fn(*args)`` (compiled and run once first; rounds interleaved)."""
-    for fn, fn_args in calls.values():
-        jax.block_until_ready(fn(*fn_args))
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, fn_args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench(n: int, steps: int, width: int, repeats: int) -> list[dict]:

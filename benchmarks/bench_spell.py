@@ -26,14 +26,13 @@ Usage: ``python benchmarks/bench_spell.py [--sizes 1000 10000] [--repeats 5]``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import _record
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _record import median_time as median_seconds
 
 from otdiff import spell
 from otdiff.data import load_digits
@@ -41,17 +40,6 @@ from otdiff.diffusion import euler_maruyama, score_from_eps, vp_linear
 from otdiff.diffusion.networks import ScoreMLP
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spell.json"
-
-
-def median_seconds(fn, *args, repeats: int) -> float:
-    """Median wall time of ``fn(*args)`` over ``repeats`` calls after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def protected_set(train: np.ndarray, k: int, seed: int = 0) -> jax.Array:
