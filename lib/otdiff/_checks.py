@@ -4,6 +4,14 @@ They run on concrete values, outside jitted code: each raises a ``ValueError`` o
 that names the argument and the accepted range. Under a JAX transformation (the values are
 tracers) the value checks are skipped and only shapes are checked, so the checks cost nothing in
 hot loops; a public function calls them once, before it enters ``jit``.
+
+Inside jitted cores the conditions that would otherwise fail silently (a non-positive
+regularisation, non-finite inputs or outputs, weights that do not sum to one) are guarded with
+``equinox.error_if`` through the ``guard_*`` functions below: a traced call with a bad value then
+raises at run time instead of returning NaN, with a message naming the argument (an
+``EquinoxRuntimeError`` under ``equinox.filter_jit``; under ``jax.jit`` the same message inside
+XLA's runtime error). They cost one reduction and a branch per call, never per iteration. Every weight check uses
+the one tolerance :data:`WEIGHT_ATOL`.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +36,14 @@ __all__ = [
     "check_finite",
     "check_weighted_clouds",
     "check_iterations",
+    "WEIGHT_ATOL",
+    "guard_positive",
+    "guard_finite",
+    "guard_simplex",
 ]
+
+#: The one tolerance on ``|sum(w) - 1|`` for probability weights, eager and jitted alike.
+WEIGHT_ATOL = 1e-4
 
 
 def is_concrete(x: Any) -> bool:
@@ -132,7 +148,7 @@ def check_same_dim(x: jax.Array, y: jax.Array, names: tuple[str, str] = ("x", "y
         )
 
 
-def check_weights(w: Any, n: int, name: str, *, atol: float = 1e-4) -> jax.Array:
+def check_weights(w: Any, n: int, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:
     """Probability weights: ``None`` (uniform) or shape ``(n,)``, non-negative, summing to one."""
     if w is None:
         return jnp.full((n,), 1.0 / n)
@@ -177,3 +193,35 @@ def check_iterations(max_iterations: Any, inner_iterations: Any) -> tuple[int, i
             f"(errors are checked every inner_iterations), got {max_iterations}."
         )
     return max_iterations, inner_iterations
+
+
+# -- guards for jitted cores ------------------------------------------------------------------------
+# Under ``jit`` the eager checks above see tracers and skip their value checks; these run inside
+# the compiled program and raise at run time (see the module docstring).
+
+
+def guard_positive(value: jax.Array, name: str) -> jax.Array:
+    """``value`` (a scalar or array) unchanged, or a run-time error unless it is finite and > 0."""
+    value = jnp.asarray(value)
+    bad = jnp.any(~(jnp.isfinite(value) & (value > 0)))
+    return eqx.error_if(value, bad, f"{name} must be a finite number > 0.")
+
+
+def guard_finite(x: Any, name: str) -> Any:
+    """The pytree ``x`` unchanged, or a run-time error if any floating leaf holds NaN or inf."""
+    leaves = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(x)
+        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    if not leaves:
+        return x
+    bad = jnp.any(jnp.stack([jnp.any(~jnp.isfinite(leaf)) for leaf in leaves]))
+    return eqx.error_if(x, bad, f"{name} contains NaN or infinite values.")
+
+
+def guard_simplex(w: jax.Array, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:
+    """Weights ``w`` unchanged, or a run-time error unless they are >= 0 and sum to one."""
+    total = jnp.sum(w.astype(jnp.promote_types(w.dtype, jnp.float32)))
+    bad = jnp.any(w < 0) | (jnp.abs(total - 1.0) > atol) | ~jnp.isfinite(total)
+    return eqx.error_if(w, bad, f"{name} must be non-negative and sum to one (within {atol:g}).")
