@@ -11,6 +11,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.8
 HTML   := _build/html
+EXECUTED := _build/.jupyter_cache
+JB_BUILD := $(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
 export PYTHONHASHSEED := 0
 
 .PHONY: install book test lint unit notebooks html browser chromium lab bench clean distclean lock
@@ -30,8 +32,10 @@ lock:
 	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q uv==$(UV_VERSION); }
 	$(BIN)/uv pip compile --universal --python-version 3.11 --all-extras pyproject.toml -o requirements.lock
 
+# Every chapter executes afresh (the execution cache is emptied first).
 book: install
-	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
+	rm -rf _build
+	$(JB_BUILD)
 	@echo
 	@echo "The book: file://$(CURDIR)/$(HTML)/index.html"
 
@@ -42,12 +46,17 @@ lint: install
 unit: install
 	$(BIN)/pytest tests -m "not browser" -q -n auto
 
+# nbval executes every chapter; each chapter whose cells all pass is stored, with its outputs, in
+# the book's execution cache, which `make html` then reads instead of executing it again.
 notebooks: install
-	$(BIN)/pytest --nbval-lax book -q -p no:cacheprovider
+	rm -rf $(EXECUTED)
+	$(BIN)/pytest --nbval-lax book -q -p no:cacheprovider --store-executed $(EXECUTED)
 
+# The HTML from the outputs `make notebooks` stored (a chapter missing from the cache, or whose code
+# changed since, is executed here); run `make book` for a build that executes everything afresh.
 html: install
-	rm -rf _build
-	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
+	find _build -mindepth 1 -maxdepth 1 ! -name .jupyter_cache -exec rm -rf {} + 2>/dev/null || true
+	$(JB_BUILD)
 	@test -f $(HTML)/index.html || { echo "no $(HTML)/index.html"; exit 1; }
 
 browser: install
