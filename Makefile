@@ -3,6 +3,7 @@
 #   make test    lint, unit tests, every notebook (nbval), the book build, browser tests
 #   make lab     JupyterLab on the book (widgets live)
 #   make bench   the benchmarks, results in benchmarks/results/
+#   make robust  the statistical tests and every chapter at seed offsets 1..4 (OTDIFF_SEED_OFFSET)
 #   make clean   remove builds and caches (keeps .venv); make distclean also removes .venv
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ EXECUTED := _build/.jupyter_cache
 JB_BUILD := $(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
 export PYTHONHASHSEED := 0
 
-.PHONY: install book test lint unit notebooks html browser chromium lab bench clean distclean lock
+.PHONY: install book test lint unit notebooks html browser chromium lab bench robust clean distclean lock
 
 install: $(STAMP)
 
@@ -71,6 +72,16 @@ chromium:
 
 test: lint unit notebooks html browser
 	@echo "make test: all checks passed"
+
+# Statistical claims must not rest on one lucky seed: rerun the statistical unit tests and every
+# chapter with every seed shifted (offset 0 is what `make test` runs). ROBUST_OFFSETS overrides.
+ROBUST_OFFSETS ?= 1 2 3 4
+robust: install
+	@for k in $(ROBUST_OFFSETS); do \
+	  echo "== OTDIFF_SEED_OFFSET=$$k"; \
+	  OTDIFF_SEED_OFFSET=$$k $(BIN)/pytest tests -m "statistical and not browser" -q -n auto || exit 1; \
+	  OTDIFF_SEED_OFFSET=$$k $(BIN)/pytest --nbval-lax book -q -p no:cacheprovider || exit 1; \
+	done
 
 lab: install
 	$(BIN)/jupyter trust book/*/*.ipynb
