@@ -410,12 +410,12 @@ def progot_core(
             inner_iterations=inner_iterations,
             chunk_size=chunk_size,
         )
-        info = (state.x, state_next.x, out.f, out.g, out.n_iterations, out.converged)
-        return state_next, (*info, out.reg_ot_cost)
+        return state_next, (state.x, state_next.x, out)
 
-    _, (starts, nexts, f, g, n_iterations, converged, reg_ot_cost) = jax.lax.scan(
+    _, (starts, nexts, steps) = jax.lax.scan(
         step, progot_init(x, y), (alphas, epsilons, thresholds)
     )
+    f, g = steps.f, steps.g
     # The last step coupled x^(K-1) with y; its rows are the original points.
     last = _geometry(starts[-1], y, epsilons[-1], cost_fn, chunk_size)
     return ProgOTOutput(
@@ -426,9 +426,9 @@ def progot_core(
         alphas=alphas,
         epsilons=epsilons,
         thresholds=thresholds,
-        n_iterations=n_iterations,
-        converged=converged,
-        reg_ot_cost=reg_ot_cost,
+        n_iterations=steps.n_iterations,
+        converged=steps.converged,
+        reg_ot_cost=steps.reg_ot_cost,
         transport_cost=_transport_cost(last, f[-1], g[-1], x_cost=x),
         marginal_error=_marginal_error(last, f[-1], g[-1], a, b),
         cost_fn=cost_fn,

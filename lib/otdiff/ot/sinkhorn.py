@@ -210,11 +210,8 @@ def _sinkhorn(
     weights off the simplex and non-finite potentials.
     """
     initializer = initializers.make_initializer("zero") if initializer is None else initializer
-    if init is None and key is None and initializers._is_random(initializer):
-        raise ValueError(
-            f"initializer {type(initializer).__name__} draws random numbers: pass key= (a JAX "
-            "PRNG key)."
-        )
+    if init is None:
+        initializers._check_key(initializer, key)
     epsilon = _checks.guard_positive(epsilon, "epsilon")
     x, y = _checks.guard_finite(x, "x"), _checks.guard_finite(y, "y")
     a, b = _checks.guard_simplex(a, "a"), _checks.guard_simplex(b, "b")
