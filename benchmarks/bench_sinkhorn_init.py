@@ -20,7 +20,7 @@ the iterations and the time per iteration, which do not depend on the rule. Resu
 ``benchmarks/results/sinkhorn_init.json``.
 
 Usage: ``python benchmarks/bench_sinkhorn_init.py`` (modest sizes, a few minutes on two CPU
-cores) or ``python benchmarks/bench_sinkhorn_init.py --full`` (the issue's sizes: n = 1,000 to
+cores) or ``python benchmarks/bench_sinkhorn_init.py --full`` (n = 1,000 to
 10,000, d = 2 and 32; meant for a bigger machine).
 """
 

@@ -101,3 +101,9 @@ def test_guard_potentials_under_jit():
     np.testing.assert_array_equal(guarded(f, w), f)
     with pytest.raises(Exception, match="f: the Sinkhorn potentials contain NaN"):
         jax.block_until_ready(guarded(f.at[1].set(jnp.nan), w))
+
+
+def test_bool():
+    assert C.check_bool(np.True_, "flag") is True
+    with pytest.raises(TypeError, match="flag must be a bool"):
+        C.check_bool(1, "flag")

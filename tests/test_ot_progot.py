@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ott.geometry import costs, pointcloud
+from _ot_costs import Mahalanobis
+from ott.geometry import pointcloud
 from ott.problems.linear import linear_problem
 from ott.tools import progot as ott_progot
 
@@ -305,22 +306,6 @@ def test_online_progot_matches_the_dense_fit(clouds, fitted):
     np.testing.assert_allclose(online.xs, fitted.xs, atol=1e-4)
     np.testing.assert_allclose(online.transport_cost, fitted.transport_cost, rtol=1e-5)
     np.testing.assert_allclose(online.coupling, fitted.coupling, atol=1e-6)
-
-
-@jax.tree_util.register_pytree_node_class
-class Mahalanobis(costs.TICost):
-    def __init__(self, matrix):
-        super().__init__()
-        self.matrix = matrix
-
-    def h(self, z):
-        return 0.5 * z @ self.matrix @ z
-
-    def h_legendre(self, z):
-        return 0.5 * z @ jnp.linalg.solve(self.matrix, z)
-
-    def tree_flatten(self):
-        return (self.matrix,), None
 
 
 def test_progot_with_a_translation_invariant_cost(clouds):

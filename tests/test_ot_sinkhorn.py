@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _ot_costs import Mahalanobis
 from ott.geometry import costs
 from scipy.special import logsumexp
 
@@ -314,24 +315,6 @@ def test_helpers_reject_bad_inputs():
 
 
 # -- any cost --------------------------------------------------------------------------------------
-
-
-@jax.tree_util.register_pytree_node_class
-class Mahalanobis(costs.TICost):
-    """h(z) = z^T M z / 2 with a symmetric positive definite M: a parameter (a pytree leaf)."""
-
-    def __init__(self, matrix):
-        super().__init__()
-        self.matrix = matrix
-
-    def h(self, z):
-        return 0.5 * z @ self.matrix @ z
-
-    def h_legendre(self, z):
-        return 0.5 * z @ jnp.linalg.solve(self.matrix, z)
-
-    def tree_flatten(self):
-        return (self.matrix,), None
 
 
 class Unregistered(costs.TICost):

@@ -230,7 +230,14 @@ def guard_simplex(w: jax.Array, name: str, *, atol: float = WEIGHT_ATOL) -> jax.
 # -- optimal transport -------------------------------------------------------------------------------
 # Checks and guards that the optimal transport modules (``otdiff.ot``) share.
 
-__all__ += ["check_positive_vector", "guard_potentials"]
+__all__ += ["check_bool", "check_positive_vector", "guard_potentials"]
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` must be a Python or NumPy bool (a static flag); returned as a Python bool."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r}.")
+    return bool(value)
 
 
 def check_positive_vector(

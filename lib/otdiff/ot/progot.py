@@ -49,13 +49,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ott.geometry import costs
 from ott.tools import progot as ott_progot
 
 from otdiff import _checks
 from otdiff.ot.sinkhorn import (
     SinkhornOutput,
+    _check_chunk_size,
     _check_cost_fn,
     _geometry,
     _marginal_error,
@@ -523,11 +523,6 @@ def progot(
     epsilons = _checks.check_positive_vector(epsilons, "epsilons", length=k).astype(dtype)
     thresholds = _checks.check_positive_vector(threshold, "threshold", length=k).astype(dtype)
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
-    for value, name in ((warm_start, "warm_start"), (return_coupling, "return_coupling")):
-        if not isinstance(value, bool | np.bool_):
-            raise TypeError(f"{name} must be a bool, got {value!r}.")
-    if chunk_size is not None:
-        chunk_size = _checks.check_int(chunk_size, "chunk_size", low=1)
     return progot_core(
         x,
         y,
@@ -539,9 +534,9 @@ def progot(
         cost_fn=cost_fn,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
-        warm_start=bool(warm_start),
-        chunk_size=chunk_size,
-        return_coupling=bool(return_coupling),
+        warm_start=_checks.check_bool(warm_start, "warm_start"),
+        chunk_size=_check_chunk_size(chunk_size),
+        return_coupling=_checks.check_bool(return_coupling, "return_coupling"),
     )
 
 

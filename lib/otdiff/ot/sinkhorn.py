@@ -349,6 +349,11 @@ def _check_cost_fn(cost_fn: Any) -> costs.CostFn:
     return cost_fn
 
 
+def _check_chunk_size(chunk_size: Any) -> int | None:
+    """``None`` (keep the cost matrix) or the rows per block of the online mode, an int >= 1."""
+    return None if chunk_size is None else _checks.check_int(chunk_size, "chunk_size", low=1)
+
+
 def _check_options(
     x,
     y,
@@ -369,20 +374,15 @@ def _check_options(
     x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
     _checks.check_positive(threshold, "threshold")
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
-    for value, name in ((lse_mode, "lse_mode"), (return_coupling, "return_coupling")):
-        if not isinstance(value, bool | np.bool_):
-            raise TypeError(f"{name} must be a bool, got {value!r}.")
-    if chunk_size is not None:
-        chunk_size = _checks.check_int(chunk_size, "chunk_size", low=1)
     options = dict(
         cost_fn=_check_cost_fn(cost_fn),
         initializer=initializers._check_initializer(initializer, key, x, y, a, b),
         key=key,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
-        lse_mode=bool(lse_mode),
-        chunk_size=chunk_size,
-        return_coupling=bool(return_coupling),
+        lse_mode=_checks.check_bool(lse_mode, "lse_mode"),
+        chunk_size=_check_chunk_size(chunk_size),
+        return_coupling=_checks.check_bool(return_coupling, "return_coupling"),
     )
     return x, y, a, b, jnp.asarray(threshold, dtype=x.dtype), options
 
