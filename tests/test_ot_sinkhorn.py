@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _ot_costs import Mahalanobis
+from _ot_costs import Mahalanobis, NetworkCost
 from ott.geometry import costs
 from scipy.special import logsumexp
 
@@ -367,11 +367,36 @@ def test_gradients_flow_to_the_cost_parameters():
     assert ot.solve_core._cache_size() == compiled
 
 
+def test_gradients_flow_to_a_network_inside_the_cost():
+    # A cost parameterised by an Equinox module (as an ICNN-based cost is): its weights are
+    # pytree leaves; the gradient of OT_eps is Danskin's, sum_ij P_ij grad_theta h(x_i - y_j).
+    import equinox as eqx
+
+    x, y = clouds(16, 12, seed=27)
+    net = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0))
+
+    def cost(module):
+        return ot.solve(x, y, 0.2, cost_fn=NetworkCost(module), threshold=1e-6).reg_ot_cost
+
+    grad = eqx.filter_grad(cost)(net)
+    P = ot.solve(x, y, 0.2, cost_fn=NetworkCost(net), threshold=1e-6, return_coupling=True).coupling
+
+    def fixed_plan_cost(module):
+        return jnp.sum(P * ot.cost_matrix(x, y, NetworkCost(module)))
+
+    expected = eqx.filter_grad(fixed_plan_cost)(net)
+    for ours, reference in zip(jax.tree.leaves(grad), jax.tree.leaves(expected), strict=True):
+        assert float(jnp.max(jnp.abs(reference))) > 0
+        np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-5)
+
+
 def test_bad_costs_are_refused_by_name():
     with pytest.raises(TypeError, match="cost_fn must be an ott-jax cost function"):
         ot.solve(X, Y, 0.1, cost_fn="sqeuclidean")
     with pytest.raises(TypeError, match="register_pytree_node_class"):
         ot.solve(X, Y, 0.1, cost_fn=Unregistered())
+    with pytest.raises(TypeError, match="leaves that are not arrays"):
+        ot.solve(X, Y, 0.1, cost_fn=Mahalanobis(jnp.tanh))
     with pytest.raises(TypeError, match="h_legendre"):
         ot.entropic_map(X, Y, jnp.zeros(6), 0.1, costs.EuclideanP(1.5))
     with pytest.raises(TypeError, match="twist_operator"):
@@ -434,9 +459,10 @@ def test_online_mode_never_holds_the_cost_matrix():
     a = jnp.full(n, 1.0 / n)
 
     def temp_bytes(chunk_size):
-        lowered = ot.solve_core.lower(
-            x, x, a, a, jnp.asarray(0.1), jnp.asarray(1e-3), chunk_size=chunk_size
-        )
+        def solve(x, a):
+            return ot.solve_core(x, x, a, a, 0.1, 1e-3, chunk_size=chunk_size)
+
+        lowered = jax.jit(solve).lower(x, a)
         return lowered.compile().memory_analysis().temp_size_in_bytes
 
     matrix, chunk = n * n * 4, 128 * n * 4

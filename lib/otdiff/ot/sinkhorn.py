@@ -23,7 +23,9 @@ translation-invariant cost :math:`c(x, y) = h(x - y)` subclasses ``costs.TICost`
 it, register the class as a JAX pytree (``@jax.tree_util.register_pytree_node_class``, as
 ott-jax's costs are) and return its parameters as the children of ``tree_flatten``: they are then
 dynamic arrays (new values never recompile, and gradients flow to them), while the class itself
-is static (a new class compiles again).
+and its aux data are static (a new class compiles again). The children must be arrays (ott-jax
+traces them all); a cost built on an Equinox network returns the network's arrays as children
+and the rest as aux data (``equinox.partition(network, equinox.is_array)``).
 
 *Memory.* By default the :math:`n \times m` cost matrix is computed once and kept; with
 ``chunk_size`` it is recomputed ``chunk_size`` rows at a time in every iteration (ott-jax's
@@ -340,11 +342,19 @@ def _check_cost_fn(cost_fn: Any) -> costs.CostFn:
             f"cost_fn must be an ott-jax cost function (ott.geometry.costs.CostFn), got "
             f"{type(cost_fn).__name__}."
         )
-    if jax.tree_util.tree_leaves(cost_fn) == [cost_fn]:
+    leaves = jax.tree_util.tree_leaves(cost_fn)
+    if leaves == [cost_fn]:
         raise TypeError(
             f"cost_fn of type {type(cost_fn).__name__} is not a registered JAX pytree: decorate "
             "the class with @jax.tree_util.register_pytree_node_class (as ott-jax's costs are) "
             "and return its parameters from tree_flatten."
+        )
+    scalar_or_array = jax.Array | np.ndarray | np.generic | int | float
+    if not all(isinstance(leaf, scalar_or_array) for leaf in leaves):
+        raise TypeError(
+            f"cost_fn of type {type(cost_fn).__name__} has leaves that are not arrays (ott-jax "
+            "traces every leaf): return only arrays as the children of tree_flatten and the "
+            "rest as its aux data, e.g. equinox.partition(network, equinox.is_array)."
         )
     return cost_fn
 
