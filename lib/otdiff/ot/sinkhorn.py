@@ -343,7 +343,7 @@ def _check_cost_fn(cost_fn: Any) -> costs.CostFn:
             f"{type(cost_fn).__name__}."
         )
     leaves = jax.tree_util.tree_leaves(cost_fn)
-    if leaves == [cost_fn]:
+    if len(leaves) == 1 and leaves[0] is cost_fn:
         raise TypeError(
             f"cost_fn of type {type(cost_fn).__name__} is not a registered JAX pytree: decorate "
             "the class with @jax.tree_util.register_pytree_node_class (as ott-jax's costs are) "
