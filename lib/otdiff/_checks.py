@@ -225,3 +225,64 @@ def guard_simplex(w: jax.Array, name: str, *, atol: float = WEIGHT_ATOL) -> jax.
     total = jnp.sum(w.astype(jnp.promote_types(w.dtype, jnp.float32)))
     bad = jnp.any(w < 0) | (jnp.abs(total - 1.0) > atol) | ~jnp.isfinite(total)
     return eqx.error_if(w, bad, f"{name} must be non-negative and sum to one (within {atol:g}).")
+
+
+# -- optimal transport -------------------------------------------------------------------------------
+# Checks and guards that the optimal transport modules (``otdiff.ot``) share.
+
+__all__ += ["check_bool", "check_positive_vector", "guard_potentials"]
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` must be a Python or NumPy bool (a static flag); returned as a Python bool."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r}.")
+    return bool(value)
+
+
+def check_positive_vector(
+    values: Any, name: str, *, length: int | None = None, high: float | None = None
+) -> jax.Array:
+    """A 1-D floating array of finite numbers > 0 (and <= ``high`` if given).
+
+    With ``length`` (a per-step setting) a scalar is repeated ``length`` times and any other shape
+    than ``(length,)`` is refused; without it the array must be 1-D and non-empty. Value checks
+    are skipped under a transformation, as everywhere in this module.
+    """
+    try:
+        arr = jnp.asarray(values)
+    except Exception:
+        raise TypeError(f"{name} must be a 1-D array of numbers, got {values!r}.") from None
+    if not jnp.issubdtype(arr.dtype, jnp.number) or jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    if length is not None:
+        if arr.ndim == 0:
+            arr = jnp.full((length,), arr)
+        if arr.shape != (length,):
+            raise ValueError(
+                f"{name} must be a scalar or have shape ({length},) (one per step), "
+                f"got shape {arr.shape}."
+            )
+    elif arr.ndim != 1 or arr.shape[0] < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}.")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    if is_concrete(arr):
+        v = np.asarray(arr)
+        ok = np.isfinite(v) & (v > 0) & (True if high is None else v <= high)
+        if not np.all(ok):
+            allowed = "be finite numbers > 0" if high is None else f"lie in (0, {high:g}]"
+            raise ValueError(f"{name} must all {allowed}, got {v}.")
+    return arr
+
+
+def guard_potentials(f: jax.Array, weights: jax.Array, name: str) -> jax.Array:
+    """A dual potential ``f`` unchanged, or a run-time error if it is NaN or infinite where the
+    weight is positive (ott-jax sets the potential of a zero-weight point to ``-inf``)."""
+    bad = jnp.any((weights > 0) & ~jnp.isfinite(f))
+    return eqx.error_if(
+        f,
+        bad,
+        f"{name}: the Sinkhorn potentials contain NaN or infinite values (with lse_mode=False "
+        "the kernel underflows at small epsilon: use lse_mode=True or a larger epsilon).",
+    )

@@ -108,3 +108,54 @@ class DigitClassifier:
     def accuracy(self, images, labels) -> float:
         """Accuracy on labelled images."""
         return float(np.mean(self.probabilities(images).argmax(axis=1) == np.asarray(labels)))
+
+
+# -- transport maps -----------------------------------------------------------------------------------
+# How well a map estimator recovers a known map (the optimal transport chapters).
+
+__all__ += ["map_error", "spread_ratio"]
+
+
+def map_error(pred: jax.Array, truth: jax.Array) -> jax.Array:
+    r"""The relative mean squared error of a map's images ``pred`` against the true ``truth``.
+
+    .. math::
+
+        \frac{\frac1n\sum_i \|\hat T(x_i) - T_0(x_i)\|^2}{\operatorname{tr}\operatorname{Cov}(T_0(x))},
+
+    zero for a perfect map and one for the constant map at the mean of the true images. Both
+    arrays have shape ``(n, d)`` (``n >= 2``); jit-able (a scalar array).
+
+    Taught in: book/ot/03_progot.ipynb
+    """
+    pred = check_points(pred, "pred")
+    truth = check_points(truth, "truth", min_points=2)
+    _check_same_shape(pred, truth)
+    return jnp.mean(jnp.sum((pred - truth) ** 2, axis=1)) / jnp.sum(jnp.var(truth, axis=0))
+
+
+def spread_ratio(pred: jax.Array, truth: jax.Array) -> jax.Array:
+    r"""How spread out a map's images are, relative to the true images.
+
+    .. math::
+
+        \frac{\operatorname{tr}\operatorname{Cov}(\hat T(x))}{\operatorname{tr}\operatorname{Cov}(T_0(x))}:
+
+    below one when the map shrinks towards the mean (as an entropic map with a large
+    :math:`\varepsilon` does :cite:`kassraie2024progot`). Shapes ``(n, d)`` and ``(m, d)``, each
+    with at least two points; jit-able (a scalar array).
+
+    Taught in: book/ot/03_progot.ipynb
+    """
+    pred = check_points(pred, "pred", min_points=2)
+    truth = check_points(truth, "truth", min_points=2)
+    check_same_dim(pred, truth, ("pred", "truth"))
+    return jnp.sum(jnp.var(pred, axis=0)) / jnp.sum(jnp.var(truth, axis=0))
+
+
+def _check_same_shape(pred: jax.Array, truth: jax.Array) -> None:
+    if pred.shape != truth.shape:
+        raise ValueError(
+            f"pred and truth must have the same shape (one image per point), got {pred.shape} "
+            f"and {truth.shape}."
+        )
