@@ -36,9 +36,18 @@ __all__ = [
     "check_finite",
     "check_weighted_clouds",
     "check_iterations",
+    "check_choice",
+    "check_times",
+    "check_log_weights",
+    "check_nonnegative_weights",
+    "check_mask",
     "WEIGHT_ATOL",
     "guard_positive",
+    "guard_nonnegative",
+    "guard_in_range",
+    "guard_less",
     "guard_finite",
+    "guard_log_weights",
     "guard_simplex",
 ]
 
@@ -148,11 +157,21 @@ def check_same_dim(x: jax.Array, y: jax.Array, names: tuple[str, str] = ("x", "y
         )
 
 
-def check_weights(w: Any, n: int, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:
-    """Probability weights: ``None`` (uniform) or shape ``(n,)``, non-negative, summing to one."""
+def check_weights(w: Any, n: int | None, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:
+    """Probability weights: shape ``(n,)``, non-negative, summing to one within :data:`WEIGHT_ATOL`.
+
+    ``w=None`` means uniform weights over ``n`` points. With ``n=None`` any length ``>= 1`` is
+    accepted (the weights of a particle system, whose size they set).
+    """
     if w is None:
+        if n is None:
+            raise ValueError(f"{name} must be an array of shape (n,), got None.")
         return jnp.full((n,), 1.0 / n)
     arr = jnp.asarray(w)
+    if n is None:
+        if arr.ndim != 1 or arr.shape[0] < 1:
+            raise ValueError(f"{name} must have shape (n,) with n >= 1, got shape {arr.shape}.")
+        n = arr.shape[0]
     if arr.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) to match its points, got {arr.shape}.")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -195,6 +214,64 @@ def check_iterations(max_iterations: Any, inner_iterations: Any) -> tuple[int, i
     return max_iterations, inner_iterations
 
 
+def check_choice(value: Any, name: str, options) -> Any:
+    """``value`` must be one of ``options`` (a static choice: a method, a mode, a schedule)."""
+    if not isinstance(value, str | int) or value not in tuple(options):
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}.")
+    return value
+
+
+def check_times(t: Any, name: str = "t", *, low: float = 0.0, high: float = 1.0) -> Any:
+    """Diffusion times: finite, in ``[low, high]`` (skipped under a transformation)."""
+    if is_concrete(t):
+        arr = np.asarray(t, dtype=float)
+        ok = np.isfinite(arr) & (arr >= low) & (arr <= high)
+        if not np.all(ok):
+            bad = arr[~ok].ravel()[:3]
+            raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {bad.tolist()}.")
+    return t
+
+
+def check_log_weights(log_weights: Any, name: str = "log_weights") -> jax.Array:
+    """Unnormalised log-weights: shape ``(n,)``, no NaN, no ``+inf``, not all ``-inf``."""
+    arr = jnp.asarray(log_weights)
+    if arr.ndim != 1 or arr.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (n,) with n >= 1, got shape {arr.shape}.")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    if is_concrete(arr):
+        a = np.asarray(arr)
+        if np.any(np.isnan(a)):
+            raise ValueError(f"{name} contains NaN: every log-weight must be a number or -inf.")
+        if np.any(a == np.inf):
+            raise ValueError(f"{name} contains +inf: log-weights must be finite or -inf.")
+        if np.all(a == -np.inf):
+            raise ValueError(f"{name} are all -inf: at least one particle needs positive weight.")
+    return arr
+
+
+def check_nonnegative_weights(w: Any, n: int, name: str = "weights") -> jax.Array:
+    """Weights of a combination (not probabilities): shape ``(n,)``, finite, >= 0, not all zero."""
+    arr = jnp.atleast_1d(jnp.asarray(w, dtype=jnp.result_type(float)))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one per term, got {arr.shape}.")
+    if is_concrete(arr):
+        a = np.asarray(arr)
+        if not np.all(np.isfinite(a)) or np.any(a < 0) or not np.any(a > 0):
+            raise ValueError(f"{name} must be finite, >= 0 and not all zero, got {a.tolist()}.")
+    return arr
+
+
+def check_mask(mask: Any, n: int, name: str = "mask") -> jax.Array | None:
+    """``None``, or ``(n,)`` booleans marking the valid rows of an array of ``n`` rows."""
+    if mask is None:
+        return None
+    arr = jnp.asarray(mask)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match its rows, got {arr.shape}.")
+    return arr.astype(bool)
+
+
 # -- guards for jitted cores ------------------------------------------------------------------------
 # Under ``jit`` the eager checks above see tracers and skip their value checks; these run inside
 # the compiled program and raise at run time (see the module docstring).
@@ -205,6 +282,38 @@ def guard_positive(value: jax.Array, name: str) -> jax.Array:
     value = jnp.asarray(value)
     bad = jnp.any(~(jnp.isfinite(value) & (value > 0)))
     return eqx.error_if(value, bad, f"{name} must be a finite number > 0.")
+
+
+def guard_nonnegative(value: jax.Array, name: str) -> jax.Array:
+    """``value`` unchanged, or a run-time error unless it is finite and >= 0."""
+    value = jnp.asarray(value)
+    bad = jnp.any(~(jnp.isfinite(value) & (value >= 0)))
+    return eqx.error_if(value, bad, f"{name} must be a finite number >= 0.")
+
+
+def guard_in_range(
+    value: jax.Array,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> jax.Array:
+    """``value`` unchanged, or a run-time error unless it lies in the interval (ends as flagged)."""
+    value = jnp.asarray(value)
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    bad = jnp.any(~(jnp.isfinite(value) & ok_low & ok_high))
+    return eqx.error_if(value, bad, f"{name} must lie in {interval}.")
+
+
+def guard_less(low: jax.Array, high: jax.Array, names: tuple[str, str]) -> tuple:
+    """``(low, high)`` unchanged, or a run-time error unless ``low < high`` everywhere."""
+    low, high = jnp.asarray(low), jnp.asarray(high)
+    low = eqx.error_if(low, jnp.any(~(low < high)), f"{names[0]} must be smaller than {names[1]}.")
+    return low, high
 
 
 def guard_finite(x: Any, name: str) -> Any:
@@ -218,6 +327,18 @@ def guard_finite(x: Any, name: str) -> Any:
         return x
     bad = jnp.any(jnp.stack([jnp.any(~jnp.isfinite(leaf)) for leaf in leaves]))
     return eqx.error_if(x, bad, f"{name} contains NaN or infinite values.")
+
+
+def guard_log_weights(log_weights: jax.Array, name: str = "log_weights") -> jax.Array:
+    """Log-weights unchanged, or a run-time error if any is NaN or ``+inf`` (``-inf`` is a zero
+    weight and allowed)."""
+    bad = jnp.any(jnp.isnan(log_weights) | (log_weights == jnp.inf))
+    return eqx.error_if(
+        log_weights,
+        bad,
+        f"{name} became NaN or +inf: a potential returned NaN (check for inf - inf or an "
+        "overflow; potentials should be computed in log space).",
+    )
 
 
 def guard_simplex(w: jax.Array, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:
