@@ -272,9 +272,11 @@ def test_a_jitted_sampler_with_bad_times_raises(t_min, t_max):
     m, process = ring(), LinearVP()
     score = exact_score(m, process)
     draw = jax.jit(
-        lambda lo, hi: euler_maruyama(
-            jax.random.key(0), score, process, jnp.zeros((4, 2)), 5, t_min=lo, t_max=hi
-        ).x
+        lambda lo, hi: (
+            euler_maruyama(
+                jax.random.key(0), score, process, jnp.zeros((4, 2)), 5, t_min=lo, t_max=hi
+            ).x
+        )
     )
     with pytest.raises(Exception, match="t_m"):
         jax.block_until_ready(draw(t_min, t_max))

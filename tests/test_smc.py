@@ -339,7 +339,9 @@ def test_nan_potentials_raise_a_clear_error():
         smc.run(jax.random.key(0), model, 10)
     # and inside jit, where value checks cannot run, the guard raises at run time
     with pytest.raises(Exception, match="log-weights became NaN"):
-        jax.block_until_ready(jax.jit(lambda k: smc.run(k, model, 10).log_weights)(jax.random.key(0)))
+        jax.block_until_ready(
+            jax.jit(lambda k: smc.run(k, model, 10).log_weights)(jax.random.key(0))
+        )
 
 
 def test_zero_weights_everywhere_do_not_produce_nan():

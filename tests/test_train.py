@@ -204,7 +204,9 @@ def test_chunking_does_not_change_the_keys(data):
     half = make_chunk(step, 3)
     s, i_a = half(key, state, data)
     s, i_b = half(key, s, data)
-    np.testing.assert_allclose(np.concatenate([i_a["loss"], i_b["loss"]]), i_whole["loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([i_a["loss"], i_b["loss"]]), i_whole["loss"], rtol=1e-6
+    )
     np.testing.assert_allclose(flat(s.params), flat(whole.params), rtol=1e-6, atol=1e-7)
 
 
@@ -320,9 +322,7 @@ def test_fit_resumes_bit_for_bit(tmp_path, data):
     np.testing.assert_array_equal(resumed.losses, full.losses)
     assert int(resumed.state.step) == 30
     # the EMA model differs from the last weights and both are usable modules
-    assert not np.array_equal(
-        flat(split(resumed.ema_model)[0]), flat(split(resumed.model)[0])
-    )
+    assert not np.array_equal(flat(split(resumed.ema_model)[0]), flat(split(resumed.model)[0]))
     assert resumed.ema_model(jnp.zeros(2), 0.5).shape == (2,)
 
     # a finished checkpoint returns at once with the same weights
@@ -350,7 +350,11 @@ def test_fit_resumes_bit_for_bit(tmp_path, data):
         (dict(batch_size=2.5), TypeError, "batch_size"),
         (dict(learning_rate=-1.0), ValueError, "learning_rate"),
         (dict(ema_decay=1.0), ValueError, "ema_decay"),
-        (dict(loss=jax.tree_util.Partial(dsm_loss, process=PROCESS, weighting="l1")), ValueError, "weighting"),
+        (
+            dict(loss=jax.tree_util.Partial(dsm_loss, process=PROCESS, weighting="l1")),
+            ValueError,
+            "weighting",
+        ),
         (dict(loss=lambda m, k, b: jnp.ones(2)), ValueError, "scalar"),
         (dict(loss="dsm"), TypeError, "loss"),
         (dict(chunk_size=0), ValueError, "chunk_size"),

@@ -166,8 +166,8 @@ def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
 
 
 def _strata(n: int, offsets: jax.Array) -> jax.Array:
-    """:math:`u_i = i/n + U_i/n`: added after dividing, so float32 keeps ``U``'s digits at large ``n``."""
-    return jnp.arange(n, dtype=offsets.dtype) / n + offsets / n
+    """:math:`u_i = (i + U_i)/n` (to float32's resolution of ``u`` near 1, about :math:`6\\times 10^{-8}`)."""
+    return (jnp.arange(n, dtype=offsets.dtype) + offsets) / n
 
 
 def _prepare(weights, n_samples) -> tuple[jax.Array, int]:

@@ -396,7 +396,9 @@ def _digest(tree, h) -> None:
             h.update(f"{arr.shape}{arr.dtype}".encode())
             h.update(np.ascontiguousarray(arr).tobytes())
         elif callable(leaf):
-            h.update(f"{getattr(leaf, '__module__', '')}.{getattr(leaf, '__qualname__', '')}".encode())
+            h.update(
+                f"{getattr(leaf, '__module__', '')}.{getattr(leaf, '__qualname__', '')}".encode()
+            )
         else:
             h.update(repr(leaf).encode())
 
@@ -429,7 +431,9 @@ def _check_data(data):
         except TypeError:
             raise TypeError(f"data must hold arrays, got {type(leaf).__name__}.") from None
         if arr.ndim < 1 or arr.shape[0] < 1:
-            raise ValueError(f"data must have a leading axis of length >= 1, got shape {arr.shape}.")
+            raise ValueError(
+                f"data must have a leading axis of length >= 1, got shape {arr.shape}."
+            )
         if jnp.issubdtype(arr.dtype, jnp.inexact):
             check_finite(arr, "data")
         arrays.append(arr)
@@ -517,7 +521,9 @@ def fit(
     if getattr(out, "shape", None) != ():
         raise ValueError(f"loss must return a scalar, got {getattr(out, 'shape', out)}.")
 
-    state = init(params, optimizer or make_optimizer(learning_rate, n_steps), ema=ema_decay is not None)
+    state = init(
+        params, optimizer or make_optimizer(learning_rate, n_steps), ema=ema_decay is not None
+    )
     losses = np.full((n_steps,), np.nan, np.float32)
     config = {
         "n_steps": n_steps, "batch_size": batch_size, "learning_rate": float(learning_rate),

@@ -397,9 +397,7 @@ def _smc_sample(
     ess_threshold = guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
     model = fk_model(energy, process, dim, n_steps, t_min=t_min, t_stop=t_stop)
     k_run, k_final = jax.random.split(key)
-    out = smc.run(
-        k_run, model, n_particles, resampler=resampler, ess_threshold=ess_threshold
-    )
+    out = smc.run(k_run, model, n_particles, resampler=resampler, ess_threshold=ess_threshold)
     idx = smc.resample_indices(k_final, out.log_weights, resampler=resampler)
     x = out.particles.x
     return EnergySMCResult(x, out.log_weights, x[idx], out.ess, out.resampled, out.log_evidence)
@@ -444,7 +442,9 @@ def smc_sample(
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_nonnegative(t_stop, "t_stop")
     if not callable(resampler):
-        raise TypeError(f"resampler must be a function such as otdiff.smc.systematic, got {resampler!r}.")
+        raise TypeError(
+            f"resampler must be a function such as otdiff.smc.systematic, got {resampler!r}."
+        )
     f = jnp.result_type(float)
     return _smc_sample(
         key, energy, process, n_particles, dim, n_steps, jnp.asarray(t_min, f),
@@ -472,7 +472,9 @@ def low_temperature_smc(
     """
     check_positive(beta, "beta")
     beta = guard_positive(beta, "beta")
-    return smc_sample(key, product(energy, jnp.atleast_1d(beta)), process, n_particles, dim, **kwargs)
+    return smc_sample(
+        key, product(energy, jnp.atleast_1d(beta)), process, n_particles, dim, **kwargs
+    )
 
 
 def product_smc(

@@ -345,7 +345,9 @@ def ddim(
     return run_sampler(key, step, x_init, ts, hook=hook, save_trajectory=save_trajectory)
 
 
-def pf_ode_drift(score: ScoreFn, process: AbstractProcess) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def pf_ode_drift(
+    score: ScoreFn, process: AbstractProcess
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """The probability-flow velocity :math:`v(x, t) = f(x, t) - \\tfrac12 g(t)^2 s(x, t)` of one point."""
 
     def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
@@ -453,4 +455,3 @@ def sample(
     return probability_flow(
         score, process, x_init, t_min=t_min, solver="heun", n_steps=n_steps, **kwargs
     )
-

@@ -437,7 +437,9 @@ def _sample(
         chunk_size=chunk_size,
         protected_mask=mask,
     )
-    return _run_sampler(sampler, k_run, score, process, x_init, n_steps, hook, t_min, save_trajectory)
+    return _run_sampler(
+        sampler, k_run, score, process, x_init, n_steps, hook, t_min, save_trajectory
+    )
 
 
 def sample(

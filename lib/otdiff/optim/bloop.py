@@ -57,7 +57,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
 from optax.tree_utils import tree_add_scale, tree_vdot
 
 from otdiff import train
@@ -457,7 +456,9 @@ def _switched_surgery(index, lam, ema_rate, eps) -> optax.GradientTransformation
 
 def _optimizer(optimizer: str | optax.GradientTransformation, learning_rate) -> Any:
     if isinstance(optimizer, str):
-        check_choice(optimizer, "optimizer ('sgd', 'adam' or an optax transformation)", ("sgd", "adam"))
+        check_choice(
+            optimizer, "optimizer ('sgd', 'adam' or an optax transformation)", ("sgd", "adam")
+        )
         return optax.sgd(learning_rate) if optimizer == "sgd" else optax.adam(learning_rate)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
