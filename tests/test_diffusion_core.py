@@ -58,7 +58,7 @@ class _Brownian(AbstractProcess, strict=True):
     def drift(self, x, t):
         return jnp.zeros_like(x)
 
-    def diffusion(self, t):
+    def diffusion_squared(self, t):
         return jnp.ones_like(jnp.asarray(t))
 
     def prior_sample(self, key, shape):
@@ -126,6 +126,7 @@ def test_schedule_identities(process):
     # the SDE view: drift -beta x / 2, g^2 = beta
     np.testing.assert_allclose(process.drift(jnp.ones(2), 0.3), -0.5 * process.beta(0.3))
     np.testing.assert_allclose(process.diffusion(0.3) ** 2, process.beta(0.3), rtol=1e-6)
+    assert float(process.diffusion_squared(0.3)) == float(process.beta(0.3))
 
 
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)

@@ -100,7 +100,7 @@ def dsm_loss(
     eps_hat = jax.vmap(model)(xt, t)
     per_point = jnp.mean((eps_hat - eps) ** 2, axis=-1)
     if weighting == "likelihood":
-        per_point = per_point * (process.diffusion(t) / process.sigma(t)) ** 2
+        per_point = per_point * process.diffusion_squared(t) / process.sigma(t) ** 2
     return jnp.mean(per_point)
 
 

@@ -8,8 +8,9 @@ interface and what follows from it; only final classes hold fields):
 
 * :class:`AbstractProcess`, any process :math:`dX = f(X, t)\\,dt + g(t)\\,dW` on a space where
   the sampler can step (a Euclidean space, or a manifold with its own step kernel). A subclass
-  provides ``drift(x, t)``, ``diffusion(t)``, ``prior_sample(key, shape)`` and
-  ``prior_log_prob(x)``; it inherits the time reversal of :cite:`song2021scorebased`,
+  provides ``drift(x, t)``, ``diffusion_squared(t)`` (:math:`g^2`, the form every formula uses),
+  ``prior_sample(key, shape)`` and ``prior_log_prob(x)``; it inherits the time reversal of
+  :cite:`song2021scorebased`,
 
   .. math::
 
@@ -82,7 +83,7 @@ class AbstractProcess(eqx.Module, strict=True):
     A subclass must provide:
 
     * ``drift(x, t)``: the forward drift :math:`f(x, t)` (a tangent vector on a manifold);
-    * ``diffusion(t)``: the scalar diffusion coefficient :math:`g(t)`;
+    * ``diffusion_squared(t)``: the squared scalar diffusion coefficient :math:`g(t)^2`;
     * ``prior_sample(key, shape)``: draws of the reference law at :math:`t = 1`, where the
       reverse process starts (``shape`` is ``(n, d)``);
     * ``prior_log_prob(x)``: its log-density over the last axis.
@@ -96,8 +97,8 @@ class AbstractProcess(eqx.Module, strict=True):
         """The forward drift :math:`f(x, t)`."""
 
     @abc.abstractmethod
-    def diffusion(self, t: jax.Array) -> jax.Array:
-        """The forward diffusion coefficient :math:`g(t)`."""
+    def diffusion_squared(self, t: jax.Array) -> jax.Array:
+        """The squared forward diffusion coefficient :math:`g(t)^2`."""
 
     @abc.abstractmethod
     def prior_sample(self, key: jax.Array, shape) -> jax.Array:
@@ -106,6 +107,10 @@ class AbstractProcess(eqx.Module, strict=True):
     @abc.abstractmethod
     def prior_log_prob(self, x: jax.Array) -> jax.Array:
         """The log-density of the reference law over the last axis."""
+
+    def diffusion(self, t: jax.Array) -> jax.Array:
+        """The forward diffusion coefficient :math:`g(t) = \\sqrt{g(t)^2}`."""
+        return jnp.sqrt(self.diffusion_squared(t))
 
     def reverse_drift(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
         """:math:`b(x, t) = f(x, t) - g(t)^2 s`: the drift of the reverse SDE in forward time.
@@ -118,11 +123,11 @@ class AbstractProcess(eqx.Module, strict=True):
             t: the time (a scalar).
             score: :math:`\\nabla\\log p_t(x)`, the shape of ``x``.
         """
-        return self.drift(x, t) - self.diffusion(t) ** 2 * score
+        return self.drift(x, t) - self.diffusion_squared(t) * score
 
     def ode_drift(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
         """:math:`v(x, t) = f(x, t) - \\tfrac12 g(t)^2 s`: the probability-flow velocity."""
-        return self.drift(x, t) - 0.5 * self.diffusion(t) ** 2 * score
+        return self.drift(x, t) - 0.5 * self.diffusion_squared(t) * score
 
 
 class AbstractGaussianProcess(AbstractProcess, strict=True):
@@ -130,7 +135,7 @@ class AbstractGaussianProcess(AbstractProcess, strict=True):
 
     A subclass must provide ``log_alpha(t)`` and ``sigma(t)`` (computed without cancellation:
     both are tested against float64 down to :math:`t = 10^{-5}`), and, for the SDE view,
-    ``drift`` and ``diffusion``. The reference law is :math:`\\mathcal N(0, I)`.
+    ``drift`` and ``diffusion_squared``. The reference law is :math:`\\mathcal N(0, I)`.
     """
 
     @abc.abstractmethod
@@ -205,9 +210,9 @@ class AbstractVP(AbstractGaussianProcess, strict=True):
         """Forward drift :math:`f(x, t) = -\\tfrac12\\beta(t)x`."""
         return -0.5 * self.beta(t) * x
 
-    def diffusion(self, t: jax.Array) -> jax.Array:
-        """Forward diffusion coefficient :math:`g(t) = \\sqrt{\\beta(t)}`."""
-        return jnp.sqrt(self.beta(t))
+    def diffusion_squared(self, t: jax.Array) -> jax.Array:
+        """The squared diffusion coefficient :math:`g(t)^2 = \\beta(t)`."""
+        return self.beta(t)
 
     def transition(self, x_s: jax.Array, s: jax.Array, t: jax.Array):
         """Exact forward kernel :math:`X_t \\mid X_s = x_s` for ``s <= t``: ``(mean, std)``.

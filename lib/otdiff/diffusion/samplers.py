@@ -158,7 +158,7 @@ def reverse_kernel(
     """
     dt = t - t_next
     mean = x - process.reverse_drift(x, t, score) * dt
-    return mean, process.diffusion(t) * jnp.sqrt(dt)
+    return mean, jnp.sqrt(process.diffusion_squared(t) * dt)
 
 
 def gaussian_log_prob(y: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:

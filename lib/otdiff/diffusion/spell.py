@@ -130,7 +130,8 @@ def _check_chunk(chunk_size) -> int | None:
     return None if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
 
 
-def _check_protected(protected, name: str = "protected") -> jax.Array:
+def _check_protected(protected, name: str = "protected", *, dim: int | None = None) -> jax.Array:
+    """A non-empty ``(K, d)`` protected set (with ``d == dim`` when ``dim`` is given)."""
     try:
         arr = jnp.asarray(protected)
     except Exception:
@@ -140,7 +141,10 @@ def _check_protected(protected, name: str = "protected") -> jax.Array:
             f"{name} is empty (shape {arr.shape}): give at least one protected point, or use "
             "mode='dynamic' with protected=None to repel only the other members of the batch."
         )
-    return check_points(arr, name)
+    arr = check_points(arr, name)
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} must have dimension dim={dim}, got shape {arr.shape}.")
+    return arr
 
 
 def _check_radius_strength(radius, strength) -> None:
@@ -483,11 +487,7 @@ def sample(
     chunk_size = _check_chunk(chunk_size)
     mask = None
     if protected is not None:
-        protected = _check_protected(protected)
-        if protected.shape[1] != dim:
-            raise ValueError(
-                f"protected must have dimension dim={dim}, got shape {protected.shape}."
-            )
+        protected = _check_protected(protected, dim=dim)
         mask = check_mask(protected_mask, protected.shape[0], "protected_mask")
     elif mode == "static":
         raise ValueError("protected is required in mode='static'.")
@@ -606,11 +606,7 @@ def sample_batches(
     _check_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     if protected is not None:
-        protected = _check_protected(protected)
-        if protected.shape[1] != dim:
-            raise ValueError(
-                f"protected must have dimension dim={dim}, got shape {protected.shape}."
-            )
+        protected = _check_protected(protected, dim=dim)
     dtype = jnp.result_type(float)
     return _sample_batches(
         key,
