@@ -97,3 +97,12 @@ def test_guards_raise_under_jit(guard, good, bad, match):
     jax.block_until_ready(f(good))
     with pytest.raises(Exception, match=match):
         jax.block_until_ready(f(bad))
+
+
+def test_guards_can_be_switched_off(monkeypatch):
+    """OTDIFF_JIT_GUARDS=0 makes the guards no-ops (programs stay cacheable); on by default."""
+    assert C.guards_enabled()
+    monkeypatch.setenv(C.GUARDS_ENV_VAR, "0")
+    assert not C.guards_enabled()
+    f = jax.jit(lambda v: C.guard_positive(v, "beta"))
+    np.testing.assert_allclose(f(-1.0), -1.0)
