@@ -43,6 +43,7 @@ book: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 unit: install
 	$(BIN)/pytest tests -m "not browser" -q -n auto

@@ -140,6 +140,22 @@ class SortingInitializer(ott_init.DefaultInitializer):
         self.max_iter = _checks.check_int(max_iter, "max_iter", low=1)
         self.vectorized_update = bool(vectorized_update)
 
+    def check_problem(self, x, y, a, b) -> None:
+        """Refuse, before solving, a problem this start cannot begin (called by ``solve``)."""
+        if x.shape[1] != 1:
+            raise ValueError(
+                f"the sorting start needs 1-D points (shape (n, 1)), got dimension {x.shape[1]}."
+            )
+        n = x.shape[0]
+        if y.shape[0] != n:
+            raise ValueError(
+                f"the sorting start needs as many points in x as in y, got {n} and {y.shape[0]}."
+            )
+        if _checks.is_concrete((a, b)) and not (
+            np.allclose(np.asarray(a), 1 / n) and np.allclose(np.asarray(b), 1 / n)
+        ):
+            raise ValueError("the sorting start needs uniform weights a and b.")
+
     def init_fu(self, ot_prob, lse_mode, rng=None):  # noqa: D102
         geom = _require_pointcloud(ot_prob, "SortingInitializer")
         x, y = geom.x, geom.y
@@ -277,6 +293,9 @@ class GaussianMixtureInitializer(ott_init.DefaultInitializer):
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
 
+    #: It draws random numbers (the EM start): ``solve`` then requires a ``key``.
+    needs_key = True
+
     def __init__(self, n_components: int = 3, n_steps: int = 50, entropic_match: bool = True):
         super().__init__()
         self.entropic_match = bool(entropic_match)
@@ -341,50 +360,3 @@ def make_initializer(name: str, **options: Any) -> ott_init.SinkhornInitializer:
         size = _checks.check_int(options.pop("subsample_n", 100), "subsample_n", low=1)
         return ott_init.SubsampleInitializer(size, **options)
     return GaussianMixtureInitializer(**options)
-
-
-# --------------------------------------------------------------------------------------------
-# Checks (used by otdiff.ot.solve)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_key(initializer: ott_init.SinkhornInitializer, key: jax.Array | None) -> None:
-    """A start that draws random numbers needs a key: never a silent default (ott-jax's is 0)."""
-    random = isinstance(initializer, ott_init.SubsampleInitializer | GaussianMixtureInitializer)
-    if random and key is None:
-        raise ValueError(
-            f"initializer {type(initializer).__name__} draws random numbers: pass key= (a JAX "
-            "PRNG key)."
-        )
-
-
-def _check_initializer(initializer, key, x, y, a, b) -> ott_init.SinkhornInitializer:
-    """An ott-jax initializer that can start this problem, with a key if it needs one."""
-    if initializer is None:
-        return ott_init.DefaultInitializer()
-    if isinstance(initializer, str):
-        raise TypeError(
-            f"initializer must be an ott-jax initializer object, got the name {initializer!r}: "
-            f"use make_initializer({initializer!r})."
-        )
-    if not isinstance(initializer, ott_init.SinkhornInitializer):
-        raise TypeError(
-            "initializer must be an ott-jax SinkhornInitializer (e.g. from make_initializer), "
-            f"got {type(initializer).__name__}."
-        )
-    _check_key(initializer, key)
-    if isinstance(initializer, SortingInitializer):
-        if x.shape[1] != 1:
-            raise ValueError(
-                f"the sorting start needs 1-D points (shape (n, 1)), got dimension {x.shape[1]}."
-            )
-        n = x.shape[0]
-        if y.shape[0] != n:
-            raise ValueError(
-                f"the sorting start needs as many points in x as in y, got {n} and {y.shape[0]}."
-            )
-        if _checks.is_concrete((a, b)) and not (
-            np.allclose(np.asarray(a), 1 / n) and np.allclose(np.asarray(b), 1 / n)
-        ):
-            raise ValueError("the sorting start needs uniform weights a and b.")
-    return initializer

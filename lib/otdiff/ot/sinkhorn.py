@@ -51,14 +51,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ott.geometry import costs, pointcloud
+from ott.initializers.linear import initializers as ott_init
 from ott.problems.linear import linear_problem, potentials
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
 from otdiff import _checks
-from otdiff.ot import (
-    _compat,  # noqa: F401  (ott-jax's online mode under JAX >= 0.9)
-    initializers,
-)
+from otdiff.ot import _compat  # noqa: F401  (ott-jax's online mode under JAX >= 0.9)
 
 __all__ = [
     "SinkhornOutput",
@@ -211,9 +209,9 @@ def _sinkhorn(
     time, under ``jit`` too, for a non-positive or non-finite ``epsilon``, non-finite points,
     weights off the simplex and non-finite potentials.
     """
-    initializer = initializers.make_initializer("zero") if initializer is None else initializer
+    initializer = ott_init.DefaultInitializer() if initializer is None else initializer
     if init is None:
-        initializers._check_key(initializer, key)
+        _check_key(initializer, key)
     epsilon = _checks.guard_positive(epsilon, "epsilon")
     x, y = _checks.guard_finite(x, "x"), _checks.guard_finite(y, "y")
     a, b = _checks.guard_simplex(a, "a"), _checks.guard_simplex(b, "b")
@@ -386,7 +384,7 @@ def _check_options(
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
     options = dict(
         cost_fn=_check_cost_fn(cost_fn),
-        initializer=initializers._check_initializer(initializer, key, x, y, a, b),
+        initializer=_check_initializer(initializer, key, x, y, a, b),
         key=key,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
@@ -762,3 +760,43 @@ def exact_ot_cost(x: Any, y: Any, cost_fn: costs.CostFn | None = None) -> Assign
     permutation = np.empty(len(rows), dtype=np.int64)
     permutation[rows] = cols
     return AssignmentOutput(float(cost[rows, cols].mean()), permutation)
+
+
+# --------------------------------------------------------------------------------------------
+# Starts. An initializer may declare ``needs_key = True`` (it draws random numbers) and a
+# ``check_problem(x, y, a, b)`` method that refuses problems it cannot start (see
+# ``otdiff.ot.initializers``); the core knows nothing else about them.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_key(initializer: ott_init.SinkhornInitializer, key: jax.Array | None) -> None:
+    """A start that draws random numbers needs a key: never a silent default (ott-jax's is 0)."""
+    random = getattr(
+        initializer, "needs_key", isinstance(initializer, ott_init.SubsampleInitializer)
+    )
+    if random and key is None:
+        raise ValueError(
+            f"initializer {type(initializer).__name__} draws random numbers: pass key= (a JAX "
+            "PRNG key)."
+        )
+
+
+def _check_initializer(initializer, key, x, y, a, b) -> ott_init.SinkhornInitializer:
+    """An ott-jax initializer that can start this problem, with a key if it needs one."""
+    if initializer is None:
+        return ott_init.DefaultInitializer()
+    if isinstance(initializer, str):
+        raise TypeError(
+            f"initializer must be an ott-jax initializer object, got the name {initializer!r}: "
+            f"use otdiff.ot.make_initializer({initializer!r})."
+        )
+    if not isinstance(initializer, ott_init.SinkhornInitializer):
+        raise TypeError(
+            "initializer must be an ott-jax SinkhornInitializer (e.g. from make_initializer), "
+            f"got {type(initializer).__name__}."
+        )
+    _check_key(initializer, key)
+    check = getattr(initializer, "check_problem", None)
+    if check is not None:
+        check(x, y, a, b)
+    return initializer
