@@ -210,9 +210,6 @@ _TEMPLATE_TODO = "written before the chapter template"
 OPENING_KNOWN_FAILURES = {
     nb: f"{_TEMPLATE_TODO}: no prerequisites in the opening"
     for nb in (
-        "book/ot/01_sinkhorn.ipynb",
-        "book/ot/02_sinkhorn_init.ipynb",
-        "book/ot/03_progot.ipynb",
         "book/diffusion/01_score_based.ipynb",
         "book/diffusion/02_energy_smc.ipynb",
         "book/diffusion/03_spell.ipynb",
