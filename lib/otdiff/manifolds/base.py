@@ -163,7 +163,9 @@ class Manifold(eqx.Module):
                 f"{name} must have shape (n, {self.ambient_dim}) for {self!r}, got {x.shape}."
             )
         if is_concrete(x):
-            gap = np.max(np.abs(np.asarray(self.projection(x)) - np.asarray(x)), axis=-1)
+            with jax.ensure_compile_time_eval():  # concrete input inside a trace: compute now
+                projected = np.asarray(self.projection(x))
+            gap = np.max(np.abs(projected - np.asarray(x)), axis=-1)
             if np.any(gap > atol):
                 worst = float(gap.max())
                 raise ValueError(
@@ -181,7 +183,8 @@ class Manifold(eqx.Module):
                 f"{name} must have the shape of its base points {jnp.shape(x)}, got {v.shape}."
             )
         if is_concrete(v) and is_concrete(x):
-            normal = np.asarray(v) - np.asarray(self.to_tangent(x, v))
+            with jax.ensure_compile_time_eval():
+                normal = np.asarray(v) - np.asarray(self.to_tangent(x, v))
             if np.any(~np.isfinite(np.asarray(v))):
                 raise ValueError(f"{name} contains NaN or infinite values.")
             if np.any(np.abs(normal) > atol * (1 + np.abs(np.asarray(v)))):

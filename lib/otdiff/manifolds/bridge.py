@@ -101,6 +101,7 @@ __all__ = [
     "Bridge",
     "DriftNet",
     "FIRST_LOSSES",
+    "TRAIN_CHUNK",
     "make_drift_network",
     "empirical",
     "ism_loss",
@@ -114,6 +115,11 @@ __all__ = [
     "cached_ipf",
 ]
 
+#: Steps per compiled chunk of training: every run whose ``train_steps`` is a multiple of it
+#: reuses one compiled program per loss (the schedule's length is a traced argument).
+TRAIN_CHUNK = 100
+
+
 #: How the first backward half-step with the Brownian reference is fitted.
 FIRST_LOSSES = ("heat", "implicit")
 
@@ -126,7 +132,7 @@ class BridgeConfig:
         horizon: the time :math:`T > 0` of the bridge.
         n_steps: the geodesic random walk's steps :math:`K` (``gamma = horizon / n_steps``).
         n_particles: the trajectories simulated and cached per half-step.
-        train_steps: Adam steps per half-step.
+        train_steps: Adam steps per half-step (a multiple of :data:`TRAIN_CHUNK`).
         batch_size: (time, particle) pairs per step.
         learning_rate: the peak learning rate (warm-up then cosine decay to 10%).
         hidden: the widths of the drift networks' hidden layers.
@@ -153,7 +159,12 @@ class BridgeConfig:
         check_positive(self.horizon, "horizon")
         check_int(self.n_steps, "n_steps", low=1)
         check_int(self.n_particles, "n_particles", low=2)
-        check_int(self.train_steps, "train_steps", low=1)
+        check_int(self.train_steps, "train_steps", low=TRAIN_CHUNK)
+        if self.train_steps % TRAIN_CHUNK:
+            raise ValueError(
+                f"train_steps must be a multiple of {TRAIN_CHUNK} (training runs in compiled "
+                f"chunks of {TRAIN_CHUNK} steps), got {self.train_steps}."
+            )
         check_int(self.batch_size, "batch_size", low=1)
         check_positive(self.learning_rate, "learning_rate")
         object.__setattr__(
@@ -409,66 +420,116 @@ def reversal_targets(manifold: Manifold, path: jax.Array, other, horizon: jax.Ar
     return points, values, div
 
 
-# -- training: a short optax loop in one lax.scan -------------------------------------------------
+# -- training: a short optax loop, chunks of one lax.scan -----------------------------------------
 
 
-def _optimizer(learning_rate: float, n_steps: int) -> optax.GradientTransformation:
-    warmup = min(100, n_steps // 10)
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else learning_rate,
-        peak_value=learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(n_steps, warmup + 1),
-        end_value=0.1 * learning_rate,
+def _optimizer(learning_rate, total):
+    """Adam, gradients clipped at norm 1, a linear warm-up over ``min(100, total/10)`` steps then a
+    cosine decay to 10% at ``total``; ``learning_rate`` and ``total`` may be traced."""
+    warmup = jnp.minimum(100.0, total / 10.0)
+
+    def schedule(count):
+        c = jnp.asarray(count, jnp.float32)
+        rise = jnp.minimum(1.0, (c + 1.0) / jnp.maximum(warmup, 1.0))
+        frac = jnp.clip((c - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+        return learning_rate * rise * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
+
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.scale_by_adam(),
+        optax.scale_by_learning_rate(schedule),
     )
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
-def _fit(key, model, batch_loss, n_steps: int, learning_rate: float):
-    """``n_steps`` Adam steps on ``batch_loss(model, key)``, one ``lax.scan``: (model, losses)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt = _optimizer(learning_rate, n_steps)
+def _fit_chunk(key, params, opt_state, static, batch_loss, start, total, learning_rate):
+    """``TRAIN_CHUNK`` Adam steps from global step ``start``; step ``n`` uses ``fold_in(key, n)``."""
+    opt = _optimizer(learning_rate, total)
 
-    def step(carry, k):
+    def step(carry, n):
         params, opt_state = carry
         loss, grads = jax.value_and_grad(
-            lambda p: batch_loss(eqx.combine(p, static), jax.random.fold_in(key, k))
+            lambda p: batch_loss(eqx.combine(p, static), jax.random.fold_in(key, n))
         )(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(n_steps))
-    return eqx.combine(guard_finite(params, "the trained drift's weights"), static), losses
+    (params, opt_state), losses = jax.lax.scan(
+        step, (params, opt_state), start + jnp.arange(TRAIN_CHUNK)
+    )
+    return params, opt_state, losses
 
 
-@eqx.filter_jit
-def _train_ism(key, model, manifold, points, other, other_div, cfg: BridgeConfig):
+def _ism_batch_loss(manifold, points, other, other_div, batch_size, divergence):
     k_steps, n = points.shape[:2]
 
     def batch_loss(m, k):
         k_i, k_p, k_div = jax.random.split(k, 3)
-        i = jax.random.randint(k_i, (cfg.batch_size,), 0, k_steps)
-        p = jax.random.randint(k_p, (cfg.batch_size,), 0, n)
+        i = jax.random.randint(k_i, (batch_size,), 0, k_steps)
+        p = jax.random.randint(k_p, (batch_size,), 0, n)
         tau = i.astype(points.dtype) / k_steps
-        probe = None if cfg.divergence == "exact" else k_div
+        probe = None if divergence == "exact" else k_div
         return ism_loss(manifold, m, points[i, p], tau, other[i, p], other_div[i, p], probe)
 
-    return _fit(key, model, batch_loss, cfg.train_steps, cfg.learning_rate)
+    return batch_loss
 
 
-@eqx.filter_jit
-def _train_heat(key, model, data, cfg: BridgeConfig, n_terms: int):
-    k_steps, n = cfg.n_steps, data.shape[0]
+def _heat_batch_loss(data, horizon, k_steps, batch_size, n_terms):
+    n = data.shape[0]
 
     def batch_loss(m, k):
         k_i, k_p, k_x = jax.random.split(k, 3)
-        i = jax.random.randint(k_i, (cfg.batch_size,), 0, k_steps)
-        x0 = data[jax.random.randint(k_p, (cfg.batch_size,), 0, n)]
+        i = jax.random.randint(k_i, (batch_size,), 0, k_steps)
+        x0 = data[jax.random.randint(k_p, (batch_size,), 0, n)]
         tau = i.astype(data.dtype) / k_steps
-        t = cfg.horizon * (k_steps - i).astype(data.dtype) / k_steps  # backward step i <-> p_{K-i}
+        t = horizon * (k_steps - i).astype(data.dtype) / k_steps  # backward step i <-> p_{K-i}
         return heat_dsm_loss(m, x0, tau, t, k_x, n_terms)
 
-    return _fit(key, model, batch_loss, cfg.train_steps, cfg.learning_rate)
+    return batch_loss
+
+
+@eqx.filter_jit
+def _ism_chunk(key, params, opt_state, static, arrays, start, total, lr, manifold, batch_size, div):
+    loss = _ism_batch_loss(manifold, *arrays, batch_size, div)
+    return _fit_chunk(key, params, opt_state, static, loss, start, total, lr)
+
+
+@eqx.filter_jit
+def _heat_chunk(
+    key, params, opt_state, static, arrays, start, total, lr, k_steps, batch_size, n_terms
+):
+    data, horizon = arrays
+    loss = _heat_batch_loss(data, horizon, k_steps, batch_size, n_terms)
+    return _fit_chunk(key, params, opt_state, static, loss, start, total, lr)
+
+
+def _train(key, model, cfg: BridgeConfig, chunk, arrays, *static_args):
+    """Train ``model`` for ``cfg.train_steps`` steps in chunks: ``(model, losses)``.
+
+    The one training loop of this module (a private optax loop; the trainer of
+    :mod:`otdiff.diffusion.training` fits noise predictors by denoising score matching only).
+    """
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = _optimizer(1.0, 1.0).init(params)
+    total = jnp.asarray(cfg.train_steps, jnp.float32)
+    lr = jnp.asarray(cfg.learning_rate, jnp.float32)
+    losses = []
+    for start in range(0, cfg.train_steps, TRAIN_CHUNK):
+        params, opt_state, chunk_losses = chunk(
+            key, params, opt_state, static, arrays, jnp.asarray(start), total, lr, *static_args
+        )
+        losses.append(chunk_losses)
+    params = guard_finite(params, "the trained drift's weights")
+    return eqx.combine(params, static), jnp.concatenate(losses)
+
+
+def _train_ism(key, model, manifold, points, other, other_div, cfg: BridgeConfig):
+    arrays = (points, other, other_div)
+    return _train(key, model, cfg, _ism_chunk, arrays, manifold, cfg.batch_size, cfg.divergence)
+
+
+def _train_heat(key, model, data, cfg: BridgeConfig, n_terms: int):
+    arrays = (data, jnp.asarray(cfg.horizon, data.dtype))
+    return _train(key, model, cfg, _heat_chunk, arrays, cfg.n_steps, cfg.batch_size, n_terms)
 
 
 # -- IPF -----------------------------------------------------------------------------------------
@@ -589,7 +650,7 @@ def ipf(
 
 # -- a cache of trained bridges -------------------------------------------------------------------
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def cached_ipf(
