@@ -207,3 +207,15 @@ def test_bad_input_is_reported_clearly():
         vmf_mixture(jnp.zeros((2, 3)), 1.0)
     with pytest.raises(ValueError, match="tangent"):
         S2.check_tangent(jnp.array([0.0, 0.0, 1.0]), jnp.array([0.0, 0.0, 1.0]), "v")
+
+
+def test_vmf_kde_is_a_density():
+    from otdiff.manifolds import vmf_kde
+
+    pts = vmf_sample(jax.random.key(0), jnp.array([0.0, 0.0, 1.0]), 10.0, 500)
+    density = vmf_kde(pts, 30.0)
+    u = S2.random_uniform(jax.random.key(1), 200_000)
+    # Monte Carlo integral over the sphere: 4 pi times the mean density at uniform points
+    assert abs(4 * np.pi * float(density(u).mean()) - 1.0) < 0.03
+    with pytest.raises(ValueError, match="points"):
+        vmf_kde(jnp.ones(3))

@@ -42,6 +42,7 @@ from otdiff.manifolds.heat import (
 from otdiff.manifolds.sphere import (
     Sphere,
     VMFMixture,
+    vmf_kde,
     vmf_log_normalizer,
     vmf_log_prob,
     vmf_mixture,
@@ -58,6 +59,7 @@ __all__ = [
     "vmf_sample",
     "vmf_log_prob",
     "vmf_log_normalizer",
+    "vmf_kde",
     "WalkResult",
     "geodesic_random_walk",
     "time_grid",

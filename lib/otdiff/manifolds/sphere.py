@@ -57,6 +57,7 @@ __all__ = [
     "vmf_sample",
     "VMFMixture",
     "vmf_mixture",
+    "vmf_kde",
 ]
 
 _EPS = 1e-12
@@ -288,3 +289,30 @@ def vmf_mixture(means, kappa, weights=None) -> VMFMixture:
             raise ValueError(f"kappa must be finite and >= 0, got {kappa!r}.")
     w = check_weights(weights, means.shape[0], "weights").astype(means.dtype)
     return VMFMixture(means / norms, kappas, w)
+
+
+def vmf_kde(points, kappa: float = 20.0):
+    """A kernel density estimate on :math:`S^d` with the vMF kernel: ``density(x) -> (m,)``.
+
+    .. math::
+
+        \\hat p(x) = \\frac1n\\sum_{i=1}^n C_d(\\kappa)\\,e^{\\kappa\\,x\\cdot x_i},
+
+    a probability density on the sphere (each kernel integrates to one); :math:`\\kappa^{-1/2}` is
+    the angular bandwidth. Used to draw samples as densities on the globe.
+
+    Args:
+        points: the sample ``(n, d+1)`` on the unit sphere.
+        kappa: the kernel's concentration (> 0).
+    """
+    points = jnp.asarray(points)
+    if points.ndim != 2 or points.shape[0] < 1:
+        raise ValueError(f"points must have shape (n, d+1), got {points.shape}.")
+    check_nonnegative(kappa, "kappa")
+    log_c = vmf_log_normalizer(points.shape[1] - 1, kappa)
+
+    def density(x):
+        x = jnp.asarray(x, points.dtype)
+        return jnp.mean(jnp.exp(log_c + kappa * (x @ points.T)), axis=-1)
+
+    return density

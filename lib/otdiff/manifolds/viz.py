@@ -50,6 +50,13 @@ def coastlines(resolution: float = 0.5) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(line) for line in lines if len(line) > 4)
 
 
+@functools.lru_cache(maxsize=4)
+def _joined_coastlines(resolution: float = 0.5) -> np.ndarray:
+    """All coastlines in one ``(m, 2)`` array, NaN rows between them: drawn by one ``plot`` call."""
+    gap = np.full((1, 2), np.nan)
+    return np.concatenate([part for line in coastlines(resolution) for part in (line, gap)])
+
+
 def _scatter_kwargs(kwargs: dict) -> dict:
     out = {"s": 2.0, "alpha": 0.6, "linewidths": 0, "color": "tab:blue"}
     out.update(kwargs)
@@ -64,6 +71,7 @@ def plot_lonlat(
     land: bool = True,
     resolution: int = 180,
     cmap: str = "magma",
+    vmax: float | None = None,
     title: str | None = None,
     **scatter,
 ):
@@ -77,6 +85,8 @@ def plot_lonlat(
         land: draw the coastlines.
         resolution: the latitude rows of the density grid.
         cmap: the density's colour map.
+        vmax: the density value at the top of the colour map (default: its maximum); the
+            bottom is 0. A shared ``vmax`` makes several panels comparable.
         title: the axes' title.
         **scatter: passed to ``ax.scatter`` (``s``, ``color``, ``alpha``, ...).
     """
@@ -87,11 +97,11 @@ def plot_lonlat(
         values = np.asarray(density(lonlat_to_xyz(glon, glat).reshape(-1, 3).astype(np.float32)))
         ax.imshow(
             values.reshape(glat.shape), origin="lower", extent=(-180, 180, -90, 90),
-            cmap=cmap, aspect="auto", interpolation="bilinear",
+            cmap=cmap, aspect="auto", interpolation="bilinear", vmin=0.0, vmax=vmax,
         )  # fmt: skip
     if land:
-        for line in coastlines():
-            ax.plot(line[:, 0], line[:, 1], color=LAND_COLOR if density is None else "w", lw=0.5)
+        line = _joined_coastlines()
+        ax.plot(line[:, 0], line[:, 1], color=LAND_COLOR if density is None else "w", lw=0.5)
     if x is not None:
         ll = xyz_to_lonlat(np.asarray(x))
         ax.scatter(ll[:, 0], ll[:, 1], **_scatter_kwargs(scatter))
@@ -127,6 +137,7 @@ def plot_orthographic(
     land: bool = True,
     resolution: int = 200,
     cmap: str = "magma",
+    vmax: float | None = None,
     title: str | None = None,
     **scatter,
 ):
@@ -145,12 +156,15 @@ def plot_orthographic(
         pts = np.stack([gu, gv, w], -1)[inside] @ frame  # screen -> world
         image = np.full(gu.shape, np.nan)
         image[inside] = np.asarray(density(pts.astype(np.float32)))
-        ax.imshow(image, origin="lower", extent=(-1, 1, -1, 1), cmap=cmap, interpolation="bilinear")
+        ax.imshow(
+            image, origin="lower", extent=(-1, 1, -1, 1), cmap=cmap, interpolation="bilinear",
+            vmin=0.0, vmax=vmax,
+        )  # fmt: skip
     if land:
-        for line in coastlines():
-            screen, front = orthographic_project(lonlat_to_xyz(line[:, 0], line[:, 1]), view)
-            seg = np.where(front[:, None], screen, np.nan)  # hidden parts break the line
-            ax.plot(seg[:, 0], seg[:, 1], color=LAND_COLOR if density is None else "w", lw=0.5)
+        line = _joined_coastlines()
+        screen, front = orthographic_project(lonlat_to_xyz(line[:, 0], line[:, 1]), view)
+        seg = np.where(front[:, None], screen, np.nan)  # hidden parts (and the gaps) break the line
+        ax.plot(seg[:, 0], seg[:, 1], color=LAND_COLOR if density is None else "w", lw=0.5)
     if x is not None:
         screen, front = orthographic_project(x, view)
         ax.scatter(screen[front, 0], screen[front, 1], **_scatter_kwargs(scatter))
