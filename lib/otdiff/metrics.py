@@ -17,6 +17,8 @@ Taught in: book/diffusion/01_score_based.ipynb
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +135,7 @@ def _uniform_kernel_mean(kappa: float, dim: int) -> float:
     return float(np.exp(gammaln(nu + 1.0) + nu * np.log(2.0 / kappa)) * ive(nu, kappa))
 
 
+@functools.partial(jax.jit, static_argnames="block")
 def _kernel_sum(x, y, kappa, block: int = 1024):
     """:math:`\\sum_{i,j} e^{\\kappa(x_i\\cdot y_j - 1)}` in row blocks (memory ``block x m``)."""
     n = x.shape[0]
