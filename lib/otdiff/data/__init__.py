@@ -3,6 +3,7 @@
 - :mod:`otdiff.data.mixtures`: Gaussian mixtures, exact at every diffusion time.
 - :mod:`otdiff.data.toy2d`: two moons and a checkerboard, with exact noised densities.
 - :mod:`otdiff.data.digits`: scikit-learn's 8x8 digits in ``[-1, 1]``, with labels.
+- :mod:`otdiff.data.transport`: point clouds to match, and a transport map known in closed form.
 - :mod:`otdiff.data.earth`: world cities weighted by population and a land mask, on the sphere.
 """
 
@@ -26,6 +27,7 @@ from otdiff.data.mixtures import (
     ring,
 )
 from otdiff.data.toy2d import Checkerboard, checkerboard, two_moons
+from otdiff.data.transport import gaussian_clouds, known_map, known_map_problem, mixture_clouds
 
 __all__ = [
     "GaussianMixture",
@@ -41,6 +43,10 @@ __all__ = [
     "load_digits",
     "load_digits_raw",
     "to_image",
+    "gaussian_clouds",
+    "mixture_clouds",
+    "known_map",
+    "known_map_problem",
     "EarthData",
     "LandMask",
     "load_cities",

@@ -1,4 +1,12 @@
-"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, ProgOT, exact references.
+"""Optimal transport: entropic OT with Sinkhorn over any ott-jax cost, data-dependent starts, ProgOT.
+
+- :mod:`otdiff.ot.sinkhorn`: the one Sinkhorn path (:func:`solve`, :func:`sweep_epsilon`), the
+  entropic map, costs and scales, exact references;
+- :mod:`otdiff.ot.initializers`: data-dependent starts (Gaussian, sorting, mixture, subsample);
+- :mod:`otdiff.ot.progot`: progressive entropic OT (state, init, step, run, out-of-sample map).
+
+Test problems with known answers live in :mod:`otdiff.data` (``gaussian_clouds``,
+``mixture_clouds``, ``known_map``, ``known_map_problem``); map errors in :mod:`otdiff.metrics`.
 
 Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb.
 """
@@ -7,27 +15,21 @@ from otdiff.ot.initializers import (
     INITIALIZERS,
     GaussianInitializer,
     GaussianMixtureInitializer,
-    InitializedSolve,
     SortingInitializer,
-    gaussian_clouds,
-    initial_potential,
     make_initializer,
-    mixture_clouds,
-    solve_core_with_initializer,
-    solve_with_initializer,
 )
 from otdiff.ot.progot import (
     ALPHA_SCHEDULES,
     ProgOTOutput,
+    ProgOTState,
     alpha_schedule,
-    default_epsilon,
+    displace,
     elapsed_times,
-    entropic_map,
     epsilon_schedule,
-    known_map,
-    known_map_problem,
     progot,
     progot_core,
+    progot_init,
+    progot_step,
     select_end_epsilon,
     transport,
 )
@@ -35,6 +37,8 @@ from otdiff.ot.sinkhorn import (
     AssignmentOutput,
     SinkhornOutput,
     cost_matrix,
+    default_epsilon,
+    entropic_map,
     exact_ot_cost,
     mean_cost,
     relative_epsilon,
@@ -47,30 +51,26 @@ __all__ = [
     "INITIALIZERS",
     "GaussianInitializer",
     "GaussianMixtureInitializer",
-    "InitializedSolve",
     "SortingInitializer",
-    "gaussian_clouds",
-    "initial_potential",
     "make_initializer",
-    "mixture_clouds",
-    "solve_core_with_initializer",
-    "solve_with_initializer",
     "ALPHA_SCHEDULES",
     "ProgOTOutput",
+    "ProgOTState",
     "alpha_schedule",
-    "default_epsilon",
+    "displace",
     "elapsed_times",
-    "entropic_map",
     "epsilon_schedule",
-    "known_map",
-    "known_map_problem",
     "progot",
     "progot_core",
+    "progot_init",
+    "progot_step",
     "select_end_epsilon",
     "transport",
     "AssignmentOutput",
     "SinkhornOutput",
     "cost_matrix",
+    "default_epsilon",
+    "entropic_map",
     "exact_ot_cost",
     "mean_cost",
     "relative_epsilon",
