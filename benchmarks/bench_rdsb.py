@@ -7,10 +7,11 @@ Rows of ``benchmarks/results/rdsb.json``:
   layers ``--hidden``), as milliseconds per call and million point-steps per second;
 * ``half_step``: the pieces of one IPF half-step for ``N`` cached particles and ``K`` steps: the
   walk that fills the cache (with a drift network), ``reversal_targets`` (the other direction's
-  drift and exact divergence on the whole cache), and ``TRAIN_CHUNK`` (100) Adam steps of the
+  drift and exact divergence on the whole cache), and ``--train-steps`` (100) Adam steps of the
   implicit score-matching loss (exact divergence and Hutchinson) and of the heat-kernel denoising
-  loss, with batch ``--batch``; an IPF iteration is two half-steps, each ``train_steps / 100``
-  chunks plus one walk and one ``reversal_targets``. The walk that fills the cache is also what
+  loss with ``otdiff.train.fit`` (one compiled chunk), with batch ``--batch``; an IPF iteration is
+  two half-steps, each ``train_steps / 100`` times that training plus one walk and one
+  ``reversal_targets``. The walk that fills the cache is also what
   generating ``N`` samples costs.
 
 Each timing is the median of ``--repeats`` calls after a compiling warm-up, with
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
@@ -80,7 +82,7 @@ def main() -> None:
     for k_steps in args.steps:
         for n in args.particles:
             cfg = manifolds.BridgeConfig(
-                horizon=0.2, n_steps=k_steps, n_particles=n, train_steps=100,
+                horizon=0.2, n_steps=k_steps, n_particles=n, train_steps=args.train_steps,
                 batch_size=args.batch, hidden=tuple(args.hidden),
             )  # fmt: skip
             hutch = manifolds.BridgeConfig(**{**cfg.as_dict(), "divergence": "hutchinson"})
@@ -115,12 +117,7 @@ def main() -> None:
             results.append(row)
             print(row, flush=True)
 
-    _record.write(
-        RESULTS,
-        "rdsb",
-        {**vars(args), "train_chunk": B.TRAIN_CHUNK},
-        results,
-    )
+    _record.write(RESULTS, "rdsb", vars(args), results)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from otdiff import data
+from otdiff import config, data
 
 
 def test_lonlat_round_trip():
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(config.seed(0))
     lon, lat = rng.uniform(-180, 180, 500), rng.uniform(-89.9, 89.9, 500)
     x = data.lonlat_to_xyz(lon, lat)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-12)
@@ -17,6 +17,7 @@ def test_lonlat_round_trip():
     np.testing.assert_allclose(data.lonlat_to_xyz(90.0, 0.0), [0, 1, 0], atol=1e-12)
 
 
+@pytest.mark.statistical
 def test_cities_are_weighted_by_population():
     cities = data.load_cities()
     n = cities.x.shape[0]
@@ -27,15 +28,16 @@ def test_cities_are_weighted_by_population():
     assert any(name.startswith(("Shanghai", "Tokyo", "Delhi", "Beijing")) for name in biggest)
     # most of the population lives in the northern hemisphere
     assert np.sum(cities.weights[cities.lonlat[:, 1] > 0]) > 0.8
-    x = cities.sample(jax.random.key(0), 1000)
+    x = cities.sample(jax.random.key(config.seed(0)), 1000)
     assert x.shape == (1000, 3)
 
 
+@pytest.mark.statistical
 def test_land_mask_and_land_samples():
     mask = data.load_land_mask()
     assert mask.land.shape == (720, 1440)
     assert 0.26 < mask.land_fraction < 0.32  # about 29% of the Earth's surface is land
-    x = data.sample_land(jax.random.key(1), 2000, mask)
+    x = data.sample_land(jax.random.key(config.seed(1)), 2000, mask)
     assert x.shape == (2000, 3) and np.all(data.is_land(np.asarray(x), mask))
     # Paris is on land, the middle of the Pacific is not
     pts = data.lonlat_to_xyz(np.array([2.35, -150.0]), np.array([48.86, 0.0]))
@@ -54,4 +56,4 @@ def test_bad_input_is_reported_clearly():
     with pytest.raises(ValueError, match="size 3"):
         data.xyz_to_lonlat(np.ones((4, 2)))
     with pytest.raises(ValueError, match="n"):
-        data.sample_land(jax.random.key(0), 0)
+        data.sample_land(jax.random.key(config.seed(0)), 0)

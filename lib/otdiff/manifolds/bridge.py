@@ -68,7 +68,9 @@ reference)::
             f^{n+1} = fit the reversal of Y           # ISM
     generate: backward walk from pi_T with b^{L-1}
 
-Each network starts from the previous one of its direction (``warm_start``) or afresh.
+Each network starts from the previous one of its direction (``warm_start``) or afresh, and is
+fitted with the book's trainer, :func:`otdiff.train.fit` (Adam with clipping, a warm-up and a
+cosine decay to 10%, no EMA; mini-batches of cached (step, particle) pairs drawn uniformly).
 
 Taught in: book/diffusion/06_rdsb.ipynb
 """
@@ -76,6 +78,7 @@ Taught in: book/diffusion/06_rdsb.ipynb
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -90,18 +93,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from otdiff import checkpoint, train
 from otdiff import config as _config
-from otdiff._checks import check_int, check_positive, guard_finite
+from otdiff._checks import check_int, check_positive, check_weights, guard_finite
 from otdiff.manifolds.base import DIVERGENCES, Manifold
 from otdiff.manifolds.heat import heat_kernel_score, n_terms_for, sample_heat_kernel
 from otdiff.manifolds.walk import Drift, WalkResult, geodesic_random_walk
+from otdiff.nn import TimeMLP
 
 __all__ = [
     "BridgeConfig",
     "Bridge",
     "DriftNet",
     "FIRST_LOSSES",
-    "TRAIN_CHUNK",
     "make_drift_network",
     "empirical",
     "ism_loss",
@@ -115,11 +119,6 @@ __all__ = [
     "cached_ipf",
 ]
 
-#: Steps per compiled chunk of training: every run whose ``train_steps`` is a multiple of it
-#: reuses one compiled program per loss (the schedule's length is a traced argument).
-TRAIN_CHUNK = 100
-
-
 #: How the first backward half-step with the Brownian reference is fitted.
 FIRST_LOSSES = ("heat", "implicit")
 
@@ -132,7 +131,7 @@ class BridgeConfig:
         horizon: the time :math:`T > 0` of the bridge.
         n_steps: the geodesic random walk's steps :math:`K` (``gamma = horizon / n_steps``).
         n_particles: the trajectories simulated and cached per half-step.
-        train_steps: Adam steps per half-step (a multiple of :data:`TRAIN_CHUNK`).
+        train_steps: Adam steps per half-step (one compiled chunk of :func:`otdiff.train.fit`).
         batch_size: (time, particle) pairs per step.
         learning_rate: the peak learning rate (warm-up then cosine decay to 10%).
         hidden: the widths of the drift networks' hidden layers.
@@ -159,12 +158,7 @@ class BridgeConfig:
         check_positive(self.horizon, "horizon")
         check_int(self.n_steps, "n_steps", low=1)
         check_int(self.n_particles, "n_particles", low=2)
-        check_int(self.train_steps, "train_steps", low=TRAIN_CHUNK)
-        if self.train_steps % TRAIN_CHUNK:
-            raise ValueError(
-                f"train_steps must be a multiple of {TRAIN_CHUNK} (training runs in compiled "
-                f"chunks of {TRAIN_CHUNK} steps), got {self.train_steps}."
-            )
+        check_int(self.train_steps, "train_steps", low=1)
         check_int(self.batch_size, "batch_size", low=1)
         check_positive(self.learning_rate, "learning_rate")
         object.__setattr__(
@@ -213,10 +207,9 @@ class DriftNet(eqx.Module):
 def make_drift_network(
     key: jax.Array, manifold: Manifold, hidden=(128, 128), embed_dim: int = 32
 ) -> DriftNet:
-    """A fresh :class:`DriftNet` (a time-conditioned MLP on the ambient coordinates)."""
-    from otdiff.diffusion.networks import ScoreMLP
-
-    net = ScoreMLP(manifold.ambient_dim, hidden=tuple(hidden), embed_dim=embed_dim, key=key)
+    """A fresh :class:`DriftNet`: an :class:`otdiff.nn.TimeMLP` from and to the ambient coordinates."""
+    d = manifold.ambient_dim
+    net = TimeMLP(d, d, hidden=tuple(hidden), embed_dim=embed_dim, key=key)
     return DriftNet(net, manifold)
 
 
@@ -316,8 +309,6 @@ def empirical(points, weights=None) -> Callable[[jax.Array, int], jax.Array]:
     points = jnp.asarray(points)
     if points.ndim != 2 or points.shape[0] < 1:
         raise ValueError(f"points must have shape (m, D), got {points.shape}.")
-    from otdiff._checks import check_weights
-
     p = check_weights(weights, points.shape[0], "weights")
 
     def sample(key, n):
@@ -420,18 +411,23 @@ def reversal_targets(manifold: Manifold, path: jax.Array, other, horizon: jax.Ar
     return points, values, div
 
 
-# -- training: a short optax loop, chunks of one lax.scan -----------------------------------------
+# -- training: otdiff.train.fit with the two losses ----------------------------------------------
 
 
-def _optimizer(learning_rate, total):
-    """Adam, gradients clipped at norm 1, a linear warm-up over ``min(100, total/10)`` steps then a
-    cosine decay to 10% at ``total``; ``learning_rate`` and ``total`` may be traced."""
-    warmup = jnp.minimum(100.0, total / 10.0)
+@functools.lru_cache(maxsize=16)
+def _optimizer(learning_rate: float, n_steps: int) -> optax.GradientTransformation:
+    """Adam, gradients clipped at norm 1, a linear warm-up over ``min(100, n_steps/10)`` steps (from
+    ``learning_rate / warm-up``), then a cosine decay to 10% at ``n_steps``.
+
+    One object per setting (cached), so that :func:`otdiff.train.fit`, which hashes its optimiser,
+    compiles one program per loss and setting.
+    """
+    warmup = min(100.0, n_steps / 10.0)
 
     def schedule(count):
         c = jnp.asarray(count, jnp.float32)
-        rise = jnp.minimum(1.0, (c + 1.0) / jnp.maximum(warmup, 1.0))
-        frac = jnp.clip((c - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+        rise = jnp.minimum(1.0, (c + 1.0) / max(warmup, 1.0))
+        frac = jnp.clip((c - warmup) / max(n_steps - warmup, 1.0), 0.0, 1.0)
         return learning_rate * rise * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
 
     return optax.chain(
@@ -441,95 +437,63 @@ def _optimizer(learning_rate, total):
     )
 
 
-def _fit_chunk(key, params, opt_state, static, batch_loss, start, total, learning_rate):
-    """``TRAIN_CHUNK`` Adam steps from global step ``start``; step ``n`` uses ``fold_in(key, n)``."""
-    opt = _optimizer(learning_rate, total)
+class _ISMLoss(eqx.Module):
+    """:func:`ism_loss` on a mini-batch of cached states (``train.fit``'s ``loss(model, key, batch)``)."""
 
-    def step(carry, n):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(
-            lambda p: batch_loss(eqx.combine(p, static), jax.random.fold_in(key, n))
-        )(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+    manifold: Manifold
+    hutchinson: bool = eqx.field(static=True)
 
-    (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), start + jnp.arange(TRAIN_CHUNK)
-    )
-    return params, opt_state, losses
+    def __call__(self, model, key, batch):
+        x, tau, other, other_div = batch
+        probe = key if self.hutchinson else None
+        return ism_loss(self.manifold, model, x, tau, other, other_div, probe)
 
 
-def _ism_batch_loss(manifold, points, other, other_div, batch_size, divergence):
-    k_steps, n = points.shape[:2]
+class _HeatLoss(eqx.Module):
+    """:func:`heat_dsm_loss` on a mini-batch of data points, at a uniform backward step."""
 
-    def batch_loss(m, k):
-        k_i, k_p, k_div = jax.random.split(k, 3)
-        i = jax.random.randint(k_i, (batch_size,), 0, k_steps)
-        p = jax.random.randint(k_p, (batch_size,), 0, n)
-        tau = i.astype(points.dtype) / k_steps
-        probe = None if divergence == "exact" else k_div
-        return ism_loss(manifold, m, points[i, p], tau, other[i, p], other_div[i, p], probe)
+    horizon: jax.Array
+    k_steps: int = eqx.field(static=True)
+    n_terms: int = eqx.field(static=True)
 
-    return batch_loss
-
-
-def _heat_batch_loss(data, horizon, k_steps, batch_size, n_terms):
-    n = data.shape[0]
-
-    def batch_loss(m, k):
-        k_i, k_p, k_x = jax.random.split(k, 3)
-        i = jax.random.randint(k_i, (batch_size,), 0, k_steps)
-        x0 = data[jax.random.randint(k_p, (batch_size,), 0, n)]
-        tau = i.astype(data.dtype) / k_steps
-        t = horizon * (k_steps - i).astype(data.dtype) / k_steps  # backward step i <-> p_{K-i}
-        return heat_dsm_loss(m, x0, tau, t, k_x, n_terms)
-
-    return batch_loss
+    def __call__(self, model, key, x0):
+        k_i, k_x = jax.random.split(key)
+        i = jax.random.randint(k_i, (x0.shape[0],), 0, self.k_steps)
+        tau = i.astype(x0.dtype) / self.k_steps
+        t = self.horizon * (self.k_steps - i).astype(x0.dtype) / self.k_steps  # step i <-> p_{K-i}
+        return heat_dsm_loss(model, x0, tau, t, k_x, self.n_terms)
 
 
-@eqx.filter_jit
-def _ism_chunk(key, params, opt_state, static, arrays, start, total, lr, manifold, batch_size, div):
-    loss = _ism_batch_loss(manifold, *arrays, batch_size, div)
-    return _fit_chunk(key, params, opt_state, static, loss, start, total, lr)
-
-
-@eqx.filter_jit
-def _heat_chunk(
-    key, params, opt_state, static, arrays, start, total, lr, k_steps, batch_size, n_terms
-):
-    data, horizon = arrays
-    loss = _heat_batch_loss(data, horizon, k_steps, batch_size, n_terms)
-    return _fit_chunk(key, params, opt_state, static, loss, start, total, lr)
-
-
-def _train(key, model, cfg: BridgeConfig, chunk, arrays, *static_args):
-    """Train ``model`` for ``cfg.train_steps`` steps in chunks: ``(model, losses)``.
-
-    The one training loop of this module (a private optax loop; the trainer of
-    :mod:`otdiff.diffusion.training` fits noise predictors by denoising score matching only).
-    """
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = _optimizer(1.0, 1.0).init(params)
-    total = jnp.asarray(cfg.train_steps, jnp.float32)
-    lr = jnp.asarray(cfg.learning_rate, jnp.float32)
-    losses = []
-    for start in range(0, cfg.train_steps, TRAIN_CHUNK):
-        params, opt_state, chunk_losses = chunk(
-            key, params, opt_state, static, arrays, jnp.asarray(start), total, lr, *static_args
-        )
-        losses.append(chunk_losses)
+def _fit(key, model, data, loss, cfg: BridgeConfig):
+    """``cfg.train_steps`` steps of :func:`otdiff.train.fit` (no EMA, one compiled chunk):
+    ``(model, losses)``."""
+    result = train.fit(
+        key, model, data, loss, n_steps=cfg.train_steps, batch_size=cfg.batch_size,
+        optimizer=_optimizer(float(cfg.learning_rate), cfg.train_steps), ema_decay=None,
+        chunk_size=cfg.train_steps,
+    )  # fmt: skip
+    params, static = train.split(result.model)
     params = guard_finite(params, "the trained drift's weights")
-    return eqx.combine(params, static), jnp.concatenate(losses)
+    return eqx.combine(params, static), result.losses
 
 
 def _train_ism(key, model, manifold, points, other, other_div, cfg: BridgeConfig):
-    arrays = (points, other, other_div)
-    return _train(key, model, cfg, _ism_chunk, arrays, manifold, cfg.batch_size, cfg.divergence)
+    """Fit ``model`` by implicit score matching on the cached states: mini-batches of (step,
+    particle) pairs drawn uniformly, i.e. rows of the flattened ``(K * N)`` cache."""
+    k_steps, n = points.shape[:2]
+    tau = jnp.broadcast_to(
+        (jnp.arange(k_steps, dtype=points.dtype) / k_steps)[:, None], (k_steps, n)
+    )
+    rows = lambda a: a.reshape(k_steps * n, *a.shape[2:])  # noqa: E731
+    data = (rows(points), rows(tau), rows(other), rows(other_div))
+    loss = _ISMLoss(manifold, cfg.divergence == "hutchinson")
+    return _fit(key, model, data, loss, cfg)
 
 
 def _train_heat(key, model, data, cfg: BridgeConfig, n_terms: int):
-    arrays = (data, jnp.asarray(cfg.horizon, data.dtype))
-    return _train(key, model, cfg, _heat_chunk, arrays, cfg.n_steps, cfg.batch_size, n_terms)
+    """Fit ``model`` by denoising score matching with the heat kernel from the data points."""
+    loss = _HeatLoss(jnp.asarray(cfg.horizon, data.dtype), cfg.n_steps, n_terms)
+    return _fit(key, model, data, loss, cfg)
 
 
 # -- IPF -----------------------------------------------------------------------------------------
@@ -650,7 +614,7 @@ def ipf(
 
 # -- a cache of trained bridges -------------------------------------------------------------------
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: trained with otdiff.train.fit
 
 
 def cached_ipf(
@@ -671,7 +635,7 @@ def cached_ipf(
 
     The file ``<cache>/bridges/<name>-seed<seed>-it<L>-<hash>.ckpt`` (``cache`` defaults to
     ``otdiff.config.cache_dir()``) holds every network's weights in the pickle-free checkpoint
-    format of :func:`otdiff.diffusion.training.save_checkpoint`, written atomically under a file
+    format of :mod:`otdiff.checkpoint`, written atomically under a file
     lock. The hash covers ``config``, the manifold, ``tag`` and a version of this code: pass a
     ``tag`` that changes whenever ``sample_start``/``sample_end`` change (they cannot be hashed).
     A cached run with fewer iterations is continued rather than retrained. Only Brownian
@@ -681,13 +645,6 @@ def cached_ipf(
         The :class:`Bridge`; ``seconds`` holds the training times of the run that made the file.
     """
     from filelock import FileLock
-
-    from otdiff.diffusion.training import (
-        CheckpointMismatchError,
-        CorruptCheckpointError,
-        load_checkpoint,
-        save_checkpoint,
-    )
 
     if not name or not all(c.isalnum() or c in "_-" for c in name):
         raise ValueError(f"name must be letters, digits, '_' or '-', got {name!r}.")
@@ -712,7 +669,7 @@ def cached_ipf(
         return {"forward": [params] * (iters - 1), "backward": [params] * iters}
 
     def load(path, iters):
-        tree, meta = load_checkpoint(path, like(iters))
+        tree, meta = checkpoint.load(path, like(iters))
         skeleton = make_drift_network(jax.random.key(0), manifold, config.hidden, config.embed_dim)
         _, static = eqx.partition(skeleton, eqx.is_inexact_array)
         nets = {k: tuple(eqx.combine(p, static) for p in v) for k, v in tree.items()}
@@ -729,7 +686,7 @@ def cached_ipf(
         if target.exists():
             try:
                 return load(target, n_iterations)
-            except (CorruptCheckpointError, CheckpointMismatchError) as err:
+            except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError) as err:
                 if verbose:
                     print(f"otdiff.manifolds.cached_ipf: {err} Retraining.", flush=True)
                 target.unlink(missing_ok=True)
@@ -739,7 +696,7 @@ def cached_ipf(
                 try:
                     start = load(path_for(iters), iters)
                     break
-                except (CorruptCheckpointError, CheckpointMismatchError):
+                except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError):
                     continue
         if verbose:
             what = f"continuing from {start.n_iterations}" if start else "training"
@@ -762,5 +719,5 @@ def cached_ipf(
             "losses": [np.asarray(x).tolist() for x in bridge.losses],
             "seconds": [round(s, 3) for s in bridge.seconds],
         }
-        save_checkpoint(target, tree, meta)
+        checkpoint.save(target, tree, meta)
         return bridge

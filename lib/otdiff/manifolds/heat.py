@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff._checks import check_int, check_positive, is_concrete
+from otdiff._checks import check_int, check_positive, check_times
 
 __all__ = [
     "heat_kernel",
@@ -92,14 +92,8 @@ def n_terms_for(t_min: float, tol: float = 1e-6) -> int:
 
 
 def _check_times(t, name: str = "t"):
-    """Times > 0: a scalar or an array (value checked on concrete input only)."""
-    if is_concrete(t):
-        arr = np.asarray(t)
-        if not np.issubdtype(arr.dtype, np.number):
-            raise TypeError(f"{name} must be a real number or array, got {t!r}.")
-        if not np.all(np.isfinite(arr) & (arr > 0)):
-            raise ValueError(f"{name} must be finite and > 0, got {t!r}.")
-    return t
+    """Times > 0 (a scalar or an array; values checked on concrete input only)."""
+    return check_times(t, name, high=math.inf, low_open=True)
 
 
 def _check_s2(x, name):
