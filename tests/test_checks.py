@@ -107,3 +107,13 @@ def test_bool():
     assert C.check_bool(np.True_, "flag") is True
     with pytest.raises(TypeError, match="flag must be a bool"):
         C.check_bool(1, "flag")
+
+
+def test_times_with_an_open_lower_end():
+    assert C.check_times(np.array([0.5, 3.0]), high=np.inf, low_open=True) is not None
+    with pytest.raises(ValueError, match=r"t must lie in \(0, inf\], got \[0.0\]"):
+        C.check_times(np.array([0.0, 1.0]), high=np.inf, low_open=True)
+    with pytest.raises(ValueError, match=r"s must lie in \[0, 1\]"):
+        C.check_times(1.5, "s")
+    with pytest.raises(TypeError, match="real number"):
+        C.check_times("soon")

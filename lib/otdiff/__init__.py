@@ -7,14 +7,15 @@ Modules, by layer (a layer imports only the layers above it in this list):
 2. shared machinery: :mod:`otdiff.nn` (time-conditioned networks), :mod:`otdiff.train` (train
    state, pure step from any loss, chunked ``fit`` with EMA and resume),
    :mod:`otdiff.checkpoint` (atomic, pickle-free files), :mod:`otdiff.data` (densities with exact
-   noised log-densities, the digits), :mod:`otdiff.metrics`, :mod:`otdiff.smc` (weights,
-   resamplers, Feynman-Kac kernels);
+   noised log-densities, the digits, world cities and land on the globe), :mod:`otdiff.metrics`,
+   :mod:`otdiff.smc` (weights, resamplers, Feynman-Kac kernels);
 3. the cores: :mod:`otdiff.ot` (entropic optimal transport on ott-jax) and
    :mod:`otdiff.diffusion` (forward processes, losses, the sampler driver and its step kernels,
    likelihoods, networks);
 4. the papers, beside their core: :mod:`otdiff.diffusion.composition`,
    :mod:`otdiff.diffusion.energy`, :mod:`otdiff.diffusion.spell`, the ProgOT and initializer
-   modules of :mod:`otdiff.ot`, :mod:`otdiff.optim` (Bloop);
+   modules of :mod:`otdiff.ot`; in their own subpackages, :mod:`otdiff.optim` (Bloop) and
+   :mod:`otdiff.manifolds` (diffusion on manifolds, Riemannian diffusion Schrödinger bridges);
 5. the reader's tools: :mod:`otdiff.zoo` (trained models shared between chapters),
    :mod:`otdiff.ui` (explorers), :mod:`otdiff.viz` (plots).
 

@@ -232,14 +232,23 @@ def check_choice(value: Any, name: str, options) -> Any:
     return value
 
 
-def check_times(t: Any, name: str = "t", *, low: float = 0.0, high: float = 1.0) -> Any:
-    """Diffusion times: finite, in ``[low, high]`` (skipped under a transformation)."""
+def check_times(
+    t: Any, name: str = "t", *, low: float = 0.0, high: float = 1.0, low_open: bool = False
+) -> Any:
+    """Times (a scalar or an array): finite, in ``[low, high]``, or ``(low, high]`` with
+    ``low_open`` (skipped under a transformation)."""
     if is_concrete(t):
-        arr = np.asarray(t, dtype=float)
-        ok = np.isfinite(arr) & (arr >= low) & (arr <= high)
+        try:
+            arr = np.asarray(t, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must be a real number or an array of them, got {t!r}."
+            ) from None
+        ok = np.isfinite(arr) & ((arr > low) if low_open else (arr >= low)) & (arr <= high)
         if not np.all(ok):
             bad = arr[~ok].ravel()[:3]
-            raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {bad.tolist()}.")
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise ValueError(f"{name} must lie in {interval}, got {bad.tolist()}.")
     return t
 
 

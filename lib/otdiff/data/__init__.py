@@ -4,9 +4,20 @@
 - :mod:`otdiff.data.toy2d`: two moons and a checkerboard, with exact noised densities.
 - :mod:`otdiff.data.digits`: scikit-learn's 8x8 digits in ``[-1, 1]``, with labels.
 - :mod:`otdiff.data.transport`: point clouds to match, and a transport map known in closed form.
+- :mod:`otdiff.data.earth`: world cities weighted by population and a land mask, on the sphere.
 """
 
 from otdiff.data.digits import DigitsData, load_digits, load_digits_raw, to_image
+from otdiff.data.earth import (
+    EarthData,
+    LandMask,
+    is_land,
+    load_cities,
+    load_land_mask,
+    lonlat_to_xyz,
+    sample_land,
+    xyz_to_lonlat,
+)
 from otdiff.data.mixtures import (
     GaussianMixture,
     exact_log_prob,
@@ -36,4 +47,12 @@ __all__ = [
     "mixture_clouds",
     "known_map",
     "known_map_problem",
+    "EarthData",
+    "LandMask",
+    "load_cities",
+    "load_land_mask",
+    "is_land",
+    "sample_land",
+    "lonlat_to_xyz",
+    "xyz_to_lonlat",
 ]
