@@ -9,7 +9,15 @@ import pytest
 from otdiff.data import exact_score, gaussian_mixture
 from otdiff.diffusion import LinearVP
 from otdiff.diffusion import energy as en
-from otdiff.diffusion.composition import Composition, bayes, compose, product
+from otdiff.diffusion.composition import (
+    Composition,
+    bayes,
+    compose,
+    guidance,
+    mean_cosines,
+    product,
+    sample_mean_cosines,
+)
 
 PROCESS = LinearVP()
 
@@ -69,3 +77,59 @@ def test_weights_are_dynamic_and_checked():
         product([])
     with pytest.raises(TypeError, match="background"):
         compose(scores, background=3.0)
+
+
+def test_guidance_is_the_one_term_case():
+    cond = exact_score(_gaussian([1.0, 0.0], 1.0), PROCESS)
+    unc = exact_score(_gaussian([0.0, 0.0], 2.0), PROCESS)
+    x, t = jnp.array([0.4, 1.1]), 0.3
+    np.testing.assert_allclose(
+        guidance(cond, unc, 3.0)(x, t), unc(x, t) + 3.0 * (cond(x, t) - unc(x, t)), rtol=1e-5
+    )
+    np.testing.assert_allclose(guidance(cond, unc, 1.0)(x, t), cond(x, t), rtol=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        guidance(cond, unc, -1.0)
+    with pytest.raises(TypeError, match="unconditional"):
+        guidance(cond, None)
+
+
+def test_mismatched_score_shapes_raise_clearly():
+    two = exact_score(_gaussian([1.0, 0.0], 1.0), PROCESS)
+    three = exact_score(_gaussian([1.0, 0.0, 0.0], 1.0), PROCESS)
+    with pytest.raises(ValueError, match="term 1"):
+        product([lambda x, t: two(x[:2], t), lambda x, t: three(x, t)])(jnp.ones(3), 0.5)
+    with pytest.raises(ValueError, match="background"):
+        compose([lambda x, t: two(x[:2], t)], background=three)(jnp.ones(3), 0.5)
+
+
+def test_mean_cosines_closed_form_and_monte_carlo():
+    """Lemma 8.1 of Bradley et al. (2025): with the empty background the mean differences of the
+    one-object laws are orthogonal; against the unconditional law their cosines are -1/(d-1)."""
+    from otdiff import config
+    from otdiff.data import slots
+
+    d = 4
+    fam = slots(d, plus_prob=1.0)
+    means = jnp.stack([fam.mean((i,)) for i in range(d)])
+    off = ~np.eye(d, dtype=bool)
+    np.testing.assert_allclose(mean_cosines(means, fam.mean())[off], 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        mean_cosines(means, fam.mean("unconditional"))[off], -1 / (d - 1), atol=1e-6
+    )
+    key = jax.random.key(config.seed(0))
+    groups = [fam.sample(jax.random.fold_in(key, i), 4000, (i,)) for i in range(d)]
+    mc_empty = sample_mean_cosines(groups, fam.sample(jax.random.fold_in(key, 9), 4000))
+    mc_unc = sample_mean_cosines(
+        groups, fam.sample(jax.random.fold_in(key, 10), 4000, "unconditional")
+    )
+    # Monte Carlo error of a cosine ~ s / (a sqrt(n)) ~ 0.002 here; tolerance 0.03
+    np.testing.assert_allclose(np.asarray(mc_empty)[off], 0.0, atol=0.03)
+    np.testing.assert_allclose(np.asarray(mc_unc)[off], -1 / (d - 1), atol=0.03)
+    with pytest.raises(ValueError, match="equal the background"):
+        mean_cosines(means, means[0] * 0 + means[1])
+    with pytest.raises(ValueError, match="k >= 2"):
+        mean_cosines(means[:1], fam.mean())
+    with pytest.raises(ValueError, match="background_mean"):
+        mean_cosines(means, jnp.zeros(3))
+    with pytest.raises(ValueError, match="k >= 2"):
+        sample_mean_cosines(groups[:1], groups[0])

@@ -180,8 +180,8 @@ class _ResBlock(eqx.Module):
 class TimeConvNet(eqx.Module):
     """A small residual convolutional network on ``side x side`` grey images, conditioned on time.
 
-    The flat input (``side**2``,) is reshaped to one channel, lifted to ``channels`` by a 3x3
-    convolution, passed through ``n_blocks`` residual blocks (GroupNorm, SiLU, 3x3 convolution,
+    The flat input (``in_channels * side**2``,) is reshaped to ``in_channels`` channels (the
+    image, then any conditioning maps), lifted to ``channels`` by a 3x3 convolution, passed through ``n_blocks`` residual blocks (GroupNorm, SiLU, 3x3 convolution,
     FiLM by the time embedding :math:`z \\leftarrow z(1 + a(t)) + b(t)` per channel, GroupNorm,
     SiLU, 3x3 convolution) and projected back to one channel, then flattened. "SAME" padding
     keeps the image size.
@@ -193,9 +193,11 @@ class TimeConvNet(eqx.Module):
         embed_dim: the size of the time embedding (static).
         groups: the GroupNorm groups (must divide ``channels``; 0 turns normalisation off).
         key: a JAX random key.
+        in_channels: the number of input channels (static; default 1, the image alone).
     """
 
     side: int = eqx.field(static=True)
+    in_channels: int = eqx.field(static=True)
     embedding: TimeEmbedding
     lift: eqx.nn.Conv2d
     blocks: tuple[_ResBlock, ...]
@@ -211,8 +213,10 @@ class TimeConvNet(eqx.Module):
         embed_dim: int = 64,
         groups: int = 8,
         key: jax.Array,
+        in_channels: int = 1,
     ):
         side = check_int(side, "side", low=1)
+        self.in_channels = check_int(in_channels, "in_channels", low=1)
         channels = check_int(channels, "channels", low=1)
         n_blocks = check_int(n_blocks, "n_blocks", low=0)
         groups = check_int(groups, "groups", low=0)
@@ -221,7 +225,7 @@ class TimeConvNet(eqx.Module):
         keys = jax.random.split(key, n_blocks + 3)
         self.side = side
         self.embedding = TimeEmbedding(embed_dim, key=keys[0])
-        self.lift = eqx.nn.Conv2d(1, channels, 3, padding="SAME", key=keys[1])
+        self.lift = eqx.nn.Conv2d(self.in_channels, channels, 3, padding="SAME", key=keys[1])
         self.blocks = tuple(
             _ResBlock(channels, embed_dim, groups, key=keys[2 + i]) for i in range(n_blocks)
         )
@@ -229,15 +233,17 @@ class TimeConvNet(eqx.Module):
         self.project = eqx.nn.Conv2d(channels, 1, 3, padding="SAME", key=keys[-1])
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        """The output at one flat image ``x`` of shape ``(side**2,)`` and a scalar time ``t``."""
+        """The output ``(side**2,)`` at one flat input ``x`` of shape ``(in_channels * side**2,)``
+        and a scalar time ``t``."""
         n = self.side * self.side
-        if x.shape != (n,):
+        if x.shape != (self.in_channels * n,):
             raise ValueError(
-                f"the network expects one flat image of shape ({n},), got {x.shape}; "
+                f"the network expects one flat input of shape ({self.in_channels * n},) "
+                f"({self.in_channels} channel(s) of {self.side}x{self.side}), got {x.shape}; "
                 "vmap over a batch."
             )
         emb = jax.nn.silu(self.embedding(t))
-        h = self.lift(x.reshape(1, self.side, self.side))
+        h = self.lift(x.reshape(self.in_channels, self.side, self.side))
         for block in self.blocks:
             h = block(h, emb)
         h = h if self.norm_out is None else self.norm_out(h)

@@ -31,9 +31,13 @@ Safety of the cache:
 Models: ``"ring8"`` (the 2-D ring of eight Gaussians :func:`otdiff.data.ring`, an MLP, linear VP
 process) and ``"digits"`` (the 8x8 digits of :func:`otdiff.data.load_digits` as 64-d vectors in
 [-1, 1], an MLP, cosine VP process). Both are noise predictors trained by denoising score
-matching :cite:`ho2020denoising`, :cite:`song2021scorebased`.
+matching :cite:`ho2020denoising`, :cite:`song2021scorebased`. ``"slots_local"`` and
+``"slots_mlp"`` are slot-conditional noise predictors ``model(x, t, c)``
+(:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws of
+``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
+condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`.
 
-Taught in: book/diffusion/01_score_based.ipynb
+Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_composition.ipynb
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ __all__ = [
     "clear",
     "zoo_dir",
     "training_losses",
+    "SLOTS_N_SLOTS",
 ]
 
 #: What a model's output means: a noise prediction (``"eps"``, the model has a ``score``) or
@@ -211,6 +216,36 @@ def _digits_model(key, process):
     return ScoreMLP(64, hidden=(512, 512, 512), embed_dim=64, key=key)
 
 
+#: The number of slots of the ``"slots_local"`` and ``"slots_mlp"`` models
+#: (:func:`otdiff.data.slots` with its other defaults).
+SLOTS_N_SLOTS = 5
+
+
+def _slots_data(seed: int):
+    from otdiff.data import slots
+
+    key = jax.random.fold_in(jax.random.key(seed), 17)
+    return slots(SLOTS_N_SLOTS).training_data(key, 20_000)
+
+
+def _conditional_dsm(process):
+    from otdiff.diffusion.conditional import conditional_dsm_loss
+
+    return jax.tree_util.Partial(conditional_dsm_loss, process=process)
+
+
+def _slots_local_model(key, process):
+    from otdiff.diffusion.conditional import LocalSlotNet
+
+    return LocalSlotNet(SLOTS_N_SLOTS, hidden=(64, 64), embed_dim=16, key=key)
+
+
+def _slots_mlp_model(key, process):
+    from otdiff.diffusion.conditional import ConditionalMLP
+
+    return ConditionalMLP(SLOTS_N_SLOTS, hidden=(256, 256, 256), embed_dim=32, key=key)
+
+
 _REGISTRY: dict[str, Recipe] = {}
 _MEMORY: dict[str, tuple[int, ZooModel]] = {}
 
@@ -255,6 +290,26 @@ register(
         description="8x8 digits as 64-d vectors in [-1, 1], MLP noise predictor, cosine VP",
     )
 )
+for _name, _make, _what in (
+    ("slots_local", _slots_local_model, "local weight-shared per-slot network"),
+    ("slots_mlp", _slots_mlp_model, "plain MLP over all slots"),
+):
+    register(
+        Recipe(
+            name=_name,
+            make_data=_slots_data,
+            make_model=_make,
+            make_loss=_conditional_dsm,
+            make_process=_linear_vp,
+            n_steps=3000,
+            batch_size=256,
+            learning_rate=2e-3,
+            parameterisation="other",
+            description=f"slot-conditional noise predictor model(x, t, c) on "
+            f"otdiff.data.slots({SLOTS_N_SLOTS}), empty and one-object data only, {_what}, "
+            "linear VP",
+        )
+    )
 
 
 def available() -> list[str]:

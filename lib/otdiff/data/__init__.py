@@ -5,8 +5,12 @@
 - :mod:`otdiff.data.digits`: scikit-learn's 8x8 digits in ``[-1, 1]``, with labels.
 - :mod:`otdiff.data.transport`: point clouds to match, and a transport map known in closed form.
 - :mod:`otdiff.data.earth`: world cities weighted by population and a land mask, on the sphere.
+- :mod:`otdiff.data.slots`: objects in slots, factorized conditionals with exact noised scores,
+  seen through a linear feature map.
+- :mod:`otdiff.data.canvas`: objects on a canvas, small images with a blob in some cells.
 """
 
+from otdiff.data.canvas import Canvas, canvas
 from otdiff.data.digits import DigitsData, load_digits, load_digits_raw, to_image
 from otdiff.data.earth import (
     EarthData,
@@ -25,6 +29,14 @@ from otdiff.data.mixtures import (
     gaussian_mixture,
     grid,
     ring,
+)
+from otdiff.data.slots import (
+    SIGN_PATTERNS,
+    Slots,
+    SlotScore,
+    angled_features,
+    random_rotation,
+    slots,
 )
 from otdiff.data.toy2d import Checkerboard, checkerboard, two_moons
 from otdiff.data.transport import gaussian_clouds, known_map, known_map_problem, mixture_clouds
@@ -55,4 +67,12 @@ __all__ = [
     "sample_land",
     "lonlat_to_xyz",
     "xyz_to_lonlat",
+    "Slots",
+    "SlotScore",
+    "slots",
+    "angled_features",
+    "random_rotation",
+    "SIGN_PATTERNS",
+    "Canvas",
+    "canvas",
 ]
