@@ -138,6 +138,19 @@ def test_a_damaged_progress_file_restarts_the_build():
     assert art.source == "built" and len(calls) == 2 and calls[0].name.endswith(".train.ckpt")
 
 
+def test_find_reads_but_never_builds(folders):
+    assert artifacts.find("thing", 1, {"scale": 2.0}, like=LIKE) is None
+    built = get()
+    artifacts.forget()
+    found = artifacts.find("thing", 1, {"scale": 2.0}, like=LIKE)
+    assert found.source == "cache" and BUILDS["n"] == 1
+    np.testing.assert_array_equal(found.tree["w"], built.tree["w"])
+    assert artifacts.find("thing", 2, {"scale": 2.0}, like=LIKE) is None
+    with artifacts.shipping(folders / "elsewhere"):
+        assert artifacts.find("thing", 1, {"scale": 2.0}, like=LIKE) is None
+    assert BUILDS["n"] == 1
+
+
 def test_bad_arguments():
     ok = {"build": build_tree(1.0), "like": LIKE}
     with pytest.raises(ValueError, match="name"):

@@ -82,6 +82,7 @@ __all__ = [
     "STORAGE_DTYPES",
     "SHIPPED_DIR_VAR",
     "cached",
+    "find",
     "fingerprint",
     "shipped_dir",
     "shipped_path",
@@ -422,6 +423,44 @@ def _build(name, seed, fp, build, progress: Path, verbose: bool) -> tuple[Any, d
     if verbose:
         print(f"otdiff: built {name!r} in {seconds:.1f} s; cached.", flush=True)
     return tree, meta, seconds
+
+
+def find(
+    name: str,
+    seed: int,
+    inputs: Any,
+    *,
+    like: Any,
+    cache: str | os.PathLike | None = None,
+) -> Artifact | None:
+    """The artifact ``name`` at ``seed`` if a sound copy is shipped or in the user cache, else
+    ``None``; nothing is built or written.
+
+    For a build that can start from a related artifact (a run continued from a shorter cached
+    one, a set of models trained together in one program when several are missing). Arguments
+    as in :func:`cached`. Inside :func:`shipping` or :func:`planning` it returns ``None`` (a
+    shipped file is always built from its seed). A stale or damaged shipped file is reported
+    as in :func:`cached`; a damaged cached file is ignored.
+    """
+    name = _check_name(name)
+    seed = check_int(seed, "seed", low=0)
+    if _MODE:
+        return None
+    like_fn = like if callable(like) else (lambda: like)
+    fp = fingerprint(inputs)
+    art = _try_shipped(name, seed, fp, like_fn)
+    if art is not None:
+        return art
+    path = cache_folder(cache) / f"{name}-seed{seed}-{fp}.ckpt"
+    hit = _remembered(path)
+    if hit is not None:
+        return hit._replace(source="cache")
+    if not path.is_file():
+        return None
+    try:
+        return _read(path, like_fn(), "cache")
+    except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError):
+        return None
 
 
 def cached(
