@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,7 @@ def test_fingerprint_sees_settings_arrays_and_code_not_docstrings():
     )
     assert isinstance(reworded, str) and len(one) == 12
     assert fp(jax.tree_util.Partial(f_one, 3)) != fp(jax.tree_util.Partial(f_one, 4))
+    assert fp(jax.jit(f_one)) == fp(f_one) and fp(eqx.filter_jit(f_one)) == fp(f_one)
     with pytest.raises(TypeError, match="stable description"):
         fp({"obj": object()})
 

@@ -175,6 +175,9 @@ def _canonical(obj) -> Any:
         return {"array": [list(arr.shape), str(arr.dtype), digest]}
     if isinstance(obj, Path):
         return str(obj)
+    wrapped = getattr(obj, "__wrapped__", None)  # jax.jit, eqx.filter_jit, functools.wraps
+    if wrapped is not None and callable(obj) and not inspect.isclass(obj):
+        return _canonical(inspect.unwrap(obj))
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, tuple) and hasattr(obj, "_asdict"):  # a NamedTuple
@@ -208,8 +211,9 @@ def fingerprint(inputs: Any) -> str:
     Args:
         inputs: settings (dicts, lists, tuples, numbers, strings, ``None``; NamedTuples and
             dataclasses by their fields), arrays (by shape, dtype and bytes), functions and
-            classes (by their source's syntax tree, docstrings and formatting ignored), and
-            partials of functions (the function and its arguments).
+            classes (by their source's syntax tree, docstrings and formatting ignored; a
+            jitted or otherwise wrapped function by the function it wraps), and partials of
+            functions (the function and its arguments).
 
     Raises:
         TypeError: for an object with no stable description (its ``repr`` holds an address).
