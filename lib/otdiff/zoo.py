@@ -295,7 +295,8 @@ def _is_float_struct(leaf) -> bool:
 def _template(rec: Recipe, seed: int):
     """``(params_like, static)`` of the recipe's model without computing any weights."""
     key = jax.random.fold_in(jax.random.key(seed), 0)
-    shapes = eqx.filter_eval_shape(rec.make_model, key, rec.process())
+    process = rec.process()  # closed over: a network may need its numbers concrete
+    shapes = eqx.filter_eval_shape(lambda k: rec.make_model(k, process), key)
     params, static = eqx.partition(shapes, _is_float_struct)
     if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(static)):
         # a model with non-float arrays: build it for real to get their values
