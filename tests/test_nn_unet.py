@@ -51,7 +51,7 @@ def test_three_levels_and_bad_arguments():
     net = perturbed(small(channels=(8, 16, 16), n_middle=0), 3)
     assert net(jnp.zeros(64), 0.5).shape == (64,)
     with pytest.raises(ValueError, match="divisible"):
-        small(side=6)
+        small(side=7)
     with pytest.raises(ValueError, match="groups"):
         small(groups=3)
     with pytest.raises(ValueError, match="two levels"):
