@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from otdiff import zoo
+from otdiff import artifacts, zoo
 from otdiff.checkpoint import read_metadata as read_checkpoint_metadata
 from otdiff.train import split
 
@@ -67,9 +67,10 @@ def flat(module):
 @pytest.fixture(autouse=True)
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
-    zoo._MEMORY.clear()
+    monkeypatch.setenv(artifacts.SHIPPED_DIR_VAR, str(tmp_path / "shipped"))
+    artifacts.forget()
     yield tmp_path / "zoo"
-    zoo._MEMORY.clear()
+    artifacts.forget()
 
 
 def test_registry_and_errors():
@@ -110,7 +111,7 @@ def test_trains_once_then_loads_from_cache(tmp_cache, capsys):
     path = Path(first.info["path"])
     assert path.parent == tmp_cache and path.name.startswith("tiny_test-seed3-")
     assert not list(tmp_cache.glob("*.train.ckpt"))  # the resume checkpoint is gone once done
-    zoo._MEMORY.clear()
+    artifacts.forget()
     n_data = CALLS["data"]
     second = zoo.load(TINY, seed=3)
     assert not second.info["trained_now"] and CALLS["data"] == n_data  # no retraining
@@ -141,7 +142,7 @@ def test_corrupt_file_is_rebuilt_with_a_warning(tmp_cache, damage):
     path = Path(good.info["path"])
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"\x00" * 100)
-    zoo._MEMORY.clear()
+    artifacts.forget()
     with pytest.warns(UserWarning, match="corrupt"):
         again = zoo.load(TINY, verbose=False)
     assert again.info["trained_now"]

@@ -53,7 +53,9 @@ class CheckpointMismatchError(ValueError):
 def _leaf_specs(tree) -> list[list]:
     specs = []
     for leaf in jax.tree_util.tree_leaves(tree):
-        if isinstance(leaf, jax.Array | np.ndarray | np.generic | bool | int | float | complex):
+        if isinstance(leaf, jax.ShapeDtypeStruct):  # a template (jax.eval_shape) in ``like``
+            specs.append([list(leaf.shape), str(np.dtype(leaf.dtype))])
+        elif isinstance(leaf, jax.Array | np.ndarray | np.generic | bool | int | float | complex):
             arr = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
             specs.append([list(arr.shape), str(arr.dtype)])
     return specs
@@ -156,7 +158,8 @@ def load(path: str | os.PathLike, like) -> tuple[Any, dict]:
     Args:
         path: the file.
         like: a pytree of the same structure, shapes and dtypes (e.g. a freshly initialised
-            state); its leaves are replaced by the stored ones.
+            state, or its ``jax.eval_shape``: ``jax.ShapeDtypeStruct`` leaves are read as JAX
+            arrays); its leaves are replaced by the stored ones.
 
     Raises:
         FileNotFoundError: if there is no file.

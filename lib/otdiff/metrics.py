@@ -9,6 +9,9 @@
 * :func:`energy_distance`: :math:`2\\mathbb E\\|X - Y\\| - \\mathbb E\\|X - X'\\| - \\mathbb
   E\\|Y - Y'\\|` (U-statistics for the within-sample terms), zero iff the laws agree.
 * :func:`sinkhorn_divergence`: ott-jax's debiased Sinkhorn divergence :cite:`cuturi2022ott`.
+* :func:`frechet_distance`: the Fréchet distance between Gaussian fits of two samples (in a
+  classifier's feature space, the FID); :func:`nearest_distance` / :func:`memorised_fraction`
+  check generated samples for copies of the training set.
 * :class:`DigitClassifier`: a logistic regression on the real 8x8 digits (scikit-learn, fitted
   in about a second): an independent judge of generated digits.
 * :func:`spherical_mmd2`: the squared MMD between distributions on a sphere with the kernel
@@ -28,6 +31,7 @@ import numpy as np
 
 from otdiff._checks import (
     check_in_range,
+    check_int,
     check_log_weights,
     check_nonnegative,
     check_points,
@@ -318,3 +322,74 @@ def spherical_mmd2(x, y=None, *, kappa: float = 10.0, unbiased: bool = True) -> 
             )
     cross = _kernel_sum(x, y, kappa) / (x.shape[0] * y.shape[0])
     return within(x) + within(y) - 2.0 * cross
+
+
+# -- a Fréchet distance and a memorisation check --------------------------------------------------
+
+__all__ += [
+    "frechet_distance",
+    "nearest_distance",
+    "memorised_fraction",
+]
+
+
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(a)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def frechet_distance(x, y) -> float:
+    r"""The Fréchet distance between Gaussian fits of two samples ``(n, d)`` and ``(m, d)``.
+
+    .. math::
+
+        d^2 = \|\mu_x - \mu_y\|^2 + \operatorname{tr}\Big(\Sigma_x + \Sigma_y
+        - 2\big(\Sigma_x^{1/2}\Sigma_y\Sigma_x^{1/2}\big)^{1/2}\Big),
+
+    the squared 2-Wasserstein distance between :math:`\mathcal N(\mu_x, \Sigma_x)` and
+    :math:`\mathcal N(\mu_y, \Sigma_y)`, with the sample means and (unbiased) covariances; in a
+    classifier's feature space it is the FID of :cite:`heusel2017gans`. Computed in float64 with
+    symmetric eigendecompositions. The estimate is biased upwards for small samples: compare
+    distances computed with equal sample sizes only.
+
+    Taught in: book/diffusion/01_score_based.ipynb
+    """
+    x = np.asarray(check_points(x, "x", min_points=2), np.float64)
+    y = np.asarray(check_points(y, "y", min_points=2), np.float64)
+    check_same_dim(x, y)
+    mx, my = x.mean(0), y.mean(0)
+    cx, cy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    root = _sqrt_psd(cx)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cy @ root), 0.0, None)).sum()
+    return float(np.sum((mx - my) ** 2) + np.trace(cx) + np.trace(cy) - 2.0 * cross)
+
+
+def nearest_distance(x, reference, *, chunk_size: int = 1024) -> np.ndarray:
+    """The Euclidean distance from each point of ``x`` (``(n, d)``) to its nearest point of
+    ``reference`` (``(m, d)``), in float64, ``chunk_size`` rows of ``x`` at a time."""
+    x = np.asarray(check_points(x, "x"), np.float64)
+    ref = np.asarray(check_points(reference, "reference"), np.float64)
+    check_same_dim(x, ref, ("x", "reference"))
+    chunk_size = check_int(chunk_size, "chunk_size", low=1)
+    ref_sq = np.sum(ref**2, axis=1)
+    out = np.empty(x.shape[0])
+    for i in range(0, x.shape[0], chunk_size):
+        xi = x[i : i + chunk_size]
+        d2 = np.sum(xi**2, axis=1)[:, None] + ref_sq[None] - 2.0 * xi @ ref.T
+        out[i : i + chunk_size] = np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
+    return out
+
+
+def memorised_fraction(x, train, held_out, *, quantile: float = 0.1) -> float:
+    r"""The share of ``x`` closer to a training point than most held-out points are.
+
+    With :math:`q` the ``quantile`` of the held-out points' distances to their nearest training
+    point, the share of ``x`` whose nearest training point is closer than :math:`q`. Held-out
+    data scores ``quantile`` by construction; a model that copies its training set scores more
+    (1 for an exact copy). All three arrays are ``(., d)``; ``quantile`` in ``(0, 1)``.
+
+    Taught in: book/diffusion/03_spell.ipynb
+    """
+    check_in_range(quantile, "quantile", 0.0, 1.0, low_open=True, high_open=True)
+    q = np.quantile(nearest_distance(held_out, train), quantile)
+    return float(np.mean(nearest_distance(x, train) < q))

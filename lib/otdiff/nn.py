@@ -1,4 +1,4 @@
-"""Time-conditioned networks: a sinusoidal time embedding, an MLP and a small residual conv net.
+"""Time-conditioned networks: a sinusoidal time embedding, an MLP, a residual conv net, a U-Net.
 
 The building blocks of every network in the book that takes a point and a time, :math:`f_\\theta(x,
 t)` with ``x`` of shape ``(d,)`` (or a flat image) and a scalar time :math:`t\\in[0, 1]`: a noise
@@ -14,7 +14,9 @@ the sphere. Callers ``vmap`` over a batch. The time enters through sinusoidal fe
 (frequencies geometric from 1 down to :math:`1/\\Omega`, time scale :math:`s = 1000` as for DDPM's
 integer steps), followed by a small learned MLP (:class:`TimeEmbedding`). :class:`TimeMLP` adds
 a learned projection of the embedding to every hidden layer; :class:`TimeConvNet` modulates every
-residual block's channels with a learned scale and shift of it (FiLM).
+residual block's channels with a learned scale and shift of it (FiLM); :class:`UNet` does the same
+in a small U-Net :cite:`ronneberger2015unet` with skip connections across resolutions, the
+network of :cite:`ho2020denoising` cut down to 8x8 images.
 
 The trainable parameters are the floating-point arrays of a module (``eqx.is_inexact_array``);
 sizes and the frequencies are static Python numbers.
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 
 from otdiff._checks import check_int, check_positive
 
-__all__ = ["TimeEmbedding", "TimeMLP", "TimeConvNet"]
+__all__ = ["TimeEmbedding", "TimeMLP", "TimeConvNet", "UNet"]
 
 
 def _sinusoids(t: jax.Array, dim: int, max_period: float, time_scale: float) -> jax.Array:
@@ -248,3 +250,159 @@ class TimeConvNet(eqx.Module):
             h = block(h, emb)
         h = h if self.norm_out is None else self.norm_out(h)
         return self.project(jax.nn.silu(h)).reshape(n)
+
+
+def _zeroed(layer: eqx.Module) -> eqx.Module:
+    """``layer`` with its weight and bias set to zero (a residual branch that starts as nothing)."""
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros_like(layer.weight))
+    if getattr(layer, "bias", None) is not None:
+        layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
+    return layer
+
+
+class _UNetBlock(eqx.Module):
+    """GroupNorm, SiLU, 3x3 conv; GroupNorm scaled and shifted by the time; SiLU, 3x3 conv; plus
+    the input (through a 1x1 conv when the channel count changes)."""
+
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv2d
+    film: eqx.nn.Linear
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv2d
+    skip: eqx.nn.Conv2d | None
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, groups: int, *, key):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.norm1 = eqx.nn.GroupNorm(groups, c_in)
+        self.conv1 = eqx.nn.Conv2d(c_in, c_out, 3, padding=1, key=k1)
+        self.film = eqx.nn.Linear(embed_dim, 2 * c_out, key=k2)
+        self.norm2 = eqx.nn.GroupNorm(groups, c_out)
+        self.conv2 = _zeroed(eqx.nn.Conv2d(c_out, c_out, 3, padding=1, key=k3))
+        self.skip = None if c_in == c_out else eqx.nn.Conv2d(c_in, c_out, 1, key=k4)
+
+    def __call__(self, h: jax.Array, emb: jax.Array) -> jax.Array:
+        z = self.conv1(jax.nn.silu(self.norm1(h)))
+        scale, shift = jnp.split(self.film(emb), 2)
+        z = self.norm2(z) * (1.0 + scale[:, None, None]) + shift[:, None, None]
+        z = self.conv2(jax.nn.silu(z))
+        return (h if self.skip is None else self.skip(h)) + z
+
+
+class UNet(eqx.Module):
+    """A small time-conditioned U-Net :math:`f_\\theta(x, t)` on ``side x side`` grey images.
+
+    The flat input (``side**2``,) is reshaped to one channel and lifted to ``channels[0]`` by a
+    3x3 convolution. Level :math:`l` works at resolution ``side / 2**l`` with ``channels[l]``
+    channels: on the way down, one residual block per level, its output kept for the skip
+    connection, then a stride-2 3x3 convolution; at the coarsest level, ``n_middle`` residual
+    blocks; on the way up, a stride-2 transposed convolution back to the finer resolution, the
+    skip concatenated and one residual block. A last GroupNorm, SiLU and 3x3 convolution give one
+    channel, flattened. Each residual block is
+
+    .. math::
+
+        z = W_1 * \\mathrm{SiLU}(\\mathrm{GN}(h)),\\qquad
+        z \\leftarrow \\mathrm{GN}(z)\\,(1 + a(t)) + b(t),\\qquad
+        h \\leftarrow S h + W_2 * \\mathrm{SiLU}(z),
+
+    with :math:`(a, b)` a linear map of the time embedding (the "scale-shift norm" of
+    :cite:`nichol2021improved`), :math:`S` the identity or a 1x1 convolution, and :math:`W_2`
+    and the output convolution initialised at zero, so the network starts as zero and every
+    block as the identity :cite:`ho2020denoising`.
+
+    Args:
+        side: the image side (static; divisible by ``2 ** (len(channels) - 1)``).
+        channels: the channels of each level, finest first (static; two levels or more).
+        n_middle: the residual blocks at the coarsest level (static, >= 0).
+        embed_dim: the size of the time embedding (static).
+        groups: the GroupNorm groups (static; divides every entry of ``channels``).
+        key: a JAX random key.
+
+    Taught in: book/diffusion/01_score_based.ipynb
+    """
+
+    side: int = eqx.field(static=True)
+    channels: tuple[int, ...] = eqx.field(static=True)
+    embedding: TimeEmbedding
+    stem: eqx.nn.Conv2d
+    down_blocks: tuple[_UNetBlock, ...]
+    downsample: tuple[eqx.nn.Conv2d, ...]
+    middle: tuple[_UNetBlock, ...]
+    upsample: tuple[eqx.nn.ConvTranspose2d, ...]
+    up_blocks: tuple[_UNetBlock, ...]
+    norm_out: eqx.nn.GroupNorm
+    output: eqx.nn.Conv2d
+
+    def __init__(
+        self,
+        *,
+        side: int = 8,
+        channels: Sequence[int] = (32, 64, 64),
+        n_middle: int = 2,
+        embed_dim: int = 64,
+        groups: int = 8,
+        key: jax.Array,
+    ):
+        side = check_int(side, "side", low=1)
+        channels = tuple(check_int(c, "channels", low=1) for c in channels)
+        if len(channels) < 2:
+            raise ValueError(f"channels must list at least two levels, got {channels}.")
+        n_middle = check_int(n_middle, "n_middle", low=0)
+        groups = check_int(groups, "groups", low=1)
+        if any(c % groups for c in channels):
+            raise ValueError(f"groups={groups} must divide every entry of channels={channels}.")
+        factor = 2 ** (len(channels) - 1)
+        if side % factor:
+            raise ValueError(
+                f"side must be divisible by 2 ** (len(channels) - 1) = {factor}, got side={side}."
+            )
+        n_levels = len(channels)
+        keys = iter(jax.random.split(key, 4 * n_levels + n_middle + 4))
+        self.side, self.channels = side, channels
+        self.embedding = TimeEmbedding(embed_dim, key=next(keys))
+        self.stem = eqx.nn.Conv2d(1, channels[0], 3, padding=1, key=next(keys))
+        fine = range(n_levels - 1)
+        self.down_blocks = tuple(
+            _UNetBlock(channels[i], channels[i], embed_dim, groups, key=next(keys)) for i in fine
+        )
+        self.downsample = tuple(
+            eqx.nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1, key=next(keys))
+            for i in fine
+        )
+        c_low = channels[-1]
+        self.middle = tuple(
+            _UNetBlock(c_low, c_low, embed_dim, groups, key=next(keys)) for _ in range(n_middle)
+        )
+        self.upsample = tuple(
+            eqx.nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2, key=next(keys))
+            for i in fine
+        )
+        self.up_blocks = tuple(
+            _UNetBlock(2 * channels[i], channels[i], embed_dim, groups, key=next(keys))
+            for i in fine
+        )
+        self.norm_out = eqx.nn.GroupNorm(groups, channels[0])
+        self.output = _zeroed(eqx.nn.Conv2d(channels[0], 1, 3, padding=1, key=next(keys)))
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        """The output at one flat image ``x`` of shape ``(side**2,)`` and a scalar time ``t``."""
+        n = self.side * self.side
+        if x.shape != (n,):
+            raise ValueError(
+                f"the network expects one flat image of shape ({n},), got {x.shape}; "
+                "vmap over a batch."
+            )
+        emb = jax.nn.silu(self.embedding(t))
+        h = self.stem(x.reshape(1, self.side, self.side))
+        skips = []
+        for block, down in zip(self.down_blocks, self.downsample, strict=True):
+            h = block(h, emb)
+            skips.append(h)
+            h = down(h)
+        for block in self.middle:
+            h = block(h, emb)
+        for i in reversed(range(len(self.up_blocks))):
+            h = self.upsample[i](h)
+            h = self.up_blocks[i](jnp.concatenate([h, skips[i]]), emb)
+        h = jax.nn.silu(self.norm_out(h))
+        return self.output(h).reshape(n)

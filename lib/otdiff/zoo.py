@@ -1,40 +1,44 @@
-"""Trained models shared between chapters, trained on first use and cached on disk.
+"""Trained models shared between chapters: shipped with the book, cached, or trained on first use.
 
 ::
 
     from otdiff import zoo
     from otdiff.diffusion import sample
 
-    ring = zoo.load("ring8")  # trains once (about ten seconds), then loads from the cache
+    ring = zoo.load("ring8")  # read from the weights shipped with the package
     x = sample(key, ring.score, ring.process, 1000, 2).x
 
 A :class:`Recipe` says how to build a model and how to train it: its data, its network, its
 forward process (if any), its loss and the training settings of :func:`otdiff.train.fit`. So any
 model the book trains with a loss on data (a noise predictor, a velocity field for a flow, a
 class-conditional model for composition, a score on the sphere) is cached the same way.
-:func:`load` trains it deterministically from a seed (the data, the initial weights and every
-training batch derive from it), and stores the EMA weights in the cache folder
-``otdiff.config.cache_dir() / "zoo"`` (``$OTDIFF_CACHE_DIR`` overrides the root). The file name
-holds the recipe's name, the seed and a short hash of the recipe (its settings and the source of
-its functions), so changing a recipe retrains instead of loading stale weights.
+:func:`load` goes through :func:`otdiff.artifacts.cached`, which returns the model from the first
+place that holds a sound copy:
 
-Safety of the cache:
+1. the weights shipped in the package (``otdiff/zoo_weights/<name>-seed<seed>.ckpt``), when the
+   recipe's fingerprint in the file's header equals the current one (a stale or damaged file is
+   reported in a warning, left as it is, and skipped);
+2. the user cache ``otdiff.config.cache_dir() / "zoo"`` (``$OTDIFF_CACHE_DIR`` moves the root);
+3. training, deterministically from the seed (the initial weights and every batch derive from
+   it), resumable after an interruption, then cached.
 
-* files are written atomically (temporary file, ``fsync``, rename) and carry a SHA-256 of their
-  contents; a half-written or corrupted file is reported in a warning and rebuilt;
-* a lock file (``filelock``) serialises check-train-save, so two notebooks asking for the same
-  model at once train it once and never write the file twice at the same time;
-* an interrupted training run resumes from its last checkpoint (``<file>.train.ckpt``, written
-  after every chunk of steps) and ends with the same weights as an uninterrupted one;
-* nothing is pickled (see :mod:`otdiff.checkpoint`).
+The fingerprint covers the recipe's settings and the code of its functions and of the classes
+listed in ``code`` (their syntax trees: a docstring edit changes nothing), so a changed recipe
+never loads stale weights. The stored weights are the EMA weights and the per-step losses.
+
+**Shipped models.** ``make zoo`` (``python -m otdiff.zoo``) retrains every model of
+:data:`SHIPPED` from its seed and writes the shipped files; a test fails, asking for ``make
+zoo``, when a shipped file does not match its recipe. The table names a function per shipped
+artifact: a chapter module adds its own artifacts (a set of encoders, the networks of a bridge)
+by caching them with :func:`otdiff.artifacts.cached` and adding a line here.
 
 Models: ``"ring8"`` (the 2-D ring of eight Gaussians :func:`otdiff.data.ring`, an MLP, linear VP
 process) and ``"digits"`` (the 8x8 digits of :func:`otdiff.data.load_digits` as 64-d vectors in
-[-1, 1], an MLP, cosine VP process). Both are noise predictors trained by denoising score
-matching :cite:`ho2020denoising`, :cite:`song2021scorebased`. ``"slots_local"`` and
-``"slots_mlp"`` are slot-conditional noise predictors ``model(x, t, c)``
-(:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws of
-``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
+[-1, 1], an MLP, cosine VP process :cite:`nichol2021improved`). Both are noise predictors trained
+by denoising score matching :cite:`ho2020denoising`, :cite:`song2021scorebased`, and both are
+shipped. ``"slots_local"`` and ``"slots_mlp"`` are slot-conditional noise predictors
+``model(x, t, c)`` (:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws
+of ``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
 condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`.
 
 Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_composition.ipynb
@@ -42,27 +46,27 @@ Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_com
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
-import inspect
-import json
 import os
+import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import checkpoint, config, train
+from otdiff import artifacts, train
 from otdiff._checks import check_choice, check_int, check_positive
 
 __all__ = [
     "PARAMETERISATIONS",
     "Recipe",
     "ZooModel",
+    "SHIPPED",
     "load",
     "register",
     "available",
@@ -71,6 +75,9 @@ __all__ = [
     "zoo_dir",
     "training_losses",
     "SLOTS_N_SLOTS",
+    "ship",
+    "shipping_plan",
+    "shipped_status",
 ]
 
 #: What a model's output means: a noise prediction (``"eps"``, the model has a ``score``) or
@@ -96,7 +103,12 @@ class Recipe:
         parameterisation: ``"eps"`` for a noise predictor (the loaded model then has a
             ``score``), ``"other"`` otherwise.
         description: one line for :func:`available` and ``info``.
-        version: bump it to invalidate cached files when code the hash cannot see changes.
+        version: bump it to invalidate cached files when code the fingerprint cannot see changes.
+        code: further functions and classes whose code determines the weights (e.g. the network
+            class), part of the fingerprint.
+        storage_dtype: how a shipped file stores the weights (``None``: float32 as trained;
+            ``"float16"`` where the model's quality survives it, measured). Not part of the
+            fingerprint: the user cache keeps float32.
     """
 
     name: str
@@ -112,6 +124,8 @@ class Recipe:
     parameterisation: str = "eps"
     description: str = ""
     version: int = 1
+    code: tuple = ()
+    storage_dtype: str | None = None
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c == "_" for c in self.name):
@@ -121,36 +135,31 @@ class Recipe:
         check_int(self.chunk_size, "chunk_size", low=1)
         check_positive(self.learning_rate, "learning_rate")
         check_choice(self.parameterisation, "parameterisation", PARAMETERISATIONS)
+        if self.storage_dtype is not None:
+            check_choice(self.storage_dtype, "storage_dtype", artifacts.STORAGE_DTYPES)
         builders = (self.make_data, self.make_model, self.make_loss)
         if not all(callable(f) for f in builders):
             raise TypeError("make_data, make_model and make_loss must be callables.")
         if self.make_process is not None and not callable(self.make_process):
             raise TypeError("make_process must be a callable or None.")
+        if not isinstance(self.code, tuple) or not all(callable(c) for c in self.code):
+            raise TypeError("code must be a tuple of functions or classes.")
 
     def process(self):
         """The recipe's forward process (``None`` without one)."""
         return None if self.make_process is None else self.make_process()
 
+    def inputs(self) -> dict:
+        """What determines the trained weights besides the seed: every field but the description
+        and the storage dtype (functions and classes by their code)."""
+        skip = ("description", "storage_dtype")
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
+        }
+
     def fingerprint(self) -> str:
         """A short hash of everything that determines the trained weights (settings and code)."""
-
-        def source(fn) -> str:
-            if fn is None:
-                return "None"
-            try:
-                return inspect.getsource(fn)
-            except (OSError, TypeError):
-                return getattr(fn, "__qualname__", repr(fn))
-
-        code = ("make_data", "make_model", "make_loss", "make_process")
-        fields = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in (*code, "description")
-        }
-        fields.update({name: source(getattr(self, name)) for name in code})
-        blob = json.dumps(fields, sort_keys=True, default=repr).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+        return artifacts.fingerprint(self.inputs())
 
 
 class ZooModel(NamedTuple):
@@ -161,8 +170,9 @@ class ZooModel(NamedTuple):
         process: the forward process it was trained for (or ``None``).
         score: for a noise predictor, the per-point score ``score(x, t) = -model(x, t) /
             sigma_t`` (:func:`otdiff.diffusion.score_from_eps`); ``None`` otherwise.
-        info: a dict: name, seed, description, recipe hash, path, n_steps, final_loss,
-            train_seconds (of the run that built the file), trained_now (this call trained).
+        info: a dict: name, seed, description, recipe_hash, path, source (``"shipped"``,
+            ``"cache"`` or ``"built"``), trained_now (this call trained it), n_steps,
+            final_loss, train_seconds (of the run that built the file), storage_dtype.
     """
 
     model: Any
@@ -247,7 +257,6 @@ def _slots_mlp_model(key, process):
 
 
 _REGISTRY: dict[str, Recipe] = {}
-_MEMORY: dict[str, tuple[int, ZooModel]] = {}
 
 
 def register(recipe: Recipe, *, overwrite: bool = False) -> Recipe:
@@ -327,65 +336,62 @@ def recipe(name: str) -> Recipe:
 
 
 def zoo_dir(cache: str | os.PathLike | None = None) -> Path:
-    """The zoo's folder: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``."""
-    return Path(cache).expanduser() if cache is not None else config.cache_dir() / "zoo"
+    """The zoo's user cache: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``."""
+    return artifacts.cache_folder(cache)
 
 
-def _paths(rec: Recipe, seed: int, cache) -> tuple[Path, Path, Path]:
-    stem = f"{rec.name}-seed{seed}-{rec.fingerprint()}"
-    folder = zoo_dir(cache)
-    return folder / f"{stem}.ckpt", folder / f"{stem}.train.ckpt", folder / f"{stem}.lock"
-
-
-def _build(rec: Recipe, trained_params, static, meta: dict, path: Path, now: bool):
-    import equinox as eqx
-
-    model = eqx.combine(trained_params, static)
-    process = rec.process()
-    score = None
-    if rec.parameterisation == "eps":
-        from otdiff.diffusion import score_from_eps
-
-        score = score_from_eps(model, process)
-    info = dict(meta)
-    info.update(path=str(path), trained_now=now)
-    return ZooModel(model=model, process=process, score=score, info=info)
-
-
-def _fresh_model(rec: Recipe, seed: int):
-    return rec.make_model(jax.random.fold_in(jax.random.key(seed), 0), rec.process())
-
-
-def _train(rec: Recipe, seed: int, train_path: Path, verbose: bool):
-    data = rec.make_data(seed)
-    process = rec.process()
-    key = jax.random.key(seed)
-    model = rec.make_model(jax.random.fold_in(key, 0), process)
-    kwargs = dict(
-        n_steps=rec.n_steps,
-        batch_size=rec.batch_size,
-        learning_rate=rec.learning_rate,
-        ema_decay=rec.ema_decay,
-        chunk_size=rec.chunk_size,
-        checkpoint_path=train_path,
+def _is_float_struct(leaf) -> bool:
+    return isinstance(leaf, jax.ShapeDtypeStruct) and jax.numpy.issubdtype(
+        leaf.dtype, jax.numpy.inexact
     )
-    if verbose:
-        resumed = " (resuming an interrupted run)" if train_path.exists() else ""
-        print(
-            f"otdiff.zoo: training {rec.name!r} (seed {seed}) on first use{resumed}...", flush=True
-        )
-    t0 = time.perf_counter()
-    loss = rec.make_loss(process)
-    try:
-        result = train.fit(jax.random.fold_in(key, 1), model, data, loss, **kwargs)
-    except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError) as err:
-        warnings.warn(f"otdiff.zoo: {err} Training {rec.name!r} from scratch.", stacklevel=3)
-        train_path.unlink(missing_ok=True)
-        result = train.fit(jax.random.fold_in(key, 1), model, data, loss, **kwargs)
-    seconds = time.perf_counter() - t0  # recorded in the file's metadata
-    if verbose:
-        print(f"otdiff.zoo: trained {rec.name!r} in {seconds:.1f} s; cached.", flush=True)
-    return result, seconds
+
+
+def _template(rec: Recipe, seed: int):
+    """``(params_like, static)`` of the recipe's model without computing any weights."""
+    key = jax.random.fold_in(jax.random.key(seed), 0)
+    process = rec.process()  # closed over: a network may need its numbers concrete
+    shapes = eqx.filter_eval_shape(lambda k: rec.make_model(k, process), key)
+    params, static = eqx.partition(shapes, _is_float_struct)
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(static)):
+        # a model with non-float arrays: build it for real to get their values
+        return train.split(rec.make_model(key, rec.process()))
+    return params, static
+
+
+def _trainer(rec: Recipe, seed: int, verbose: bool) -> Callable[[Path], tuple[Any, dict]]:
+    def build(progress: Path):
+        data = rec.make_data(seed)
+        process = rec.process()
+        key = jax.random.key(seed)
+        model = rec.make_model(jax.random.fold_in(key, 0), process)
+        if verbose:
+            print(f"otdiff.zoo: training {rec.name!r} for {rec.n_steps} steps...", flush=True)
+        result = train.fit(
+            jax.random.fold_in(key, 1), model, data, rec.make_loss(process),
+            n_steps=rec.n_steps, batch_size=rec.batch_size, learning_rate=rec.learning_rate,
+            ema_decay=rec.ema_decay, chunk_size=rec.chunk_size, checkpoint_path=progress,
+        )  # fmt: skip
+        last = result.model if result.ema_model is None else result.ema_model
+        losses = np.asarray(result.losses, np.float32)
+        meta = {
+            "description": rec.description,
+            "n_steps": rec.n_steps,
+            "batch_size": rec.batch_size,
+            "final_loss": float(np.mean(losses[-min(rec.n_steps, 100) :])),
+        }
+        return {"ema": train.split(last)[0], "losses": losses}, meta
+
+    return build
+
+
+def _artifact(rec: Recipe, seed: int, **kwargs) -> tuple[artifacts.Artifact, Any]:
+    params_like, static = _template(rec, seed)
+    like = {"ema": params_like, "losses": jax.ShapeDtypeStruct((rec.n_steps,), np.float32)}
+    art = artifacts.cached(
+        rec.name, seed, rec.inputs(), build=_trainer(rec, seed, kwargs.get("verbose", True)),
+        like=like, storage_dtype=rec.storage_dtype, **kwargs,
+    )  # fmt: skip
+    return art, static
 
 
 def load(
@@ -401,9 +407,10 @@ def load(
 
     Args:
         name: ``"ring8"``, ``"digits"`` (see :func:`available`) or a :class:`Recipe`.
-        seed: the seed of the data, the initial weights and the training (an int >= 0).
-        retrain: ignore (and replace) a cached file.
-        cache: the zoo folder (default :func:`zoo_dir`).
+        seed: the seed of the initial weights and the training (an int >= 0; the shipped
+            weights are those of seed 0).
+        retrain: ignore the shipped and cached files, train afresh and replace the cached one.
+        cache: the user cache folder (default :func:`zoo_dir`).
         verbose: print a line when training starts and ends.
         lock_timeout: seconds to wait for another process training the same model (> 0).
 
@@ -414,84 +421,47 @@ def load(
         ValueError: for an unknown name or a bad seed.
         TimeoutError: if another process holds the lock longer than ``lock_timeout``.
     """
-    from filelock import FileLock
-    from filelock import Timeout as LockTimeout
-
     rec = name if isinstance(name, Recipe) else recipe(name)
     seed = check_int(seed, "seed", low=0)
-    check_positive(lock_timeout, "lock_timeout")
-    path, train_path, lock_path = _paths(rec, seed, cache)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    art, static = _artifact(
+        rec, seed, retrain=retrain, cache=cache, verbose=verbose, lock_timeout=lock_timeout
+    )
+    model = eqx.combine(art.tree["ema"], static)
+    process = rec.process()
+    score = None
+    if rec.parameterisation == "eps":
+        from otdiff.diffusion import score_from_eps
 
-    memo_key = str(path.resolve())
-    if not retrain and memo_key in _MEMORY and path.exists():
-        mtime, cached = _MEMORY[memo_key]
-        if path.stat().st_mtime_ns == mtime:
-            return cached._replace(info={**cached.info, "trained_now": False})
-
-    like_params, static = train.split(_fresh_model(rec, seed))
-    n = rec.n_steps
-    like = {"ema": like_params, "params": like_params, "losses": np.zeros((n,), np.float32)}
-
-    try:
-        lock = FileLock(str(lock_path), timeout=lock_timeout)
-        lock.acquire()
-    except LockTimeout:
-        raise TimeoutError(
-            f"otdiff.zoo: waited {lock_timeout:g} s for {lock_path} (another process training "
-            f"{rec.name!r}?); delete the lock file if no such process exists."
-        ) from None
-    try:
-        if retrain:
-            path.unlink(missing_ok=True)
-            train_path.unlink(missing_ok=True)
-        if path.exists():
-            try:
-                tree, meta = checkpoint.load(path, like)
-                zm = _build(rec, tree["ema"], static, meta, path, now=False)
-                _MEMORY[memo_key] = (path.stat().st_mtime_ns, zm)
-                return zm
-            except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError) as err:
-                warnings.warn(f"otdiff.zoo: {err} Rebuilding it.", stacklevel=2)
-                path.unlink(missing_ok=True)
-        result, seconds = _train(rec, seed, train_path, verbose)
-        p_last, _ = train.split(result.model)
-        p_ema = p_last if result.ema_model is None else train.split(result.ema_model)[0]
-        meta = {
-            "name": rec.name,
-            "seed": seed,
-            "description": rec.description,
-            "recipe_hash": rec.fingerprint(),
-            "n_steps": n,
-            "batch_size": rec.batch_size,
-            "final_loss": float(np.mean(result.losses[-min(n, 100) :])),
-            "train_seconds": round(seconds, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        tree = {"ema": p_ema, "params": p_last, "losses": np.asarray(result.losses)}
-        checkpoint.save(path, tree, meta)
-        train_path.unlink(missing_ok=True)
-        zm = _build(rec, p_ema, static, meta, path, now=True)
-        _MEMORY[memo_key] = (path.stat().st_mtime_ns, zm)
-        return zm
-    finally:
-        lock.release()
+        score = score_from_eps(model, process)
+    meta = art.meta
+    info = {
+        "name": rec.name,
+        "seed": seed,
+        "description": rec.description,
+        "recipe_hash": meta.get("fingerprint"),
+        "path": str(art.path),
+        "source": art.source,
+        "trained_now": art.source == "built",
+        "n_steps": meta.get("n_steps"),
+        "final_loss": meta.get("final_loss"),
+        "train_seconds": meta.get("build_seconds"),
+        "storage_dtype": meta.get("storage_dtype"),
+    }
+    return ZooModel(model=model, process=process, score=score, info=info)
 
 
 def training_losses(name: str | Recipe, *, seed: int = 0, cache: str | os.PathLike | None = None):
-    """The per-step training losses stored with a cached model (trains it if needed)."""
-    zm = load(name, seed=seed, cache=cache, verbose=False)
+    """The per-step training losses stored with a model (trains it if needed)."""
     rec = name if isinstance(name, Recipe) else recipe(name)
-    params, _ = train.split(zm.model)
-    like = {"ema": params, "params": params, "losses": np.zeros((rec.n_steps,), np.float32)}
-    tree, _ = checkpoint.load(zm.info["path"], like)
-    return np.asarray(tree["losses"])
+    art, _ = _artifact(rec, check_int(seed, "seed", low=0), cache=cache, verbose=False)
+    return np.asarray(art.tree["losses"])
 
 
 def clear(name: str | None = None, *, cache: str | os.PathLike | None = None) -> list[Path]:
-    """Delete the cached files of model ``name`` (every seed and version), or of all models.
+    """Delete the user-cache files of artifact ``name`` (every seed and version), or of all.
 
-    Returns the deleted paths. Lock files are left in place (they are empty).
+    The shipped files are never touched. Returns the deleted paths. Lock files are left in place
+    (they are empty).
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string or None, got {type(name).__name__}.")
@@ -500,11 +470,102 @@ def clear(name: str | None = None, *, cache: str | os.PathLike | None = None) ->
         return []
     patterns = [f"{name}-seed*", f".{name}-seed*"] if name is not None else ["*"]
     removed = []
-    for p in sorted(q for pattern in patterns for q in folder.glob(pattern)):
+    for p in sorted({q for pattern in patterns for q in folder.glob(pattern)}):
         if p.is_file() and (p.suffix == ".ckpt" or p.name.endswith(".tmp")):
             p.unlink(missing_ok=True)
+            artifacts.forget(p)
             removed.append(p)
-    for key in [k for k in _MEMORY if Path(k).parent == folder.resolve()]:
-        if name is None or Path(key).name.startswith(f"{name}-seed"):
-            del _MEMORY[key]
     return removed
+
+
+# -- shipped artifacts ----------------------------------------------------------------------------
+
+
+#: The artifacts shipped in the package: a name and a function that loads (or, inside
+#: :func:`otdiff.artifacts.shipping`, builds) every artifact it ships through
+#: :func:`otdiff.artifacts.cached`. ``make zoo`` runs them all.
+SHIPPED: dict[str, Callable[[], Any]] = {
+    "ring8": lambda: load("ring8", seed=0),
+    "digits": lambda: load("digits", seed=0),
+}
+
+
+def _selected(names) -> list[str]:
+    names = list(SHIPPED) if not names else list(names)
+    unknown = [n for n in names if n not in SHIPPED]
+    if unknown:
+        raise ValueError(f"no shipped artifact named {unknown}; shipped: {', '.join(SHIPPED)}.")
+    return names
+
+
+def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Retrain the shipped artifacts (all, or those of :data:`SHIPPED` named in ``names``) from
+    their seeds and write the shipped files (into ``folder``, default the package's). What
+    ``make zoo`` runs. Returns the files written."""
+    written = []
+    for name in _selected(names):
+        t0 = time.perf_counter()
+        print(f"== otdiff.zoo: shipping {name!r}", flush=True)
+        with artifacts.shipping(folder) as files:
+            SHIPPED[name]()
+        written += files
+        print(f"== {name!r} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return written
+
+
+def shipping_plan(names=None) -> list[artifacts.PlannedArtifact]:
+    """What the shipped files must hold for the current recipes (name, seed, fingerprint,
+    storage dtype), computed without reading or training anything."""
+    plan: list[artifacts.PlannedArtifact] = []
+    for name in _selected(names):
+        with artifacts.planning() as entries:
+            SHIPPED[name]()
+        plan += entries
+    return plan
+
+
+def shipped_status(names=None) -> list[tuple[artifacts.PlannedArtifact, str]]:
+    """For each planned shipped file, ``"ok"``, ``"missing"``, ``"stale"`` or ``"damaged"``."""
+    from otdiff import checkpoint
+
+    out = []
+    for entry in shipping_plan(names):
+        path = artifacts.shipped_path(entry.name, entry.seed)
+        if not path.is_file():
+            out.append((entry, "missing"))
+            continue
+        try:
+            meta = checkpoint.read_metadata(path)
+        except checkpoint.CorruptCheckpointError:
+            out.append((entry, "damaged"))
+            continue
+        fresh = meta.get("fingerprint") == entry.fingerprint and (
+            meta.get("storage_dtype") == entry.storage_dtype
+        )
+        out.append((entry, "ok" if fresh else "stale"))
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m otdiff.zoo [--check] [--folder F] [NAME ...]``: ship (or check) artifacts."""
+    parser = argparse.ArgumentParser(prog="python -m otdiff.zoo", description=main.__doc__)
+    parser.add_argument("names", nargs="*", help=f"shipped artifacts ({', '.join(SHIPPED)})")
+    parser.add_argument("--folder", help="write the shipped files here instead of the package")
+    parser.add_argument("--check", action="store_true", help="only report the shipped files")
+    args = parser.parse_args(argv)
+    if args.check:
+        status = shipped_status(args.names)
+        for entry, state in status:
+            print(f"{entry.name}-seed{entry.seed}: {state} (fingerprint {entry.fingerprint})")
+        return 0 if all(state == "ok" for _, state in status) else 1
+    t0 = time.perf_counter()
+    for path in ship(args.names, folder=args.folder):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    print(f"otdiff.zoo: shipped in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `make zoo`
+    from otdiff.zoo import main as _main  # the registry lives in the imported module
+
+    sys.exit(_main())
