@@ -44,9 +44,9 @@ costs one ``value_and_grad`` of the energy (the gradient drives the next proposa
 weighs): about one extra backward pass over plain sampling.
 
 Temperatures, composition weights, ``t_min``, ``t_stop`` and the ESS threshold are dynamic
-(a slider never recompiles; under ``jit`` a temperature <= 0, a negative ``t_stop`` or a threshold
-outside ``(0, 1]`` raises at run time); the number of particles, steps and the dimension are
-static. The tempered SMC of blackjax is a different algorithm (it anneals a static target by
+(a slider never recompiles; inside the caller's ``jit`` a temperature <= 0, a negative ``t_stop``
+or a threshold outside ``(0, 1]`` raises at run time); the number of particles, steps and the
+dimension are static. The tempered SMC of blackjax is a different algorithm (it anneals a static target by
 MCMC moves); :func:`low_temperature_smc` follows the diffusion.
 
 Taught in: book/diffusion/02_energy_smc.ipynb
@@ -65,12 +65,13 @@ from otdiff import smc, train
 from otdiff._checks import (
     check_in_range,
     check_int,
-    check_nonnegative,
     check_points,
     check_positive,
     guard_in_range,
+    guard_log_weights,
     guard_nonnegative,
     guard_positive,
+    unguarded,
 )
 from otdiff.diffusion.composition import product
 from otdiff.diffusion.losses import stratified_times
@@ -345,7 +346,6 @@ def fk_model(
     """
     dim = check_int(dim, "dim", low=1)
     ts = time_grid(n_steps, t_min, t_max)
-    check_nonnegative(t_stop, "t_stop")
     t_stop = guard_nonnegative(t_stop, "t_stop")
     value_and_grad = jax.vmap(jax.value_and_grad(energy), in_axes=(0, None))
 
@@ -391,10 +391,10 @@ class EnergySMCResult(NamedTuple):
 
 
 @eqx.filter_jit
+@unguarded()
 def _smc_sample(
     key, energy, process, n_particles, dim, n_steps, t_min, t_stop, ess_threshold, resampler
 ):
-    ess_threshold = guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
     model = fk_model(energy, process, dim, n_steps, t_min=t_min, t_stop=t_stop)
     k_run, k_final = jax.random.split(key)
     out = smc.run(k_run, model, n_particles, resampler=resampler, ess_threshold=ess_threshold)
@@ -438,18 +438,22 @@ def smc_sample(
     n_particles = check_int(n_particles, "n_particles", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
-    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
-    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
-    check_nonnegative(t_stop, "t_stop")
+    ess_threshold = guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
+    t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    t_stop = guard_nonnegative(t_stop, "t_stop")
     if not callable(resampler):
         raise TypeError(
             f"resampler must be a function such as otdiff.smc.systematic, got {resampler!r}."
         )
     f = jnp.result_type(float)
-    return _smc_sample(
+    out = _smc_sample(
         key, energy, process, n_particles, dim, n_steps, jnp.asarray(t_min, f),
         jnp.asarray(t_stop, f), jnp.asarray(ess_threshold, f), resampler,
     )  # fmt: skip
+    return out._replace(
+        log_weights=guard_log_weights(out.log_weights, "the log-weights"),
+        log_evidence=guard_log_weights(out.log_evidence, "the log-evidence"),
+    )
 
 
 def low_temperature_smc(
@@ -470,7 +474,6 @@ def low_temperature_smc(
     Raises:
         ValueError: for ``beta <= 0`` (at run time too under ``jit``), and as :func:`smc_sample`.
     """
-    check_positive(beta, "beta")
     beta = guard_positive(beta, "beta")
     return smc_sample(
         key, product(energy, jnp.atleast_1d(beta)), process, n_particles, dim, **kwargs
