@@ -10,7 +10,7 @@ from ott.geometry import pointcloud
 from ott.problems.linear import linear_problem
 from ott.tools import progot as ott_progot
 
-from otdiff import metrics, ot
+from otdiff import config, metrics, ot
 from otdiff.data import known_map_problem
 
 N, D = 60, 3
@@ -18,7 +18,7 @@ N, D = 60, 3
 
 @pytest.fixture(scope="module")
 def clouds():
-    x, y, x_test, _ = known_map_problem(jax.random.key(0), N, D, n_test=40)
+    x, y, x_test, _ = known_map_problem(jax.random.key(config.seed(0)), N, D, n_test=40)
     return x, y, x_test
 
 
@@ -148,7 +148,7 @@ def test_last_coupling_cost_is_on_original_points(clouds, fitted):
 
 
 def test_map_is_close_to_the_known_map_in_2d():
-    x, y, x_test, y_test = known_map_problem(jax.random.key(1), 400, 2, n_test=200)
+    x, y, x_test, y_test = known_map_problem(jax.random.key(config.seed(1)), 400, 2, n_test=200)
     out = ot.progot(x, y, n_steps=4)
     assert float(metrics.map_error(ot.transport(out, x_test), y_test)) < 0.1
 
