@@ -52,6 +52,7 @@ def test_exact_score_is_gradient_of_exact_log_prob(sde, t):
         np.testing.assert_allclose(exact_score(m, sde)(x, t), auto, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.statistical
 def test_noised_mixture_matches_forward_samples():
     m, sde, t = ring(), LinearVP(), 0.3
     x0 = m.sample(jax.random.key(config.seed(0)), 200_000)
@@ -65,6 +66,7 @@ def test_noised_mixture_matches_forward_samples():
     np.testing.assert_allclose(xt.T @ xt / len(xt), second, atol=0.03)
 
 
+@pytest.mark.statistical
 def test_mixture_sampler_weights_and_moments():
     m = _mixture_full_cov()
     x, lab = m.sample_with_labels(jax.random.key(config.seed(0)), 100_000)

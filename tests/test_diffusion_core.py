@@ -129,6 +129,7 @@ def test_schedule_identities(process):
     assert float(process.diffusion_squared(0.3)) == float(process.beta(0.3))
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
 def test_forward_marginal_moments(process):
     x0 = jnp.full((200_000, 2), 1.5)
@@ -139,6 +140,7 @@ def test_forward_marginal_moments(process):
         np.testing.assert_allclose(xt, process.alpha(t) * x0 + process.sigma(t) * eps, rtol=1e-6)
 
 
+@pytest.mark.statistical
 def test_forward_marginal_matches_simulated_sde():
     """The closed-form marginal against a fine Euler–Maruyama simulation of the forward SDE."""
     process, n_steps = LinearVP(), 1000
@@ -189,6 +191,7 @@ def test_process_validation_and_pytree():
 # -- DSM and Tweedie -----------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 def test_dsm_is_minimised_by_the_exact_score():
     m, process = ring(4, radius=2.0, std=0.5), LinearVP()
     eps_exact = eps_from_score(exact_score(m, process), process)
@@ -362,6 +365,7 @@ def test_samplers_shapes_determinism_jit_vmap(name):
         sample(jax.random.key(config.seed(0)), score, process, 4, 2, sampler="heun")
 
 
+@pytest.mark.statistical
 def test_exact_score_sampler_reproduces_mode_weights():
     """With the exact score a few hundred steps get the mode weights right."""
     m = gaussian_mixture(ring(4, radius=3.0).means, 0.3, weights=[0.4, 0.3, 0.2, 0.1])
@@ -374,6 +378,7 @@ def test_exact_score_sampler_reproduces_mode_weights():
         assert float(metrics.mode_tv(m, x)) < 0.03, name
 
 
+@pytest.mark.statistical
 def test_ddim_with_eta_one_is_stochastic_and_ode_is_deterministic():
     m, process = ring(), LinearVP()
     score = exact_score(m, process)
@@ -433,6 +438,7 @@ def test_sampler_validation():
 # -- likelihoods ---------------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
 def test_log_likelihood_matches_exact_density(process):
     m = ring()

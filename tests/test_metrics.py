@@ -42,6 +42,7 @@ def test_weighted_occupancy_total_variation_and_diversity():
         metrics.crowded_fraction(pts, -1.0)
 
 
+@pytest.mark.statistical
 def test_energy_distance_known_values():
     # one-dimensional point masses: E|X - Y| = |a - b|, within-terms vanish
     x = jnp.zeros((10, 1))
@@ -61,6 +62,7 @@ def test_energy_distance_known_values():
         metrics.energy_distance(jnp.zeros((3, 2)), jnp.zeros((3, 3)))
 
 
+@pytest.mark.statistical
 def test_sinkhorn_divergence_orders_samples():
     m = ring()
     a, b = (

@@ -266,6 +266,7 @@ def test_least_squares_known_answer():
     assert float(p.main_loss(t)) > 1e-3
 
 
+@pytest.mark.statistical
 def test_run_bloop_beats_sum_on_small_problem_and_is_deterministic():
     p = problems.least_squares(config.seed(2), n=20, d=40)
     key = jax.random.key(config.seed(1))

@@ -147,6 +147,7 @@ def test_last_coupling_cost_is_on_original_points(clouds, fitted):
     assert float(fitted.transport_cost) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.statistical
 def test_map_is_close_to_the_known_map_in_2d():
     x, y, x_test, y_test = known_map_problem(jax.random.key(config.seed(1)), 400, 2, n_test=200)
     out = ot.progot(x, y, n_steps=4)

@@ -70,6 +70,7 @@ def test_resamplers_are_plain_functions():
 # -- resampling --------------------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("method", METHODS)
 def test_resampling_is_unbiased(method):
     """E[number of copies of i] = N W_i, checked over 4000 independent resamplings."""
@@ -87,6 +88,7 @@ def test_resampling_is_unbiased(method):
     np.testing.assert_array_equal(np.asarray(counts).sum(1), n)
 
 
+@pytest.mark.statistical
 def test_systematic_copies_floor_or_ceil():
     w = jnp.array([0.07, 0.33, 0.1, 0.5])
     n = 100
@@ -97,6 +99,7 @@ def test_systematic_copies_floor_or_ceil():
         assert np.all(counts <= np.ceil(n * np.asarray(w)) + 1e-6)
 
 
+@pytest.mark.statistical
 def test_systematic_has_lower_variance_than_multinomial():
     w = jnp.array([0.123, 0.277, 0.311, 0.289])  # N w not integers
     keys = jax.random.split(jax.random.key(config.seed(2)), 2000)
@@ -108,6 +111,7 @@ def test_systematic_has_lower_variance_than_multinomial():
     assert var(smc.systematic) < var(smc.stratified) < var(smc.multinomial)
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("method", ["systematic", "stratified"])
 def test_zero_weights_are_never_selected_for_large_n(method):
     """N = 100,000 with a zero weight in the middle and ten trailing zeros, 2,000 draws. In float32
@@ -241,6 +245,7 @@ def _kalman_model(ys=None):
     return smc.FeynmanKac(init, step, ys[1:]), ys
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("method", METHODS)
 def test_log_evidence_matches_the_kalman_filter(method):
     model, ys = _kalman_model()
@@ -252,6 +257,7 @@ def test_log_evidence_matches_the_kalman_filter(method):
     assert abs(estimates.mean() - exact) < 0.07, (estimates.mean(), exact)
 
 
+@pytest.mark.statistical
 def test_evidence_is_unbiased_in_probability_space():
     """E[Z_hat] = Z even with 30 particles, while E[log Z_hat] < log Z (Jensen)."""
     model, ys = _kalman_model()
@@ -266,6 +272,7 @@ def test_evidence_is_unbiased_in_probability_space():
     assert log_z.mean() < exact
 
 
+@pytest.mark.statistical
 def test_filtering_mean_matches_the_kalman_filter():
     model, ys = _kalman_model()
     m, p = 0.0, 1.0

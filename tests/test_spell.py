@@ -210,6 +210,7 @@ def test_radius_zero_reproduces_the_plain_sampler(ring_setup):
     assert float(shielded.aux.active_fraction.max()) == 0.0
 
 
+@pytest.mark.statistical
 def test_static_shield_empties_the_protected_modes(ring_setup):
     mixture, process, score = ring_setup
     protected = mixture.means[:2]
@@ -234,6 +235,7 @@ def test_ddim_accepts_the_hook(ring_setup):
     assert float(jnp.mean(spell.in_shield(res.x, protected, 1.0))) < 0.02
 
 
+@pytest.mark.statistical
 def test_dynamic_batches_spread_over_modes(ring_setup):
     mixture, process, score = ring_setup
     keys = jax.random.split(jax.random.key(config.seed(13)), 32)
@@ -250,6 +252,7 @@ def test_dynamic_batches_spread_over_modes(ring_setup):
     assert distinct(1.0) > distinct(0.0) + 1.0
 
 
+@pytest.mark.statistical
 def test_sample_batches_repels_earlier_batches(ring_setup):
     _, process, score = ring_setup
 

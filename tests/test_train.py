@@ -190,6 +190,7 @@ def test_ema_warm_up_forgets_the_initial_weights_and_is_float32_safe():
     assert np.all(np.isfinite(ema_update(init, params, 5, decay)["w"]))
 
 
+@pytest.mark.statistical
 def test_train_step_is_pure_and_learns(data):
     model = tiny_mlp()
     opt = make_optimizer(1e-2, 200, warmup_steps=10)
