@@ -54,6 +54,7 @@ __all__ = [
     "check_log_weights",
     "check_nonnegative_weights",
     "check_mask",
+    "check_key",
     "WEIGHT_ATOL",
     "unguarded",
     "guards_active",
@@ -146,12 +147,7 @@ def check_finite(x: Any, name: str) -> Any:
 
 def check_points(x: Any, name: str, *, min_points: int = 1) -> jax.Array:
     """A point cloud: a finite floating array of shape ``(n, d)`` with ``n >= min_points``."""
-    try:
-        arr = jnp.asarray(x)
-    except Exception:
-        raise TypeError(
-            f"{name} must be an array of shape (n, d), got {type(x).__name__}."
-        ) from None
+    arr = _as_array(x, name, "(n, d)")
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d), got shape {arr.shape}.")
     if arr.shape[0] < min_points or arr.shape[1] < 1:
@@ -202,15 +198,18 @@ def check_weights(w: Any, n: int | None, name: str, *, atol: float = WEIGHT_ATOL
     return arr
 
 
-def check_weighted_clouds(x: Any, y: Any, a: Any, b: Any):
-    """Two weighted point clouds in one dimension and one floating dtype: ``(x, y, a, b)``."""
-    x = check_points(x, "x")
-    y = check_points(y, "y")
-    check_same_dim(x, y)
+def check_weighted_clouds(
+    x: Any, y: Any, a: Any, b: Any, names: tuple[str, str, str, str] = ("x", "y", "a", "b")
+):
+    """Two weighted point clouds in one dimension and one floating dtype: ``(x, y, a, b)``
+    (``names``: the caller's names for them, used in the messages)."""
+    x = check_points(x, names[0])
+    y = check_points(y, names[1])
+    check_same_dim(x, y, names[:2])
     dtype = jnp.result_type(x.dtype, y.dtype)
     x, y = x.astype(dtype), y.astype(dtype)
-    a = check_weights(a, x.shape[0], "a").astype(dtype)
-    b = check_weights(b, y.shape[0], "b").astype(dtype)
+    a = check_weights(a, x.shape[0], names[2]).astype(dtype)
+    b = check_weights(b, y.shape[0], names[3]).astype(dtype)
     return x, y, a, b
 
 
@@ -248,9 +247,20 @@ def check_times(t: Any, name: str = "t", *, low: float = 0.0, high: float = 1.0)
     return t
 
 
+def _as_array(x: Any, name: str, shape: str) -> jax.Array:
+    """``jnp.asarray(x)``, or a ``TypeError`` naming the argument (``None``, a string, ...)."""
+    try:
+        arr = jnp.asarray(x)
+    except Exception:
+        arr = None
+    if arr is None or not jnp.issubdtype(arr.dtype, jnp.number):
+        raise TypeError(f"{name} must be an array of shape {shape}, got {type(x).__name__}.")
+    return arr
+
+
 def check_log_weights(log_weights: Any, name: str = "log_weights") -> jax.Array:
     """Unnormalised log-weights: shape ``(n,)``, no NaN, no ``+inf``, not all ``-inf``."""
-    arr = jnp.asarray(log_weights)
+    arr = _as_array(log_weights, name, "(n,)")
     if arr.ndim != 1 or arr.shape[0] < 1:
         raise ValueError(f"{name} must have shape (n,) with n >= 1, got shape {arr.shape}.")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -276,6 +286,21 @@ def check_nonnegative_weights(w: Any, n: int, name: str = "weights") -> jax.Arra
         if not np.all(np.isfinite(a)) or np.any(a < 0) or not np.any(a > 0):
             raise ValueError(f"{name} must be finite, >= 0 and not all zero, got {a.tolist()}.")
     return arr
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A JAX PRNG key: a scalar typed key (``jax.random.key``) or a raw ``uint32`` key of shape
+    ``(2,)`` (``jax.random.PRNGKey``). Integers are refused: a seed is not a key."""
+    if isinstance(key, jax.Array | jax.core.Tracer) or isinstance(key, np.ndarray):
+        dtype = key.dtype
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.ndim == 0:
+            return key
+        if dtype == jnp.uint32 and key.shape == (2,):
+            return key
+    raise TypeError(
+        f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}"
+        f"{'' if not hasattr(key, 'shape') else f' of shape {key.shape}'}."
+    )
 
 
 def check_mask(mask: Any, n: int, name: str = "mask") -> jax.Array | None:

@@ -283,7 +283,23 @@ def resample(key: jax.Array, particles, log_weights: jax.Array, *, resampler=sys
         ``(particles, ancestors)``: the selected particles (equally weighted) and their indices.
     """
     idx = resample_indices(key, log_weights, resampler=resampler)
+    _check_particles(particles, idx.shape[0])
     return _take(particles, idx), idx
+
+
+def _check_particles(particles, n: int) -> None:
+    """A pytree of arrays whose leaves all hold one row per log-weight (``n``)."""
+    leaves = jax.tree_util.tree_leaves(particles)
+    if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        raise TypeError(
+            f"particles must be an array or a pytree of arrays, got {type(particles).__name__}."
+        )
+    rows = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
+    if rows != {n}:
+        raise ValueError(
+            f"particles must have one row per log-weight: log_weights has {n} entries, the "
+            f"particles' leading sizes are {sorted(rows, key=str)}."
+        )
 
 
 def _maybe_resample(key, particles, log_weights, ess_threshold, resampler):
@@ -326,6 +342,7 @@ def maybe_resample(
     _check_resampler(resampler)
     ess_threshold = _guard_threshold(ess_threshold)
     log_weights = _checked_log_weights(log_weights)
+    _check_particles(particles, log_weights.shape[0])
     with unguarded():
         return _maybe_resample(key, particles, log_weights, ess_threshold, resampler)
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from otdiff._checks import (
     check_choice,
     check_int,
+    check_key,
     check_points,
     guard_finite,
     guard_in_range,
@@ -82,6 +83,8 @@ def log_likelihood(
     t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_choice(method, "method", DIVERGENCES)
     max_steps = check_int(max_steps, "max_steps", low=1)
+    if key is not None:
+        check_key(key)
     if method == "hutchinson":
         if key is None:
             raise ValueError("key is required for method='hutchinson' (the probe vectors).")

@@ -300,6 +300,8 @@ def progot_init(x: jax.Array, y: jax.Array) -> ProgOTState:
 
     Taught in: book/ot/03_progot.ipynb.
     """
+    x, y = _checks.check_points(x, "x"), _checks.check_points(y, "y")
+    _checks.check_same_dim(x, y)
     return ProgOTState(
         x=x, f=jnp.zeros((x.shape[0],), x.dtype), g=jnp.zeros((y.shape[0],), x.dtype)
     )
@@ -654,7 +656,9 @@ def select_end_epsilon(
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    y, y_eval, b, _ = _checks.check_weighted_clouds(y, y_eval, b, None)
+    y, y_eval, b, _ = _checks.check_weighted_clouds(
+        y, y_eval, b, None, ("y", "y_eval", "b", "the weights of y_eval")
+    )
     cost_fn = _check_cost_fn(cost_fn)
     scales = _checks.check_positive_vector(scales, "scales").astype(y.dtype)
     _checks.check_positive(threshold, "threshold")
