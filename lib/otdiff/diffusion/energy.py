@@ -200,8 +200,7 @@ def distillation_loss(
     check_in_range(off_support, "off_support", 0.0, 1.0, high_open=True)
     if box is not None:
         check_positive(box, "box")
-    if x0.ndim != 2:
-        raise ValueError(f"x0 must have shape (n, d), got shape {x0.shape}.")
+    x0 = check_points(x0, "x0")
     xt, t = _noised_batch(key, process, x0, t_min, off_support, box)
     grad_e = jax.vmap(jax.grad(energy))(xt, t)
     target = jax.vmap(teacher)(xt, t)
@@ -470,6 +469,30 @@ def low_temperature_smc(
 
     :func:`smc_sample` of the energy :math:`\\beta E` (``beta`` dynamic, > 0; other keyword
     arguments as :func:`smc_sample`).
+
+    **Where it becomes impractical.** The mode weights come out right long after the evidence
+    has stopped being usable. In our runs (the two-mode mixture
+    :math:`\\tfrac12\\mathcal N((-2, 0), 0.2^2 I) + \\tfrac12\\mathcal N((2, 0), 0.6^2 I)` with its
+    exact noised energies, the linear VP process, 100 steps, :math:`t_{\\min} = 10^{-3}`,
+    :math:`\\kappa = 0.5`, float32 on CPU; the reference by quadrature of
+    :math:`p_{t_{\\min}}^\\beta`):
+
+    - :math:`\\beta = 1`, :math:`N = 2000`, 20 seeds: :math:`\\hat Z` is unbiased (mean
+      :math:`\\hat Z / Z = 1.003 \\pm 0.005`), :math:`\\log\\hat Z - \\log Z` between -0.047 and
+      0.036, the minimum ESS 48 to 50% of :math:`N`, one resampling per run, mode-occupancy
+      total variation (TV) 0.0004 to 0.048.
+    - :math:`\\beta = 3`, :math:`N = 2000`, 12 seeds: the minimum ESS falls to 7 to 31% of
+      :math:`N` (median 18%) and the particles are resampled at about 30 of the 100 steps;
+      the mode shares stay right (TV median 0.007, at most 0.056, against target shares
+      0.988 / 0.012), but :math:`\\log\\hat Z` is far below :math:`\\log Z` (median -1.70,
+      range -2.45 to -0.38, mean :math:`\\hat Z / Z = 0.25`): the weight that :math:`\\hat Z`
+      needs sits in rare runs, so a run's log-evidence is heavy-tailed and biased low
+      (Jensen).
+    - :math:`\\beta = 3`, :math:`N = 8000`, 12 seeds: TV median 0.003 (at most 0.012), minimum
+      ESS 9 to 28% of :math:`N`; :math:`\\log\\hat Z - \\log Z` median -1.14, range -1.64 to
+      0.44: four times the particles move the bias a little and leave the spread as it was
+      (standard deviation 0.60 at :math:`N = 2000`, 0.63 at 8000). Use the samples at low
+      temperature; do not trust one run's log-evidence there.
 
     Raises:
         ValueError: for ``beta <= 0`` (at run time too under ``jit``), and as :func:`smc_sample`.
