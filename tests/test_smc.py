@@ -83,6 +83,8 @@ def test_resampling_is_unbiased(method):
     mean = np.asarray(counts, np.float64).mean(0)
     se = np.asarray(counts, np.float64).std(0) / math.sqrt(reps) + 1e-3
     expected = n * np.asarray(w)
+    # the largest |mean - N w_i| / se over the 8 particles, measured over 12 seed offsets:
+    # median 1.3 to 1.5, max 2.5 (the three resamplers)
     assert np.all(np.abs(mean - expected) < 5 * se), (mean, expected, se)
     assert np.all(np.asarray(counts)[:, -1] == 0)  # a zero weight is never drawn
     np.testing.assert_array_equal(np.asarray(counts).sum(1), n)
@@ -101,6 +103,14 @@ def test_systematic_copies_floor_or_ceil():
 
 @pytest.mark.statistical
 def test_systematic_has_lower_variance_than_multinomial():
+    """The variance of the copy counts, summed over particles, over 2000 resamplings of N = 100.
+
+    Systematic: each count is floor or ceil of N w_i, variance f_i (1 - f_i) with f_i the
+    fractional part of N w_i (0.60 in all here); multinomial: N w_i (1 - w_i) (72.8 in all).
+    Stratified has no such closed form and is not always below systematic: on these weights the
+    two are equal within noise (measured over 12 seed offsets: systematic 0.566 to 0.636,
+    stratified 0.585 to 0.618, the order flipping in 4 of 12), so only its bound is tested.
+    """
     w = jnp.array([0.123, 0.277, 0.311, 0.289])  # N w not integers
     keys = jax.random.split(jax.random.key(config.seed(2)), 2000)
 
@@ -108,7 +118,13 @@ def test_systematic_has_lower_variance_than_multinomial():
         counts = jax.vmap(lambda k: jnp.bincount(fn(k, w, 100), length=4))(keys)
         return float(jnp.var(counts.astype(jnp.float32), axis=0).sum())
 
-    assert var(smc.systematic) < var(smc.stratified) < var(smc.multinomial)
+    frac = np.modf(100 * np.asarray(w, np.float64))[0]
+    exact_systematic = float(np.sum(frac * (1 - frac)))
+    exact_multinomial = float(100 * np.sum(np.asarray(w) * (1 - np.asarray(w))))
+    # measured over 12 offsets: systematic 0.566 to 0.636 (exact 0.60), multinomial 70.8 to 75.8
+    assert abs(var(smc.systematic) - exact_systematic) < 0.08
+    assert var(smc.stratified) < 1.0
+    assert abs(var(smc.multinomial) - exact_multinomial) < 6.0
 
 
 @pytest.mark.statistical
@@ -253,8 +269,10 @@ def test_log_evidence_matches_the_kalman_filter(method):
     resampler = smc.RESAMPLERS[method]
     run = jax.jit(jax.vmap(lambda k: smc.run(k, model, 2000, resampler=resampler).log_evidence))
     estimates = np.asarray(run(jax.random.split(jax.random.key(config.seed(0)), 32)), np.float64)
-    # one estimate has a standard deviation of about 0.1 here: the mean of 32, about 0.018
-    assert abs(estimates.mean() - exact) < 0.07, (estimates.mean(), exact)
+    # one estimate has a standard deviation of about 0.1 here (0.08 to 0.27 over 12 seed
+    # offsets, systematic), the mean of 32 about 0.018; measured error of the mean over 12
+    # offsets: median 0.004, range -0.054 to 0.030. A wrong weight is off by far more than 0.1.
+    assert abs(estimates.mean() - exact) < 0.1, (estimates.mean(), exact)
 
 
 @pytest.mark.statistical
