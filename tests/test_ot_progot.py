@@ -328,6 +328,6 @@ def test_progot_with_a_translation_invariant_cost(clouds):
 def test_a_jitted_progot_with_a_bad_epsilon_raises(clouds):
     x, y, _ = clouds
     alphas = ot.alpha_schedule("lin", 2)
-    with pytest.raises(Exception, match="epsilon must be a finite number > 0"):
+    with pytest.raises(Exception, match="epsilons must be a finite number > 0"):
         run = jax.jit(lambda e: ot.progot(x, y, alphas=alphas, epsilons=e).xs)
         jax.block_until_ready(run(jnp.array([1.0, -0.5])))
