@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from otdiff import train
+from otdiff import config, train
 from otdiff.diffusion import LinearVP, ScoreMLP, dsm_loss
 from otdiff.train import (
     data_parallel_mesh,
@@ -30,14 +30,14 @@ from otdiff.train import (
 def main() -> dict:
     out: dict = {"n_devices": jax.device_count()}
     loss = jax.tree_util.Partial(dsm_loss, process=LinearVP())
-    data = jax.random.normal(jax.random.key(0), (512, 3)) * 2.0
-    model = ScoreMLP(3, hidden=(32, 32), embed_dim=16, key=jax.random.key(1))
+    data = jax.random.normal(jax.random.key(config.seed(0)), (512, 3)) * 2.0
+    model = ScoreMLP(3, hidden=(32, 32), embed_dim=16, key=jax.random.key(config.seed(1)))
     opt = make_optimizer(1e-2, 10, warmup_steps=0)
     params, static = split(model)
     state = train.init(params, opt)
     mesh = data_parallel_mesh()
     out["mesh_shape"] = dict(mesh.shape)
-    key = jax.random.key(2)
+    key = jax.random.key(config.seed(2))
 
     # one step, one device against four
     step1 = jax.jit(make_step(loss, opt, static=static, batch_size=64))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from otdiff import config
 from otdiff.data import (
     checkerboard,
     exact_log_prob,
@@ -32,7 +33,7 @@ def test_log_prob_matches_scipy():
     from scipy.stats import multivariate_normal
 
     m = _mixture_full_cov()
-    x = np.random.default_rng(0).normal(size=(20, 2))
+    x = np.random.default_rng(config.seed(0)).normal(size=(20, 2))
     ref = np.log(
         sum(
             float(w) * multivariate_normal(np.asarray(mu), np.asarray(c)).pdf(x)
@@ -46,15 +47,16 @@ def test_log_prob_matches_scipy():
 @pytest.mark.parametrize("t", [0.0, 1e-3, 0.2, 0.7, 1.0])
 def test_exact_score_is_gradient_of_exact_log_prob(sde, t):
     for m in (_mixture_full_cov(), ring(), two_moons(n_quadrature=32)):
-        x = m.sample(jax.random.key(1), 16) * 1.3
+        x = m.sample(jax.random.key(config.seed(1)), 16) * 1.3
         auto = jax.vmap(jax.grad(exact_log_prob(m, sde)), in_axes=(0, None))(x, t)
         np.testing.assert_allclose(exact_score(m, sde)(x, t), auto, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.statistical
 def test_noised_mixture_matches_forward_samples():
     m, sde, t = ring(), LinearVP(), 0.3
-    x0 = m.sample(jax.random.key(0), 200_000)
-    xt, _ = sde.sample_marginal(jax.random.key(1), x0, t)
+    x0 = m.sample(jax.random.key(config.seed(0)), 200_000)
+    xt, _ = sde.sample_marginal(jax.random.key(config.seed(1)), x0, t)
     noised = m.noised(sde, t)
     mean = jnp.einsum("k,kd->d", noised.weights, noised.means)
     second = jnp.einsum("k,kij->ij", noised.weights, noised.covs) + jnp.einsum(
@@ -64,9 +66,10 @@ def test_noised_mixture_matches_forward_samples():
     np.testing.assert_allclose(xt.T @ xt / len(xt), second, atol=0.03)
 
 
+@pytest.mark.statistical
 def test_mixture_sampler_weights_and_moments():
     m = _mixture_full_cov()
-    x, lab = m.sample_with_labels(jax.random.key(0), 100_000)
+    x, lab = m.sample_with_labels(jax.random.key(config.seed(0)), 100_000)
     np.testing.assert_allclose(np.bincount(lab) / len(lab), m.weights, atol=0.01)
     sel = np.asarray(x[lab == 0])
     np.testing.assert_allclose(np.cov(sel.T), m.covs[0], atol=0.02)
@@ -97,7 +100,7 @@ def test_two_moons_density_normalised_and_matches_samples():
     assert abs(mass - 1.0) < 1e-3
     # a finer quadrature changes the log-density by less than 1e-3 where the mass is
     fine = two_moons(n_quadrature=2048)
-    x = m.sample(jax.random.key(0), 500)
+    x = m.sample(jax.random.key(config.seed(0)), 500)
     assert float(jnp.max(jnp.abs(m.log_prob(x) - fine.log_prob(x)))) < 1e-3
 
 
@@ -111,16 +114,18 @@ def test_checkerboard_exact_noised_density(t):
     # at t = 0 the grid's points on the squares' edges count twice
     assert abs(mass - 1.0) < (3e-2 if t == 0.0 else 2e-3)
     if t == 0.0:
-        x = c.sample(jax.random.key(0), 100)
+        x = c.sample(jax.random.key(config.seed(0)), 100)
         np.testing.assert_allclose(c.log_prob(x), np.log(1 / 8), rtol=1e-6)
         assert float(c.log_prob(jnp.array([0.5, -0.5]))) == -np.inf  # a light square
     else:
-        x = noised.sample(jax.random.key(0), 64)
+        x = noised.sample(jax.random.key(config.seed(0)), 64)
         auto = jax.vmap(jax.grad(lambda y: noised.log_prob(y)))(x)
         np.testing.assert_allclose(exact_score(c, sde)(x, t), auto, rtol=1e-5, atol=1e-5)
         # the exact noised density agrees with a histogram of forward samples
         xs = np.asarray(
-            sde.sample_marginal(jax.random.key(2), c.sample(jax.random.key(1), 400_000), t)[0]
+            sde.sample_marginal(
+                jax.random.key(config.seed(2)), c.sample(jax.random.key(config.seed(1)), 400_000), t
+            )[0]
         )
         h, ex, ey = np.histogram2d(
             xs[:, 0], xs[:, 1], bins=16, range=[[-2, 2], [-2, 2]], density=True

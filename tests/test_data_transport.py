@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from otdiff import config
 from otdiff.data import gaussian_clouds, known_map, known_map_problem, mixture_clouds
 
 
@@ -14,14 +15,14 @@ def potential(x, jump=4.0, width=0.25, shift=1.0):
 
 
 def test_known_map_is_the_gradient_of_a_convex_potential():
-    x = jax.random.normal(jax.random.key(0), (50, 3))
+    x = jax.random.normal(jax.random.key(config.seed(0)), (50, 3))
     np.testing.assert_allclose(known_map(x), jax.vmap(jax.grad(potential))(x), atol=1e-5)
     hessians = jax.vmap(jax.hessian(potential))(x)
     assert float(jnp.min(jnp.linalg.eigvalsh(hessians))) >= 1.0 - 1e-5  # phi - |x|^2 / 2 convex
 
 
 def test_known_map_problem_returns_unpaired_samples_and_exact_test_images():
-    x, y, x_test, y_test = known_map_problem(jax.random.key(1), 400, 2, n_test=30)
+    x, y, x_test, y_test = known_map_problem(jax.random.key(config.seed(1)), 400, 2, n_test=30)
     assert x.shape == y.shape == (400, 2) and x_test.shape == y_test.shape == (30, 2)
     np.testing.assert_array_equal(y_test, known_map(x_test))
     assert float(jnp.max(jnp.abs(y - known_map(x)))) > 1.0  # the pairing is not given
@@ -31,14 +32,14 @@ def test_known_map_problem_returns_unpaired_samples_and_exact_test_images():
 
 @pytest.mark.parametrize("d", [1, 4])
 def test_gaussian_clouds_have_the_stated_means(d):
-    x, y = gaussian_clouds(jax.random.key(2), 4000, d)
+    x, y = gaussian_clouds(jax.random.key(config.seed(2)), 4000, d)
     assert x.shape == y.shape == (4000, d)
     np.testing.assert_allclose(jnp.mean(x, axis=0), 0.0, atol=0.1)
     np.testing.assert_allclose(jnp.mean(y, axis=0), 1.0, atol=0.1)
 
 
 def test_mixture_clouds_are_balanced_clusters():
-    x, y = mixture_clouds(jax.random.key(3), 300, 2, n_clusters=3)
+    x, y = mixture_clouds(jax.random.key(config.seed(3)), 300, 2, n_clusters=3)
     assert x.shape == y.shape == (300, 2)
     centres = x[:3]  # points 0, 1, 2 belong to clusters 0, 1, 2
     labels = jnp.argmin(jnp.sum((x[:, None] - centres[None]) ** 2, axis=-1), axis=1)

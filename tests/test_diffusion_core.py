@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from otdiff import metrics
+from otdiff import config, metrics
 from otdiff.data import exact_log_prob, exact_score, gaussian_mixture, ring
 from otdiff.diffusion import (
     AbstractGaussianProcess,
@@ -75,7 +75,7 @@ def test_a_subclass_gets_the_reverse_drift_and_plugs_into_the_driver():
     np.testing.assert_allclose(bm.reverse_drift(x, 0.3, s), -0.5)  # f - g^2 s
     np.testing.assert_allclose(bm.ode_drift(x, 0.3, s), -0.25)
     step = functools.partial(euler_maruyama_step, score=lambda x, t: -x / 4.0, process=bm)
-    out = run_sampler(jax.random.key(0), step, jnp.zeros((4, 2)), time_grid(10))
+    out = run_sampler(jax.random.key(config.seed(0)), step, jnp.zeros((4, 2)), time_grid(10))
     assert out.x.shape == (4, 2) and bool(jnp.all(jnp.isfinite(out.x)))
 
 
@@ -129,16 +129,18 @@ def test_schedule_identities(process):
     assert float(process.diffusion_squared(0.3)) == float(process.beta(0.3))
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
 def test_forward_marginal_moments(process):
     x0 = jnp.full((200_000, 2), 1.5)
     for t in (0.1, 0.5, 0.9):
-        xt, eps = process.sample_marginal(jax.random.key(0), x0, t)
+        xt, eps = process.sample_marginal(jax.random.key(config.seed(0)), x0, t)
         np.testing.assert_allclose(xt.mean(0), 1.5 * process.alpha(t), atol=0.01)
         np.testing.assert_allclose(xt.std(0), process.sigma(t), rtol=0.01)
         np.testing.assert_allclose(xt, process.alpha(t) * x0 + process.sigma(t) * eps, rtol=1e-6)
 
 
+@pytest.mark.statistical
 def test_forward_marginal_matches_simulated_sde():
     """The closed-form marginal against a fine Euler–Maruyama simulation of the forward SDE."""
     process, n_steps = LinearVP(), 1000
@@ -151,7 +153,7 @@ def test_forward_marginal_matches_simulated_sde():
         return x + process.drift(x, t) * dt + process.diffusion(t) * jnp.sqrt(dt) * noise, None
 
     ts = jnp.linspace(0.0, 0.6, n_steps + 1)[:-1]
-    x, _ = jax.lax.scan(step, x0, (jax.random.split(jax.random.key(0), n_steps), ts))
+    x, _ = jax.lax.scan(step, x0, (jax.random.split(jax.random.key(config.seed(0)), n_steps), ts))
     mean, std = process.marginal(2.0, 0.6)
     np.testing.assert_allclose(float(x.mean()), float(mean), atol=0.01)
     np.testing.assert_allclose(float(x.std()), float(std), rtol=0.01)
@@ -189,17 +191,22 @@ def test_process_validation_and_pytree():
 # -- DSM and Tweedie -----------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 def test_dsm_is_minimised_by_the_exact_score():
     m, process = ring(4, radius=2.0, std=0.5), LinearVP()
     eps_exact = eps_from_score(exact_score(m, process), process)
-    x0 = m.sample(jax.random.key(0), 100_000)
+    x0 = m.sample(jax.random.key(config.seed(0)), 100_000)
     losses = [
-        float(dsm_loss(lambda x, t, c=c: c * eps_exact(x, t), jax.random.key(1), x0, process))
+        float(
+            dsm_loss(
+                lambda x, t, c=c: c * eps_exact(x, t), jax.random.key(config.seed(1)), x0, process
+            )
+        )
         for c in (0.9, 1.0, 1.1)
     ]
     assert losses[1] < losses[0] and losses[1] < losses[2]
     assert 0.0 < losses[1] < 1.0  # the irreducible part of the loss
-    lk = dsm_loss(eps_exact, jax.random.key(1), x0, process, weighting="likelihood")
+    lk = dsm_loss(eps_exact, jax.random.key(config.seed(1)), x0, process, weighting="likelihood")
     assert np.isfinite(float(lk))
 
 
@@ -207,12 +214,14 @@ def test_dsm_validation_and_grad():
     process = LinearVP()
     x0 = jnp.zeros((8, 2))
     with pytest.raises(ValueError, match="weighting"):
-        dsm_loss(lambda x, t: x, jax.random.key(0), x0, process, weighting="snr")
+        dsm_loss(lambda x, t: x, jax.random.key(config.seed(0)), x0, process, weighting="snr")
     with pytest.raises(ValueError, match="x0"):
-        dsm_loss(lambda x, t: x, jax.random.key(0), jnp.zeros(3), process)
+        dsm_loss(lambda x, t: x, jax.random.key(config.seed(0)), jnp.zeros(3), process)
     with pytest.raises(ValueError, match="t_min"):
-        dsm_loss(lambda x, t: x, jax.random.key(0), x0, process, t_min=0.0)
-    g = jax.grad(lambda w: dsm_loss(lambda x, t: w * x, jax.random.key(0), x0 + 1.0, process))(1.0)
+        dsm_loss(lambda x, t: x, jax.random.key(config.seed(0)), x0, process, t_min=0.0)
+    g = jax.grad(
+        lambda w: dsm_loss(lambda x, t: w * x, jax.random.key(config.seed(0)), x0 + 1.0, process)
+    )(1.0)
     assert np.isfinite(float(g))
 
 
@@ -275,7 +284,13 @@ def test_a_jitted_sampler_with_bad_times_raises(t_min, t_max):
     draw = jax.jit(
         lambda lo, hi: (
             euler_maruyama(
-                jax.random.key(0), score, process, jnp.zeros((4, 2)), 5, t_min=lo, t_max=hi
+                jax.random.key(config.seed(0)),
+                score,
+                process,
+                jnp.zeros((4, 2)),
+                5,
+                t_min=lo,
+                t_max=hi,
             ).x
         )
     )
@@ -286,7 +301,11 @@ def test_a_jitted_sampler_with_bad_times_raises(t_min, t_max):
 def test_a_sampler_producing_nan_raises():
     process = LinearVP()
     draw = jax.jit(
-        lambda x: euler_maruyama(jax.random.key(0), lambda y, t: y / 0.0 * 0.0, process, x, 3).x
+        lambda x: (
+            euler_maruyama(
+                jax.random.key(config.seed(0)), lambda y, t: y / 0.0 * 0.0, process, x, 3
+            ).x
+        )
     )
     with pytest.raises(Exception, match="sampler's samples contains NaN"):
         jax.block_until_ready(draw(jnp.ones((4, 2))))
@@ -295,7 +314,7 @@ def test_a_sampler_producing_nan_raises():
 def test_reverse_kernel_log_density():
     m, process = ring(), LinearVP()
     score = exact_score(m, process)
-    x = jax.random.normal(jax.random.key(0), (5, 2))
+    x = jax.random.normal(jax.random.key(config.seed(0)), (5, 2))
     s = jax.vmap(score, (0, None))(x, 0.5)
     mean, std = reverse_kernel(process, x, 0.5, 0.49, s)
     beta = float(process.beta(0.5))
@@ -313,12 +332,12 @@ def test_kernels_are_the_samplers_steps():
     """euler_maruyama and ddim are the driver over their public step kernels (same numbers)."""
     m, process = ring(), CosineVP()
     score = exact_score(m, process)
-    x = process.prior_sample(jax.random.key(0), (16, 2))
+    x = process.prior_sample(jax.random.key(config.seed(0)), (16, 2))
     ts = time_grid(8)
     for sampler, kernel in [(euler_maruyama, euler_maruyama_step), (ddim, ddim_step)]:
         last = {"noise": 0.0} if kernel is euler_maruyama_step else {"eta": 0.0}
-        out = sampler(jax.random.key(1), score, process, x, 8).x
-        keys = jax.random.split(jax.random.key(1), 8)
+        out = sampler(jax.random.key(config.seed(1)), score, process, x, 8).x
+        keys = jax.random.split(jax.random.key(config.seed(1)), 8)
         y = x
         for i in range(8):
             extra = last if i == 7 else {}
@@ -335,17 +354,18 @@ def test_samplers_shapes_determinism_jit_vmap(name):
     def draw(key):
         return sample(key, score, process, 64, 2, sampler=name, n_steps=20).x
 
-    a, b = draw(jax.random.key(0)), draw(jax.random.key(0))
+    a, b = draw(jax.random.key(config.seed(0))), draw(jax.random.key(config.seed(0)))
     assert a.shape == (64, 2) and bool(jnp.all(a == b)) and bool(jnp.all(jnp.isfinite(a)))
-    batch = jax.vmap(draw)(jax.random.split(jax.random.key(1), 3))
+    batch = jax.vmap(draw)(jax.random.split(jax.random.key(config.seed(1)), 3))
     assert batch.shape == (3, 64, 2)
     np.testing.assert_allclose(
-        batch[0], draw(jax.random.split(jax.random.key(1), 3)[0]), rtol=1e-5, atol=1e-5
+        batch[0], draw(jax.random.split(jax.random.key(config.seed(1)), 3)[0]), rtol=1e-5, atol=1e-5
     )
     with pytest.raises(ValueError, match="sampler"):
-        sample(jax.random.key(0), score, process, 4, 2, sampler="heun")
+        sample(jax.random.key(config.seed(0)), score, process, 4, 2, sampler="heun")
 
 
+@pytest.mark.statistical
 def test_exact_score_sampler_reproduces_mode_weights():
     """With the exact score a few hundred steps get the mode weights right."""
     m = gaussian_mixture(ring(4, radius=3.0).means, 0.3, weights=[0.4, 0.3, 0.2, 0.1])
@@ -353,23 +373,24 @@ def test_exact_score_sampler_reproduces_mode_weights():
     score = exact_score(m, process)
     for name in ("sde", "ddim"):
         x = jax.jit(lambda k, n=name: sample(k, score, process, 4000, 2, sampler=n, n_steps=300).x)(
-            jax.random.key(0)
+            jax.random.key(config.seed(0))
         )
         assert float(metrics.mode_tv(m, x)) < 0.03, name
 
 
+@pytest.mark.statistical
 def test_ddim_with_eta_one_is_stochastic_and_ode_is_deterministic():
     m, process = ring(), LinearVP()
     score = exact_score(m, process)
-    x_init = process.prior_sample(jax.random.key(0), (32, 2))
-    a = ddim(jax.random.key(1), score, process, x_init, 30).x
-    b = ddim(jax.random.key(2), score, process, x_init, 30).x
-    c = ddim(jax.random.key(2), score, process, x_init, 30, eta=1.0).x
+    x_init = process.prior_sample(jax.random.key(config.seed(0)), (32, 2))
+    a = ddim(jax.random.key(config.seed(1)), score, process, x_init, 30).x
+    b = ddim(jax.random.key(config.seed(2)), score, process, x_init, 30).x
+    c = ddim(jax.random.key(config.seed(2)), score, process, x_init, 30, eta=1.0).x
     np.testing.assert_allclose(a, b, rtol=1e-6)
     assert float(jnp.abs(a - c).max()) > 1e-2
     # the PF-ODE (adaptive) and DDIM (eta = 0, many steps) transport the same prior points alike
     ode = probability_flow(score, process, x_init, rtol=1e-5, atol=1e-5).x
-    fine = ddim(jax.random.key(1), score, process, x_init, 1000).x
+    fine = ddim(jax.random.key(config.seed(1)), score, process, x_init, 1000).x
     assert float(jnp.median(jnp.linalg.norm(ode - fine, axis=1))) < 0.05
 
 
@@ -381,10 +402,10 @@ def test_hook_modifies_state_and_records_aux():
         return jnp.clip(x, -1.0, 1.0), jnp.mean(jnp.abs(x) > 1.0)
 
     out = euler_maruyama(
-        jax.random.key(0),
+        jax.random.key(config.seed(0)),
         score,
         process,
-        process.prior_sample(jax.random.key(1), (50, 2)),
+        process.prior_sample(jax.random.key(config.seed(1)), (50, 2)),
         25,
         hook=clamp,
         save_trajectory=True,
@@ -397,31 +418,38 @@ def test_sampler_validation():
     m, process = ring(), LinearVP()
     score = exact_score(m, process)
     with pytest.raises(ValueError, match="x_init"):
-        euler_maruyama(jax.random.key(0), score, process, jnp.zeros(3), 10)
+        euler_maruyama(jax.random.key(config.seed(0)), score, process, jnp.zeros(3), 10)
     with pytest.raises(ValueError, match="x_init contains NaN"):
-        euler_maruyama(jax.random.key(0), score, process, jnp.full((3, 2), jnp.nan), 10)
+        euler_maruyama(
+            jax.random.key(config.seed(0)), score, process, jnp.full((3, 2), jnp.nan), 10
+        )
     with pytest.raises(ValueError, match="eta"):
-        ddim(jax.random.key(0), score, process, jnp.zeros((3, 2)), 10, eta=-1.0)
+        ddim(jax.random.key(config.seed(0)), score, process, jnp.zeros((3, 2)), 10, eta=-1.0)
     with pytest.raises(ValueError, match="n_steps is required"):
         probability_flow(score, process, jnp.zeros((3, 2)), solver="heun")
     with pytest.raises(ValueError, match="solver"):
         probability_flow(score, process, jnp.zeros((3, 2)), solver="rk4")
     with pytest.raises(ValueError, match="times"):
-        run_sampler(jax.random.key(0), lambda k, x, t, u: x, jnp.zeros((3, 2)), jnp.ones(1))
+        run_sampler(
+            jax.random.key(config.seed(0)), lambda k, x, t, u: x, jnp.zeros((3, 2)), jnp.ones(1)
+        )
 
 
 # -- likelihoods ---------------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
 def test_log_likelihood_matches_exact_density(process):
     m = ring()
     score = exact_score(m, process)
-    x = m.sample(jax.random.key(0), 64)
+    x = m.sample(jax.random.key(config.seed(0)), 64)
     exact = exact_log_prob(m, process)(x, 1e-3)
     ll = eqx.filter_jit(lambda s, y: log_likelihood(s, process, y))(score, x)
     np.testing.assert_allclose(ll, exact, atol=5e-3)
-    hutch = log_likelihood(score, process, x, key=jax.random.key(1), method="hutchinson")
+    hutch = log_likelihood(
+        score, process, x, key=jax.random.key(config.seed(1)), method="hutchinson"
+    )
     assert abs(float(jnp.mean(hutch - exact))) < 0.3  # unbiased, with per-point noise
     with pytest.raises(ValueError, match="key is required"):
         log_likelihood(score, process, x, method="hutchinson")

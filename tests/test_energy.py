@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from otdiff import smc
+from otdiff import config, smc
 from otdiff.data import exact_score, gaussian_mixture
 from otdiff.diffusion import EnergyMLP, LinearVP, reverse_kernel
 from otdiff.diffusion import energy as en
@@ -44,7 +44,7 @@ def test_mixture_energy_gradient_is_minus_the_exact_score(setup):
     process, mix, energy = setup
     score = en.energy_score(energy)
     ref = exact_score(mix, process)
-    x = jax.random.normal(jax.random.key(0), (20, 2)) * 2
+    x = jax.random.normal(jax.random.key(config.seed(0)), (20, 2)) * 2
     for t in (0.01, 0.3, 0.9):
         np.testing.assert_allclose(
             jax.vmap(score, (0, None))(x, t), jax.vmap(ref, (0, None))(x, t), rtol=1e-4, atol=1e-4
@@ -53,7 +53,9 @@ def test_mixture_energy_gradient_is_minus_the_exact_score(setup):
 
 def test_energy_mlp_is_scalar_smooth_and_checks_its_input():
     process = LinearVP()
-    model = EnergyMLP(2, hidden=(16, 16), key=jax.random.key(0), data_std=1.0, process=process)
+    model = EnergyMLP(
+        2, hidden=(16, 16), key=jax.random.key(config.seed(0)), data_std=1.0, process=process
+    )
     e = model(jnp.ones(2), 0.5)
     assert e.shape == ()
     g = jax.grad(model)(jnp.ones(2), 0.5)
@@ -65,7 +67,7 @@ def test_energy_mlp_is_scalar_smooth_and_checks_its_input():
     with pytest.raises(ValueError, match="shape"):
         model(jnp.ones((3, 2)), 0.5)
     with pytest.raises(ValueError, match="hidden"):
-        EnergyMLP(2, hidden=(), key=jax.random.key(0))
+        EnergyMLP(2, hidden=(), key=jax.random.key(config.seed(0)))
 
 
 def test_product_of_energies_and_its_score(setup):
@@ -82,11 +84,17 @@ def test_product_of_energies_and_its_score(setup):
 
 def test_distillation_loss_vanishes_for_the_exact_energy(setup):
     process, mix, energy = setup
-    x0 = mix.sample(jax.random.key(1), 256)
-    loss = en.distillation_loss(energy, jax.random.key(2), x0, exact_score(mix, process), process)
+    x0 = mix.sample(jax.random.key(config.seed(1)), 256)
+    loss = en.distillation_loss(
+        energy, jax.random.key(config.seed(2)), x0, exact_score(mix, process), process
+    )
     assert float(loss) < 1e-8
     wrong = en.distillation_loss(
-        lambda x, t: 1.1 * energy(x, t), jax.random.key(2), x0, exact_score(mix, process), process
+        lambda x, t: 1.1 * energy(x, t),
+        jax.random.key(config.seed(2)),
+        x0,
+        exact_score(mix, process),
+        process,
     )
     assert float(wrong) > 1e-3
 
@@ -119,10 +127,12 @@ def test_distillation_keeps_only_the_conservative_part():
     def teacher(x, t):
         return -x + 3.0 * j @ x
 
-    x0 = jax.random.normal(jax.random.key(0), (4096, 2))
+    x0 = jax.random.normal(jax.random.key(config.seed(0)), (4096, 2))
 
     def loss(a):
-        return en.distillation_loss(_Quadratic(a), jax.random.key(1), x0, teacher, _Fixed())
+        return en.distillation_loss(
+            _Quadratic(a), jax.random.key(config.seed(1)), x0, teacher, _Fixed()
+        )
 
     grid = jnp.linspace(0.5, 1.5, 101)
     values = jax.vmap(loss)(grid)
@@ -136,13 +146,15 @@ def test_distil_reaches_the_teacher_on_a_gaussian():
     process = LinearVP()
     mix = gaussian_mixture([[1.0, -0.5]], [0.7])
     teacher = exact_score(mix, process)
-    data = mix.sample(jax.random.key(0), 2048)
-    model = EnergyMLP(2, hidden=(32, 32), key=jax.random.key(1), data_std=0.8, process=process)
+    data = mix.sample(jax.random.key(config.seed(0)), 2048)
+    model = EnergyMLP(
+        2, hidden=(32, 32), key=jax.random.key(config.seed(1)), data_std=0.8, process=process
+    )
     before = en.relative_score_error(
-        jax.random.key(3), en.energy_score(model), teacher, process, data
+        jax.random.key(config.seed(3)), en.energy_score(model), teacher, process, data
     )
     out = en.distil(
-        jax.random.key(2),
+        jax.random.key(config.seed(2)),
         model,
         teacher,
         data,
@@ -152,7 +164,7 @@ def test_distil_reaches_the_teacher_on_a_gaussian():
         off_support=0.25,
     )
     after = en.relative_score_error(
-        jax.random.key(3), en.energy_score(out.energy), teacher, process, data
+        jax.random.key(config.seed(3)), en.energy_score(out.energy), teacher, process, data
     )
     assert out.losses.shape == (600,)
     assert float(out.losses[-50:].mean()) < float(out.losses[:50].mean())
@@ -161,17 +173,19 @@ def test_distil_reaches_the_teacher_on_a_gaussian():
 
 def test_distillation_input_checks(setup):
     process, mix, energy = setup
-    x0 = mix.sample(jax.random.key(1), 16)
+    x0 = mix.sample(jax.random.key(config.seed(1)), 16)
     score = exact_score(mix, process)
     with pytest.raises(ValueError, match="off_support"):
-        en.distillation_loss(energy, jax.random.key(0), x0, score, process, off_support=1.0)
+        en.distillation_loss(
+            energy, jax.random.key(config.seed(0)), x0, score, process, off_support=1.0
+        )
     with pytest.raises(ValueError, match="t_min"):
-        en.distillation_loss(energy, jax.random.key(0), x0, score, process, t_min=0.0)
+        en.distillation_loss(energy, jax.random.key(config.seed(0)), x0, score, process, t_min=0.0)
     with pytest.raises(ValueError, match="x0"):
-        en.distillation_loss(energy, jax.random.key(0), x0[0], score, process)
+        en.distillation_loss(energy, jax.random.key(config.seed(0)), x0[0], score, process)
     with pytest.raises(ValueError, match="box"):
         en.distillation_loss(
-            energy, jax.random.key(0), x0, score, process, off_support=0.5, box=-1.0
+            energy, jax.random.key(config.seed(0)), x0, score, process, off_support=0.5, box=-1.0
         )
 
 
@@ -182,25 +196,37 @@ def test_proposal_is_the_core_reverse_kernel(setup):
     """One FK step moves particles with reverse_kernel's mean and std (the same noise)."""
     process, mix, energy = setup
     model = en.fk_model(energy, process, 2, 10)
-    particles, _ = model.init(jax.random.key(0), 64)
+    particles, _ = model.init(jax.random.key(config.seed(0)), 64)
     t, t_next = model.inputs[0][0], model.inputs[1][0]
-    moved, log_g = model.step(jax.random.key(1), particles, (t, t_next))
+    moved, log_g = model.step(jax.random.key(config.seed(1)), particles, (t, t_next))
     s = jax.vmap(exact_score(mix, process), (0, None))(particles.x, t)
     mean, std = reverse_kernel(process, particles.x, t, t_next, s)
-    z = jax.random.normal(jax.random.key(1), particles.x.shape)
+    z = jax.random.normal(jax.random.key(config.seed(1)), particles.x.shape)
     np.testing.assert_allclose(moved.x, mean + std * z, rtol=1e-4, atol=1e-4)
     assert log_g.shape == (64,) and bool(jnp.all(jnp.isfinite(log_g)))
 
 
+@pytest.mark.statistical
 def test_beta_one_with_exact_energies_is_unweighted_in_the_limit(setup):
-    """At beta = 1 the targets are the exact marginals: log Z ~ 0; only the discretisation
-    (Euler-Maruyama proposals against the exact backward kernel) costs effective particles."""
+    """At beta = 1 the targets are the exact marginals: Z = 1 and Z_hat is unbiased; only the
+    discretisation (Euler-Maruyama proposals against the exact backward kernel) costs effective
+    particles. One run's log Z_hat at N = 2000 spreads over -0.047 to 0.036 (measured over 20
+    seeds), so the claim is on the mean of Z_hat over 8 runs (standard error about 0.012)."""
     process, _, energy = setup
-    out = en.low_temperature_smc(jax.random.key(0), energy, process, 1000, 2, beta=1.0, n_steps=100)
-    assert abs(float(out.log_evidence)) < 0.05
-    assert float(out.ess.min()) > 0.3 * 1000
+
+    def one(key):
+        out = en.low_temperature_smc(key, energy, process, 1000, 2, beta=1.0, n_steps=100)
+        return out.log_evidence, jnp.min(out.ess)
+
+    keys = jax.random.split(jax.random.key(config.seed(0)), 8)
+    log_z, min_ess = jax.jit(jax.vmap(one))(keys)
+    mean_z = float(np.mean(np.exp(np.asarray(log_z, np.float64))))
+    # measured at N = 2000 over 20 seeds: min ESS / N 0.476 to 0.498
+    assert abs(np.log(mean_z)) < 0.05, log_z
+    assert float(jnp.min(min_ess)) > 0.3 * 1000
 
 
+@pytest.mark.statistical
 def test_low_temperature_mode_weights_and_evidence(setup):
     """beta = 2: SMC recovers the tempered mode weights (0.9, 0.1) and log of int p^2.
 
@@ -216,13 +242,14 @@ def test_low_temperature_mode_weights_and_evidence(setup):
         return mode_tv(mix, out.x, target, log_weights=out.log_weights), out.log_evidence
 
     run = jax.jit(lambda keys: jax.lax.map(jax.vmap(one), keys.reshape(4, 8, *keys.shape[1:])))
-    tvs, log_z = run(jax.random.split(jax.random.key(0), 32))
+    tvs, log_z = run(jax.random.split(jax.random.key(config.seed(0)), 32))
     assert float(jnp.mean(tvs)) < 0.05, tvs
     exact = _log_integral_of_square(mix.noised(process, 1e-3))
     error = np.asarray(log_z, np.float64).ravel() - exact
     assert -0.6 < np.median(error) < 0.0, error
 
 
+@pytest.mark.statistical
 def test_product_beats_naive_score_sum():
     process = LinearVP()
     p1 = gaussian_mixture([[-2.0, 0.0], [2.0, 0.0]], 0.3)
@@ -232,7 +259,7 @@ def test_product_beats_naive_score_sum():
     w = np.exp(-0.5 * np.array([9.0, 1.0]) / s)
     target = jnp.asarray(w / w.sum())
     energies = [en.MixtureEnergy(p1, process), en.MixtureEnergy(p2, process)]
-    out = en.product_smc(jax.random.key(0), energies, process, 2000, 2, n_steps=100)
+    out = en.product_smc(jax.random.key(config.seed(0)), energies, process, 2000, 2, n_steps=100)
     tv = float(mode_tv(p1, out.x, target, log_weights=out.log_weights))
     assert tv < 0.06
     assert out.samples.shape == (2000, 2)
@@ -244,7 +271,14 @@ def test_no_nan_weights_at_extreme_temperatures(setup, beta):
     process, _, energy = setup
     for kappa in (0.05, 1.0):
         out = en.low_temperature_smc(
-            jax.random.key(1), energy, process, 300, 2, beta=beta, n_steps=50, ess_threshold=kappa
+            jax.random.key(config.seed(1)),
+            energy,
+            process,
+            300,
+            2,
+            beta=beta,
+            n_steps=50,
+            ess_threshold=kappa,
         )
         assert bool(jnp.all(jnp.isfinite(out.log_weights) | (out.log_weights == -jnp.inf)))
         assert bool(jnp.all(jnp.isfinite(out.x)))
@@ -254,7 +288,7 @@ def test_no_nan_weights_at_extreme_temperatures(setup, beta):
 def test_t_stop_switches_the_reweighting_off(setup):
     process, _, energy = setup
     out = en.low_temperature_smc(
-        jax.random.key(0),
+        jax.random.key(config.seed(0)),
         energy,
         process,
         200,
@@ -266,7 +300,7 @@ def test_t_stop_switches_the_reweighting_off(setup):
     )
     # only the initial weight pi_K / N(0, I) remains (same keys as smc_sample and smc.run)
     model = en.fk_model(product(energy, [2.0]), process, 2, 20)
-    k_run = jax.random.split(jax.random.key(0))[0]
+    k_run = jax.random.split(jax.random.key(config.seed(0)))[0]
     _, log_g0 = model.init(jax.random.split(k_run)[0], 200)
     np.testing.assert_allclose(out.log_weights, smc.normalize_log_weights(log_g0)[0], atol=1e-4)
 
@@ -277,7 +311,7 @@ def test_energy_smc_is_jit_safe_without_recompiling(setup):
     @jax.jit
     def f(beta, kappa, t_stop):
         return en.low_temperature_smc(
-            jax.random.key(0),
+            jax.random.key(config.seed(0)),
             energy,
             process,
             100,
@@ -295,7 +329,7 @@ def test_energy_smc_is_jit_safe_without_recompiling(setup):
 
 def test_bad_inputs_raise(setup):
     process, _, energy = setup
-    key = jax.random.key(0)
+    key = jax.random.key(config.seed(0))
     for beta in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="beta"):
             en.low_temperature_smc(key, energy, process, 10, 2, beta=beta)
@@ -329,7 +363,7 @@ def test_a_jitted_call_with_a_bad_value_raises(setup, kwargs, match):
     @jax.jit
     def run(beta, t_stop, ess_threshold, t_min):
         return en.low_temperature_smc(
-            jax.random.key(0), energy, process, 50, 2, beta=beta, n_steps=5, t_stop=t_stop,
+            jax.random.key(config.seed(0)), energy, process, 50, 2, beta=beta, n_steps=5, t_stop=t_stop,
             ess_threshold=ess_threshold, t_min=t_min,
         ).x  # fmt: skip
 
@@ -341,5 +375,10 @@ def test_nan_energy_raises_a_clear_error(setup):
     process, _, _ = setup
     with pytest.raises(Exception, match="NaN"):
         en.smc_sample(
-            jax.random.key(0), lambda x, t: jnp.nan * jnp.sum(x), process, 10, 2, n_steps=5
+            jax.random.key(config.seed(0)),
+            lambda x, t: jnp.nan * jnp.sum(x),
+            process,
+            10,
+            2,
+            n_steps=5,
         )

@@ -42,13 +42,17 @@ def test_weighted_occupancy_total_variation_and_diversity():
         metrics.crowded_fraction(pts, -1.0)
 
 
+@pytest.mark.statistical
 def test_energy_distance_known_values():
     # one-dimensional point masses: E|X - Y| = |a - b|, within-terms vanish
     x = jnp.zeros((10, 1))
     y = jnp.full((10, 1), 3.0)
     np.testing.assert_allclose(float(metrics.energy_distance(x, y)), 6.0, rtol=1e-5)
     m = ring()
-    a, b = m.sample(jax.random.key(0), 1500), m.sample(jax.random.key(1), 1500)
+    a, b = (
+        m.sample(jax.random.key(config.seed(0)), 1500),
+        m.sample(jax.random.key(config.seed(1)), 1500),
+    )
     assert (
         abs(float(metrics.energy_distance(a, b)))
         < 0.01
@@ -58,9 +62,13 @@ def test_energy_distance_known_values():
         metrics.energy_distance(jnp.zeros((3, 2)), jnp.zeros((3, 3)))
 
 
+@pytest.mark.statistical
 def test_sinkhorn_divergence_orders_samples():
     m = ring()
-    a, b = m.sample(jax.random.key(0), 500), m.sample(jax.random.key(1), 500)
+    a, b = (
+        m.sample(jax.random.key(config.seed(0)), 500),
+        m.sample(jax.random.key(config.seed(1)), 500),
+    )
     near = metrics.sinkhorn_divergence(a, b, epsilon=0.5)
     far = metrics.sinkhorn_divergence(a, b + 1.0, epsilon=0.5)
     assert 0.0 <= float(near) < 0.3 and float(far) > 1.5  # a shift by (1, 1) costs |shift|^2 = 2
@@ -73,7 +81,7 @@ def test_digit_classifier_judges_real_and_noise():
     data = load_digits()
     assert clf.accuracy(data.test_images, data.test_labels) > 0.93
     real = clf.confident_fraction(data.test_images)
-    noise = clf.confident_fraction(np.random.default_rng(0).uniform(-1, 1, (300, 64)))
+    noise = clf.confident_fraction(np.random.default_rng(config.seed(0)).uniform(-1, 1, (300, 64)))
     assert real > 0.85 and noise < 0.4
     with pytest.raises(ValueError, match="images must have shape"):
         clf.probabilities(np.zeros((2, 63)))

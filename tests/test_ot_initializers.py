@@ -16,7 +16,7 @@ from ott.geometry import costs, pointcloud
 from ott.initializers.linear import initializers as ott_init
 from ott.problems.linear import linear_problem
 
-from otdiff import ot
+from otdiff import config, ot
 from otdiff.data import gaussian_clouds
 from otdiff.ot.initializers import _gaussian_pair
 
@@ -29,7 +29,7 @@ def problem(x, y, eps=0.1, cost_fn=None):
 
 
 def clouds(n=N, d=2, seed=0):
-    return gaussian_clouds(jax.random.key(seed), n, d)
+    return gaussian_clouds(jax.random.key(config.seed(seed)), n, d)
 
 
 def start(init, x, y):
@@ -72,7 +72,7 @@ def test_sorting_unsorts_and_matches_ott_on_sorted_input():
     )[0]
     ours_sorted = ot.SortingInitializer(rtol=0.0)(problem(xs, ys), lse_mode=True)[0]
     np.testing.assert_allclose(ours_sorted, theirs, atol=1e-4)
-    perm = np.random.default_rng(0).permutation(N)
+    perm = np.random.default_rng(config.seed(0)).permutation(N)
     ours = ot.SortingInitializer(rtol=0.0)(problem(x[perm], y), lse_mode=True)[0]
     order = np.argsort(np.asarray(x[perm, 0]))
     np.testing.assert_allclose(np.asarray(ours)[order], ours_sorted, atol=1e-4)
@@ -99,7 +99,7 @@ def test_gmm_with_one_component_is_the_gaussian_start():
 def test_gaussian_pieces_match_the_closed_form(d):
     # W2^2 and the Kantorovich potential of the GMM start come from ott-jax's Gaussian; check both
     # against SciPy's matrix square roots in float64.
-    rng = np.random.default_rng(d)
+    rng = np.random.default_rng(config.seed(d))
     A, B = rng.standard_normal((2, d, d))
     cov_a, cov_b = A @ A.T + 0.1 * np.eye(d), B @ B.T + 0.1 * np.eye(d)
     m_a, m_b = rng.standard_normal((2, d))
@@ -127,7 +127,7 @@ def test_every_start_reaches_the_same_optimum(name):
         y,
         eps,
         initializer=ot.make_initializer(name, **options),
-        key=jax.random.key(0),
+        key=jax.random.key(config.seed(0)),
         threshold=1e-5,
         max_iterations=5000,
         inner_iterations=1,
@@ -167,7 +167,8 @@ def test_random_starts_follow_their_key():
     x, y = clouds()
     subsample = ot.make_initializer("subsample", subsample_n=10)
     one, two, other = (
-        ot.solve(x, y, 0.1, initializer=subsample, key=jax.random.key(k)).f0 for k in (1, 1, 2)
+        ot.solve(x, y, 0.1, initializer=subsample, key=jax.random.key(config.seed(k))).f0
+        for k in (1, 1, 2)
     )
     np.testing.assert_array_equal(one, two)
     assert float(jnp.max(jnp.abs(one - other))) > 1e-3

@@ -21,7 +21,7 @@ from _ot_costs import Mahalanobis, NetworkCost
 from ott.geometry import costs
 from scipy.special import logsumexp
 
-from otdiff import ot
+from otdiff import config, ot
 
 # -- data and the NumPy reference ------------------------------------------------------------
 
@@ -29,7 +29,7 @@ from otdiff import ot
 def clouds(n=24, m=None, d=2, seed=0):
     """A Gaussian blob and a shifted noisy ring, as float32 NumPy arrays."""
     m = n if m is None else m
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(config.seed(seed))
     x = 0.3 * rng.standard_normal((n, d)) - 0.5
     angle = rng.uniform(0, 2 * np.pi, m)
     ring = np.zeros((m, d))
@@ -39,7 +39,7 @@ def clouds(n=24, m=None, d=2, seed=0):
 
 
 def random_weights(n, seed):
-    w = np.random.default_rng(seed).uniform(0.5, 1.5, n)
+    w = np.random.default_rng(config.seed(seed)).uniform(0.5, 1.5, n)
     return w / w.sum()
 
 
@@ -149,7 +149,7 @@ def test_exact_ot_cost_against_brute_force_and_the_1d_sorted_matching():
     np.testing.assert_array_equal(perm, best)
     np.testing.assert_allclose(cost, C[range(6), best].mean(), rtol=1e-12)
     # In 1-D the optimal matching pairs the sorted points (quadratic cost is submodular).
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(config.seed(0))
     u, v = rng.standard_normal((40, 1)), 2 + 0.5 * rng.standard_normal((40, 1))
     sorted_cost = np.mean((np.sort(u[:, 0]) - np.sort(v[:, 0])) ** 2)
     np.testing.assert_allclose(ot.exact_ot_cost(u, v).cost, sorted_cost, rtol=1e-12)
@@ -323,7 +323,7 @@ class Unregistered(costs.TICost):
 
 
 def spd_matrix(d=2, seed=0):
-    A = np.random.default_rng(seed).standard_normal((d, d))
+    A = np.random.default_rng(config.seed(seed)).standard_normal((d, d))
     return (A @ A.T / d + 0.5 * np.eye(d)).astype(np.float32)
 
 
@@ -373,7 +373,7 @@ def test_gradients_flow_to_a_network_inside_the_cost():
     import equinox as eqx
 
     x, y = clouds(16, 12, seed=27)
-    net = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0))
+    net = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(config.seed(0)))
 
     def cost(module):
         return ot.solve(x, y, 0.2, cost_fn=NetworkCost(module), threshold=1e-6).reg_ot_cost

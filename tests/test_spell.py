@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from otdiff import config
 from otdiff.data import exact_score, ring
 from otdiff.diffusion import LinearVP, euler_maruyama, spell
 
@@ -41,7 +42,7 @@ def test_zero_outside_the_radius():
 
 
 def test_a_prediction_inside_one_ball_is_projected_onto_its_sphere():
-    key_z, key_x = jax.random.split(jax.random.key(0))
+    key_z, key_x = jax.random.split(jax.random.key(config.seed(0)))
     z = 3.0 * jax.random.normal(key_z, (1, 16))
     directions = jax.random.normal(key_x, (50, 16))
     directions /= jnp.linalg.norm(directions, axis=1, keepdims=True)
@@ -70,7 +71,7 @@ def test_disjoint_balls_each_point_lands_on_its_own_sphere():
 
 
 def test_matches_the_brute_force_sum_with_overlapping_balls():
-    kx, kz = jax.random.split(jax.random.key(1))
+    kx, kz = jax.random.split(jax.random.key(config.seed(1)))
     z = jax.random.normal(kz, (300, 5))
     x = jax.random.normal(kx, (40, 5))
     rep = spell.repellency(x, z, 1.2)
@@ -85,7 +86,7 @@ def test_matches_the_brute_force_sum_with_overlapping_balls():
 def test_exact_near_duplicates_few_and_many_overlapping_balls(n_refs):
     # far from the origin, near-duplicates: the fast |x|^2 + |z|^2 - 2 x.z screen alone would
     # lose the distances; with more than 16 candidate balls per row the whole block is exact
-    kx, kz = jax.random.split(jax.random.key(15))
+    kx, kz = jax.random.split(jax.random.key(config.seed(15)))
     centre = 20.0 * jnp.ones((1, 6))
     z = centre + 0.05 * jax.random.normal(kz, (n_refs, 6))
     x = centre + 0.05 * jax.random.normal(kx, (8, 6))
@@ -98,14 +99,14 @@ def test_exact_near_duplicates_few_and_many_overlapping_balls(n_refs):
 
 
 def test_radius_zero_switches_the_term_off():
-    x = jax.random.normal(jax.random.key(2), (10, 3))
+    x = jax.random.normal(jax.random.key(config.seed(2)), (10, 3))
     rep = spell.repellency(x, x[:4] + 1e-3, 0.0)
     np.testing.assert_array_equal(np.asarray(rep.delta), 0.0)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 999, 1000, 5000])
 def test_chunked_equals_unchunked(chunk_size):
-    kx, kz = jax.random.split(jax.random.key(3))
+    kx, kz = jax.random.split(jax.random.key(config.seed(3)))
     z = jax.random.uniform(kz, (1000, 8), minval=-1, maxval=1)
     x = jax.random.uniform(kx, (32, 8), minval=-1, maxval=1)
     full = spell.repellency(x, z, 0.9)
@@ -117,7 +118,7 @@ def test_chunked_equals_unchunked(chunk_size):
 
 
 def test_mask_ignores_rows():
-    kx, kz = jax.random.split(jax.random.key(4))
+    kx, kz = jax.random.split(jax.random.key(config.seed(4)))
     z = jax.random.normal(kz, (50, 3))
     x = jax.random.normal(kx, (20, 3))
     mask = jnp.arange(50) % 3 == 0
@@ -128,7 +129,7 @@ def test_mask_ignores_rows():
 
 
 def test_batch_repellency_excludes_self():
-    x = jax.random.normal(jax.random.key(5), (12, 2))
+    x = jax.random.normal(jax.random.key(config.seed(5)), (12, 2))
     rep = spell.batch_repellency(x, 0.8)
     delta, count, nearest = brute_force(x, x, 0.8, valid=~np.eye(12, dtype=bool))
     np.testing.assert_allclose(rep.delta, delta, rtol=1e-4, atol=1e-5)
@@ -144,7 +145,7 @@ def test_batch_repellency_excludes_self():
 
 
 def test_nearest_distance_and_in_shield():
-    kx, kz = jax.random.split(jax.random.key(6))
+    kx, kz = jax.random.split(jax.random.key(config.seed(6)))
     z = jax.random.normal(kz, (257, 4))
     x = jax.random.normal(kx, (9, 4))
     _, _, nearest = brute_force(x, z, 0.0)
@@ -161,7 +162,7 @@ def test_hook_applies_strength_times_delta_at_the_denoised_prediction(ring_setup
     mixture, process, score = ring_setup
     from otdiff.diffusion import denoiser
 
-    x = jax.random.normal(jax.random.key(7), (64, 2)) * 3.0
+    x = jax.random.normal(jax.random.key(config.seed(7)), (64, 2)) * 3.0
     t = jnp.asarray(0.3)
     z = mixture.means[:3]
     hook = spell.repellency_hook(score, process, z, radius=1.5, strength=1.6)
@@ -180,8 +181,8 @@ def test_dynamic_hook_adds_the_batch_term_to_the_bank(ring_setup):
     _, process, score = ring_setup
     from otdiff.diffusion import denoiser
 
-    x = jax.random.normal(jax.random.key(8), (16, 2))
-    bank = jax.random.normal(jax.random.key(9), (30, 2)) * 2
+    x = jax.random.normal(jax.random.key(config.seed(8)), (16, 2))
+    bank = jax.random.normal(jax.random.key(config.seed(9)), (30, 2)) * 2
     t = jnp.asarray(0.05)
     hook = spell.repellency_hook(score, process, bank, radius=0.7, strength=1.0, mode="dynamic")
     x_new, _ = jax.jit(hook)(x, t)
@@ -198,7 +199,7 @@ def test_dynamic_hook_adds_the_batch_term_to_the_bank(ring_setup):
 
 def test_radius_zero_reproduces_the_plain_sampler(ring_setup):
     _, process, score = ring_setup
-    key = jax.random.key(10)
+    key = jax.random.key(config.seed(10))
     k_init, k_run = jax.random.split(key)
     x_init = process.prior_sample(k_init, (64, 2))
     plain = euler_maruyama(k_run, score, process, x_init, 50)
@@ -209,10 +210,11 @@ def test_radius_zero_reproduces_the_plain_sampler(ring_setup):
     assert float(shielded.aux.active_fraction.max()) == 0.0
 
 
+@pytest.mark.statistical
 def test_static_shield_empties_the_protected_modes(ring_setup):
     mixture, process, score = ring_setup
     protected = mixture.means[:2]
-    key = jax.random.key(11)
+    key = jax.random.key(config.seed(11))
     res = spell.sample(key, score, process, 400, 2, radius=1.0, protected=protected, n_steps=60)
     assert res.aux.active.shape == (60, 400)
     assert res.aux.t.shape == (60,)
@@ -227,15 +229,16 @@ def test_ddim_accepts_the_hook(ring_setup):
     mixture, process, score = ring_setup
     protected = mixture.means[:2]
     res = spell.sample(
-        jax.random.key(12), score, process, 200, 2, radius=1.0, protected=protected, sampler="ddim",
+        jax.random.key(config.seed(12)), score, process, 200, 2, radius=1.0, protected=protected, sampler="ddim",
         n_steps=40,
     )  # fmt: skip
     assert float(jnp.mean(spell.in_shield(res.x, protected, 1.0))) < 0.02
 
 
+@pytest.mark.statistical
 def test_dynamic_batches_spread_over_modes(ring_setup):
     mixture, process, score = ring_setup
-    keys = jax.random.split(jax.random.key(13), 32)
+    keys = jax.random.split(jax.random.key(config.seed(13)), 32)
 
     def distinct(r):
         xs = jax.vmap(
@@ -249,12 +252,13 @@ def test_dynamic_batches_spread_over_modes(ring_setup):
     assert distinct(1.0) > distinct(0.0) + 1.0
 
 
+@pytest.mark.statistical
 def test_sample_batches_repels_earlier_batches(ring_setup):
     _, process, score = ring_setup
 
     def close_to_earlier(radius):
         res = spell.sample_batches(
-            jax.random.key(14), score, process, 4, 6, 2, radius=radius, n_steps=40
+            jax.random.key(config.seed(14)), score, process, 4, 6, 2, radius=radius, n_steps=40
         )
         assert res.x.shape == (4, 6, 2)
         assert res.aux.active.shape == (4, 40, 6)
@@ -275,7 +279,7 @@ def test_radius_is_dynamic_no_recompilation(ring_setup):
     protected = mixture.means[:2]
     run = jax.jit(
         lambda r, s: spell.sample(
-            jax.random.key(0), score, process, 16, 2, radius=r, strength=s, protected=protected,
+            jax.random.key(config.seed(0)), score, process, 16, 2, radius=r, strength=s, protected=protected,
             n_steps=10,
         ).x
     )  # fmt: skip
@@ -313,20 +317,35 @@ def test_bad_input_raises_clear_errors(ring_setup):
         spell.repellency(x, z, 1.0, protected_mask=jnp.ones(5, bool))
     with pytest.raises(ValueError, match="dim"):
         spell.sample(
-            jax.random.key(0), score, process, 4, 2, radius=1.0, protected=jnp.ones((3, 5))
+            jax.random.key(config.seed(0)),
+            score,
+            process,
+            4,
+            2,
+            radius=1.0,
+            protected=jnp.ones((3, 5)),
         )
     with pytest.raises(ValueError, match="sampler"):
         spell.sample(
-            jax.random.key(0), score, process, 4, 2, radius=1.0, protected=z, sampler="ode"
+            jax.random.key(config.seed(0)),
+            score,
+            process,
+            4,
+            2,
+            radius=1.0,
+            protected=z,
+            sampler="ode",
         )
     with pytest.raises(ValueError, match="NaN"):
         spell.repellency(x, jnp.full((3, 2), jnp.nan), 1.0)
     # a hook whose protected set does not match the sampler's dimension
     hook = spell.repellency_hook(score, process, jnp.ones((3, 5)), radius=1.0)
     with pytest.raises(ValueError, match="same dimension"):
-        euler_maruyama(jax.random.key(0), score, process, x, 5, hook=hook)
+        euler_maruyama(jax.random.key(config.seed(0)), score, process, x, 5, hook=hook)
     with pytest.raises(ValueError, match="t_min"):
-        spell.sample(jax.random.key(0), score, process, 4, 2, radius=1.0, protected=z, t_min=1.5)
+        spell.sample(
+            jax.random.key(config.seed(0)), score, process, 4, 2, radius=1.0, protected=z, t_min=1.5
+        )
 
 
 @pytest.mark.parametrize(
@@ -343,7 +362,7 @@ def test_a_jitted_spell_sampler_with_a_bad_value_raises(ring_setup, kwargs, matc
     values = dict(radius=1.0, strength=1.6, t_min=1e-3) | kwargs
     draw = jax.jit(
         lambda radius, strength, t_min: spell.sample(
-            jax.random.key(0), score, process, 8, 2, radius=radius, strength=strength,
+            jax.random.key(config.seed(0)), score, process, 8, 2, radius=radius, strength=strength,
             protected=mixture.means[:2], n_steps=5, t_min=t_min,
         ).x
     )  # fmt: skip

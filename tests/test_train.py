@@ -17,7 +17,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from otdiff import train
+from otdiff import config, train
 from otdiff.checkpoint import CheckpointMismatchError, CorruptCheckpointError
 from otdiff.checkpoint import load as load_checkpoint
 from otdiff.checkpoint import read_metadata as read_checkpoint_metadata
@@ -54,11 +54,11 @@ def flat(tree):
 
 @pytest.fixture(scope="module")
 def data():
-    return np.asarray(jax.random.normal(jax.random.key(0), (256, 2)) * 1.5, np.float32)
+    return np.asarray(jax.random.normal(jax.random.key(config.seed(0)), (256, 2)) * 1.5, np.float32)
 
 
 def tiny_mlp(dim=2, seed=1):
-    return ScoreMLP(dim, hidden=(16, 16), embed_dim=8, key=jax.random.key(seed))
+    return ScoreMLP(dim, hidden=(16, 16), embed_dim=8, key=jax.random.key(config.seed(seed)))
 
 
 # -- networks ------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_score_mlp_shapes_vmap_and_jit():
 
 def test_score_and_energy_networks_share_the_time_mlp():
     """ScoreMLP and EnergyMLP are one TimeMLP each, with a vector or a scalar head."""
-    key = jax.random.key(0)
+    key = jax.random.key(config.seed(0))
     score_net = ScoreMLP(2, hidden=(8, 8), embed_dim=8, key=key)
     energy_net = EnergyMLP(2, hidden=(8, 8), embed_dim=8, key=key)
     direct = TimeMLP(2, 2, hidden=(8, 8), embed_dim=8, key=key)
@@ -88,8 +88,10 @@ def test_score_and_energy_networks_share_the_time_mlp():
 
 
 def test_score_convnet_shapes():
-    model = ScoreConvNet(channels=8, n_blocks=1, embed_dim=8, groups=4, key=jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (4, 64))
+    model = ScoreConvNet(
+        channels=8, n_blocks=1, embed_dim=8, groups=4, key=jax.random.key(config.seed(0))
+    )
+    x = jax.random.normal(jax.random.key(config.seed(1)), (4, 64))
     out = jax.vmap(model)(x, jnp.full((4,), 0.5))
     assert out.shape == (4, 64)
     assert np.all(np.isfinite(out))
@@ -98,31 +100,50 @@ def test_score_convnet_shapes():
 
 @pytest.mark.parametrize("process", [LinearVP(), CosineVP()], ids=["linear", "cosine"])
 def test_time_embedding_and_scaling(process):
-    emb = TimeEmbedding(8, key=jax.random.key(0))
+    emb = TimeEmbedding(8, key=jax.random.key(config.seed(0)))
     assert emb(0.3).shape == (8,)
     # the input scaling is 1/sqrt(alpha^2 v + sigma^2), read from the process (either schedule)
     scale = InputScaling(2.0, process)
     t = 0.4
     a2 = float(process.alpha(t)) ** 2
     np.testing.assert_allclose(scale(t), 1 / np.sqrt(a2 * 4.0 + 1 - a2), rtol=1e-5)
-    m = ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0), data_std=2.0, process=process)
+    m = ScoreMLP(
+        2,
+        hidden=(8,),
+        embed_dim=8,
+        key=jax.random.key(config.seed(0)),
+        data_std=2.0,
+        process=process,
+    )
     assert m(jnp.ones(2), 0.5).shape == (2,)
     # the process in the scaling is not trainable
     params, _ = split(m)
-    plain = split(ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0)))[0]
+    plain = split(ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(config.seed(0))))[0]
     assert len(jax.tree_util.tree_leaves(params)) == len(jax.tree_util.tree_leaves(plain))
 
 
 @pytest.mark.parametrize(
     "build, match",
     [
-        (lambda: TimeEmbedding(8, n_frequencies=7, key=jax.random.key(0)), "n_frequencies"),
-        (lambda: ScoreMLP(0, key=jax.random.key(0)), "dim"),
-        (lambda: ScoreMLP(2, hidden=(), key=jax.random.key(0)), "hidden"),
-        (lambda: ScoreConvNet(channels=6, groups=4, key=jax.random.key(0)), "groups"),
-        (lambda: ScoreMLP(2, key=jax.random.key(0), data_std=-1.0, process=PROCESS), "data_std"),
-        (lambda: ScoreMLP(2, key=jax.random.key(0), data_std=1.0), "process is required"),
-        (lambda: EnergyMLP(2, key=jax.random.key(0), noise_scaled=True), "process is required"),
+        (
+            lambda: TimeEmbedding(8, n_frequencies=7, key=jax.random.key(config.seed(0))),
+            "n_frequencies",
+        ),
+        (lambda: ScoreMLP(0, key=jax.random.key(config.seed(0))), "dim"),
+        (lambda: ScoreMLP(2, hidden=(), key=jax.random.key(config.seed(0))), "hidden"),
+        (lambda: ScoreConvNet(channels=6, groups=4, key=jax.random.key(config.seed(0))), "groups"),
+        (
+            lambda: ScoreMLP(2, key=jax.random.key(config.seed(0)), data_std=-1.0, process=PROCESS),
+            "data_std",
+        ),
+        (
+            lambda: ScoreMLP(2, key=jax.random.key(config.seed(0)), data_std=1.0),
+            "process is required",
+        ),
+        (
+            lambda: EnergyMLP(2, key=jax.random.key(config.seed(0)), noise_scaled=True),
+            "process is required",
+        ),
     ],
 )
 def test_network_bad_arguments(build, match):
@@ -133,7 +154,7 @@ def test_network_bad_arguments(build, match):
 def test_networks_reject_batches():
     with pytest.raises(ValueError, match="vmap"):
         tiny_mlp()(jnp.ones((4, 2)), 0.5)
-    conv = ScoreConvNet(channels=4, n_blocks=0, groups=2, key=jax.random.key(0))
+    conv = ScoreConvNet(channels=4, n_blocks=0, groups=2, key=jax.random.key(config.seed(0)))
     with pytest.raises(ValueError, match="vmap"):
         conv(jnp.ones((8, 8)), 0.5)
 
@@ -169,6 +190,7 @@ def test_ema_warm_up_forgets_the_initial_weights_and_is_float32_safe():
     assert np.all(np.isfinite(ema_update(init, params, 5, decay)["w"]))
 
 
+@pytest.mark.statistical
 def test_train_step_is_pure_and_learns(data):
     model = tiny_mlp()
     opt = make_optimizer(1e-2, 200, warmup_steps=10)
@@ -177,7 +199,7 @@ def test_train_step_is_pure_and_learns(data):
     assert isinstance(state, TrainState) and int(state.step) == 0
     np.testing.assert_array_equal(flat(state.ema_params), flat(state.params))
     step = jax.jit(make_step(DSM, opt, static=static, batch_size=32, ema_decay=0.9))
-    key = jax.random.key(3)
+    key = jax.random.key(config.seed(3))
     s1, i1 = step(key, state, data)
     s1b, i1b = step(key, state, data)
     assert float(i1["loss"]) == float(i1b["loss"])
@@ -199,7 +221,7 @@ def test_chunking_does_not_change_the_keys(data):
     params, static = split(model)
     state = train.init(params, opt)
     step = make_step(DSM, opt, static=static, batch_size=16)
-    key = jax.random.key(4)
+    key = jax.random.key(config.seed(4))
     whole, i_whole = make_chunk(step, 6)(key, state, data)
     half = make_chunk(step, 3)
     s, i_a = half(key, state, data)
@@ -212,7 +234,7 @@ def test_chunking_does_not_change_the_keys(data):
 
 def test_any_loss_any_pytree_and_extra_gradients():
     """A least-squares loss on a plain pytree, with an extra gradient handed to the optimiser."""
-    x = jax.random.normal(jax.random.key(0), (64, 3))
+    x = jax.random.normal(jax.random.key(config.seed(0)), (64, 3))
     data = {"x": x, "y": x @ jnp.array([1.0, -2.0, 0.5])}
 
     def loss(params, key, batch):
@@ -230,7 +252,7 @@ def test_any_loss_any_pytree_and_extra_gradients():
     tx = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update_fn)
     step = make_step(loss, tx, batch_size=8, ema_decay=None, extra_grads={"penalty_grad": penalty})
     state = train.init({"w": jnp.zeros(3)}, tx, ema=False)
-    state, infos = train.run_steps(step, jax.random.key(1), state, data, 300)
+    state, infos = train.run_steps(step, jax.random.key(config.seed(1)), state, data, 300)
     np.testing.assert_allclose(state.params["w"], [1.0, -2.0, 0.5], atol=1e-2)
     assert state.ema_params is None and set(infos) == {"loss", "penalty_grad"}
     # the extra gradient reached the update, with the parameters' structure
@@ -298,7 +320,7 @@ class Interrupt(Exception):
 
 def test_fit_resumes_bit_for_bit(tmp_path, data):
     kwargs = dict(n_steps=30, batch_size=32, learning_rate=5e-3, chunk_size=10, ema_decay=0.99)
-    key = jax.random.key(7)
+    key = jax.random.key(config.seed(7))
     full = fit(key, tiny_mlp(), data, DSM, **kwargs)
     assert full.losses.shape == (30,) and np.all(np.isfinite(full.losses))
 
@@ -330,7 +352,7 @@ def test_fit_resumes_bit_for_bit(tmp_path, data):
     np.testing.assert_array_equal(flat(again.state.params), flat(full.state.params))
     # a checkpoint of another run (key, or the loss's process) is refused
     with pytest.raises(CheckpointMismatchError, match="different training run"):
-        fit(jax.random.key(8), tiny_mlp(), data, DSM, checkpoint_path=ckpt, **kwargs)
+        fit(jax.random.key(config.seed(8)), tiny_mlp(), data, DSM, checkpoint_path=ckpt, **kwargs)
     other_loss = jax.tree_util.Partial(dsm_loss, process=LinearVP(0.2, 10.0))
     with pytest.raises(CheckpointMismatchError, match="different training run"):
         fit(key, tiny_mlp(), data, other_loss, checkpoint_path=ckpt, **kwargs)
@@ -369,19 +391,32 @@ def test_fit_bad_arguments(data, change, exc, match):
     for k in list(change):
         (args if k in args else kwargs)[k] = change[k]
     with pytest.raises(exc, match=match):
-        fit(jax.random.key(0), tiny_mlp(), args["data"], args["loss"], **kwargs)
+        fit(jax.random.key(config.seed(0)), tiny_mlp(), args["data"], args["loss"], **kwargs)
 
 
 def test_mesh_on_one_device(data):
     mesh = data_parallel_mesh()
     assert mesh.axis_names == ("data",)
     res = fit(
-        jax.random.key(0), tiny_mlp(), data, DSM, n_steps=4, batch_size=8, chunk_size=4, mesh=mesh
+        jax.random.key(config.seed(0)),
+        tiny_mlp(),
+        data,
+        DSM,
+        n_steps=4,
+        batch_size=8,
+        chunk_size=4,
+        mesh=mesh,
     )
     assert np.all(np.isfinite(res.losses))
     # any optax optimiser can replace the default one
     sgd = fit(
-        jax.random.key(0), tiny_mlp(), data, DSM, n_steps=4, batch_size=8, optimizer=optax.sgd(1e-2)
+        jax.random.key(config.seed(0)),
+        tiny_mlp(),
+        data,
+        DSM,
+        n_steps=4,
+        batch_size=8,
+        optimizer=optax.sgd(1e-2),
     )
     assert np.all(np.isfinite(sgd.losses)) and int(sgd.state.step) == 4
     with pytest.raises(ValueError, match="at least one device"):

@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from otdiff import viz
+from otdiff import config, viz
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ def ax():
 
 
 def test_point_clouds_and_coupling(ax):
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(config.seed(0))
     x, y = rng.normal(size=(5, 2)), rng.normal(size=(4, 3))
     P = rng.random((5, 4))
     viz.point_clouds(ax, x, y, a=np.full(5, 0.2))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from otdiff import artifacts, zoo
+from otdiff import artifacts, config, zoo
 from otdiff.checkpoint import read_metadata as read_checkpoint_metadata
 from otdiff.train import split
 
@@ -26,7 +26,7 @@ CALLS = {"data": 0}
 
 def tiny_data(seed):
     CALLS["data"] += 1
-    return np.asarray(jax.random.normal(jax.random.key(seed), (128, 2)) + 2.0)
+    return np.asarray(jax.random.normal(jax.random.key(config.seed(seed)), (128, 2)) + 2.0)
 
 
 def tiny_model(key, process):
@@ -241,7 +241,7 @@ def test_a_generic_recipe_without_a_process(tmp_cache):
     """Any model, loss and data: a regression on a pytree of data, cached like the others."""
 
     def data(seed):
-        x = np.asarray(jax.random.normal(jax.random.key(seed), (64, 3)))
+        x = np.asarray(jax.random.normal(jax.random.key(config.seed(seed)), (64, 3)))
         return {"x": x, "y": x @ np.array([1.0, -1.0, 2.0])}
 
     def model(key, process):

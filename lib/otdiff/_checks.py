@@ -1,31 +1,35 @@
-"""Input checks shared by the public functions of ``otdiff``.
+"""Input checks and guards shared by the public functions of ``otdiff``.
 
-They run on concrete values, outside jitted code: each raises a ``ValueError`` or ``TypeError``
-that names the argument and the accepted range. Under a JAX transformation (the values are
-tracers) the value checks are skipped and only shapes are checked, so the checks cost nothing in
-hot loops; a public function calls them once, before it enters ``jit``.
+**Checks** (``check_*``) run on concrete values, before a public function enters ``jit``: each
+raises a ``ValueError`` or ``TypeError`` that names the argument and the accepted range. On a
+tracer (the function is inside a ``jit``, ``vmap`` or ``grad`` of the caller) the value checks
+are skipped and only shapes and types are checked.
 
-Inside jitted cores the conditions that would otherwise fail silently (a non-positive
-regularisation, non-finite inputs or outputs, weights that do not sum to one) are guarded with
-``equinox.error_if`` through the ``guard_*`` functions below: a traced call with a bad value then
-raises at run time instead of returning NaN, with a message naming the argument (an
-``EquinoxRuntimeError`` under ``equinox.filter_jit``; under ``jax.jit`` the same message inside
-XLA's runtime error). They cost one reduction and a branch per call, never per iteration. Every weight check uses
-the one tolerance :data:`WEIGHT_ATOL`.
+**Guards** (``guard_*``) cover the conditions that would otherwise fail silently (a non-positive
+regularisation, times outside their interval, non-finite inputs or outputs, weights off the
+simplex) at the *boundary* of a public function, on what it takes and what it returns. On a
+concrete value a guard checks at once, on the host, and raises a ``ValueError``; on a traced value
+it attaches ``equinox.error_if`` to the value, so that the caller's compiled program raises at run
+time with a message naming the argument (an ``EquinoxRuntimeError``; under ``jax.jit`` the same
+message inside XLA's runtime error) instead of returning NaN. Every weight check uses the one
+tolerance :data:`WEIGHT_ATOL`.
 
-A guard whose condition is known at trace time (a Python float) compiles to nothing. A guard on a
-traced value raises through a host callback, and JAX never writes a program with a host callback
-to its persistent compilation cache: such a program is compiled again in every new process (in
-our runs of the energy/SMC chapter on an idle machine, 75 s with the guards against 40 s without,
-once the cache was warm). The environment variable ``OTDIFF_JIT_GUARDS=0`` turns the ``guard_*``
-functions into no-ops (read when a program is traced), for runs that value the cache over the
-run-time checks, such as a second execution of already-tested notebooks; the eager checks stay.
+**Why only at the boundary.** A run-time check is a host callback, and JAX never writes a program
+with a host callback to its persistent compilation cache: such a program compiles again in every
+new process (in our runs the diffusion chapters took 54 to 75 s instead of 40 to 44 s with a warm
+cache while their cores held guards). So the jitted cores and the loops between the boundaries
+trace under :func:`unguarded` (which also decorates a core's body): a public function
+called with concrete values runs only callback-free, cacheable programs and checks its outputs
+on the host; called inside the caller's transformation, it adds its guards to the caller's program
+only. :class:`otdiff.ui.Explorer` traces its compute function unguarded too (its sliders are
+range-checked before every call).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-import os
 from typing import Any
 
 import equinox as eqx
@@ -50,9 +54,11 @@ __all__ = [
     "check_log_weights",
     "check_nonnegative_weights",
     "check_mask",
+    "check_key",
     "WEIGHT_ATOL",
-    "GUARDS_ENV_VAR",
-    "guards_enabled",
+    "unguarded",
+    "guards_active",
+    "guard",
     "guard_positive",
     "guard_nonnegative",
     "guard_in_range",
@@ -141,12 +147,7 @@ def check_finite(x: Any, name: str) -> Any:
 
 def check_points(x: Any, name: str, *, min_points: int = 1) -> jax.Array:
     """A point cloud: a finite floating array of shape ``(n, d)`` with ``n >= min_points``."""
-    try:
-        arr = jnp.asarray(x)
-    except Exception:
-        raise TypeError(
-            f"{name} must be an array of shape (n, d), got {type(x).__name__}."
-        ) from None
+    arr = _as_array(x, name, "(n, d)")
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d), got shape {arr.shape}.")
     if arr.shape[0] < min_points or arr.shape[1] < 1:
@@ -197,15 +198,18 @@ def check_weights(w: Any, n: int | None, name: str, *, atol: float = WEIGHT_ATOL
     return arr
 
 
-def check_weighted_clouds(x: Any, y: Any, a: Any, b: Any):
-    """Two weighted point clouds in one dimension and one floating dtype: ``(x, y, a, b)``."""
-    x = check_points(x, "x")
-    y = check_points(y, "y")
-    check_same_dim(x, y)
+def check_weighted_clouds(
+    x: Any, y: Any, a: Any, b: Any, names: tuple[str, str, str, str] = ("x", "y", "a", "b")
+):
+    """Two weighted point clouds in one dimension and one floating dtype: ``(x, y, a, b)``
+    (``names``: the caller's names for them, used in the messages)."""
+    x = check_points(x, names[0])
+    y = check_points(y, names[1])
+    check_same_dim(x, y, names[:2])
     dtype = jnp.result_type(x.dtype, y.dtype)
     x, y = x.astype(dtype), y.astype(dtype)
-    a = check_weights(a, x.shape[0], "a").astype(dtype)
-    b = check_weights(b, y.shape[0], "b").astype(dtype)
+    a = check_weights(a, x.shape[0], names[2]).astype(dtype)
+    b = check_weights(b, y.shape[0], names[3]).astype(dtype)
     return x, y, a, b
 
 
@@ -252,9 +256,20 @@ def check_times(
     return t
 
 
+def _as_array(x: Any, name: str, shape: str) -> jax.Array:
+    """``jnp.asarray(x)``, or a ``TypeError`` naming the argument (``None``, a string, ...)."""
+    try:
+        arr = jnp.asarray(x)
+    except Exception:
+        arr = None
+    if arr is None or not jnp.issubdtype(arr.dtype, jnp.number):
+        raise TypeError(f"{name} must be an array of shape {shape}, got {type(x).__name__}.")
+    return arr
+
+
 def check_log_weights(log_weights: Any, name: str = "log_weights") -> jax.Array:
     """Unnormalised log-weights: shape ``(n,)``, no NaN, no ``+inf``, not all ``-inf``."""
-    arr = jnp.asarray(log_weights)
+    arr = _as_array(log_weights, name, "(n,)")
     if arr.ndim != 1 or arr.shape[0] < 1:
         raise ValueError(f"{name} must have shape (n,) with n >= 1, got shape {arr.shape}.")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -282,6 +297,21 @@ def check_nonnegative_weights(w: Any, n: int, name: str = "weights") -> jax.Arra
     return arr
 
 
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A JAX PRNG key: a scalar typed key (``jax.random.key``) or a raw ``uint32`` key of shape
+    ``(2,)`` (``jax.random.PRNGKey``). Integers are refused: a seed is not a key."""
+    if isinstance(key, jax.Array | jax.core.Tracer) or isinstance(key, np.ndarray):
+        dtype = key.dtype
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.ndim == 0:
+            return key
+        if dtype == jnp.uint32 and key.shape == (2,):
+            return key
+    raise TypeError(
+        f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}"
+        f"{'' if not hasattr(key, 'shape') else f' of shape {key.shape}'}."
+    )
+
+
 def check_mask(mask: Any, n: int, name: str = "mask") -> jax.Array | None:
     """``None``, or ``(n,)`` booleans marking the valid rows of an array of ``n`` rows."""
     if mask is None:
@@ -292,65 +322,109 @@ def check_mask(mask: Any, n: int, name: str = "mask") -> jax.Array | None:
     return arr.astype(bool)
 
 
-# -- guards for jitted cores ------------------------------------------------------------------------
-# Under ``jit`` the eager checks above see tracers and skip their value checks; these run inside
-# the compiled program and raise at run time (see the module docstring).
+# -- guards: eager on concrete values, run-time checks on traced ones ---------------------------------
+# A guard sits at the boundary of a public function, on an input it takes or an output it returns.
+# On a concrete value it checks now (NumPy, on the host) and raises a ValueError; on a traced value
+# (the function is inside the caller's ``jit``/``vmap``/``grad``) it attaches ``equinox.error_if``
+# to the value, so the caller's program raises at run time. The loops and jitted cores between the
+# boundaries trace with the guards off (:func:`unguarded`), so a library program never holds a
+# host callback and JAX's persistent compilation cache can store it (see the module docstring).
 
-#: The environment variable that switches the ``guard_*`` functions off (``0``, ``off``, ``false``).
-GUARDS_ENV_VAR = "OTDIFF_JIT_GUARDS"
-
-
-def guards_enabled() -> bool:
-    """Whether the ``guard_*`` functions emit run-time checks (``$OTDIFF_JIT_GUARDS``, default on)."""
-    value = os.environ.get(GUARDS_ENV_VAR, "1").strip().lower()
-    return value not in ("0", "off", "false", "no")
+_GUARDS = contextvars.ContextVar("otdiff_guards", default=True)
 
 
-def _error_if(x: Any, bad: Any, msg: str) -> Any:
-    return eqx.error_if(x, bad, msg) if guards_enabled() else x
+@contextlib.contextmanager
+def unguarded():
+    """Trace without run-time guards: a ``guard_*`` on a traced value returns it unchanged.
+
+    A context manager, and a decorator (``@unguarded()``, below ``jax.jit``): every jitted core of
+    the package traces its body this way, and so do the loops of the public functions, whose
+    boundaries are guarded. A caller whose traced values are checked already (the sliders of
+    :class:`otdiff.ui.Explorer`, a chapter's own constants) may trace unguarded too, so that its
+    program holds no host callback and stays in JAX's persistent compilation cache. Guards on
+    concrete values still check.
+    """
+    token = _GUARDS.set(False)
+    try:
+        yield
+    finally:
+        _GUARDS.reset(token)
 
 
-def guard_positive(value: jax.Array, name: str) -> jax.Array:
-    """``value`` (a scalar or array) unchanged, or a run-time error unless it is finite and > 0."""
-    value = jnp.asarray(value)
-    bad = jnp.any(~(jnp.isfinite(value) & (value > 0)))
-    return _error_if(value, bad, f"{name} must be a finite number > 0.")
+def guards_active() -> bool:
+    """Whether a guard on a traced value emits a run-time check here (false under :func:`unguarded`)."""
+    return _GUARDS.get()
 
 
-def guard_nonnegative(value: jax.Array, name: str) -> jax.Array:
-    """``value`` unchanged, or a run-time error unless it is finite and >= 0."""
-    value = jnp.asarray(value)
-    bad = jnp.any(~(jnp.isfinite(value) & (value >= 0)))
-    return _error_if(value, bad, f"{name} must be a finite number >= 0.")
+def guard(x: Any, bad: Any, msg: str) -> Any:
+    """``x`` unchanged; raise ``ValueError(msg)`` now if ``bad`` is concrete and true, or at run time
+    (``equinox.error_if``) if it is traced and the guards are active. The generic guard: the
+    ``guard_*`` functions below compute ``bad`` for their condition and call it."""
+    if is_concrete(bad):
+        if bool(np.any(bad)):
+            raise ValueError(msg)
+        return x
+    return eqx.error_if(x, bad, msg) if guards_active() else x
+
+
+def _xp(*values: Any):
+    """NumPy for concrete values (checked on the host, no dispatch), ``jax.numpy`` for traced ones."""
+    return np if is_concrete(values) else jnp
+
+
+def _host(value: Any) -> Any:
+    return np.asarray(value) if is_concrete(value) else jnp.asarray(value)
+
+
+def guard_positive(value: Any, name: str) -> Any:
+    """``value`` (a scalar or array), guarded to be finite and > 0."""
+    if is_concrete(value) and np.ndim(value) == 0:
+        return check_positive(value, name)
+    v, xp = _host(value), _xp(value)
+    bad = xp.any(~(xp.isfinite(v) & (v > 0)))
+    return guard(value, bad, f"{name} must be a finite number > 0.")
+
+
+def guard_nonnegative(value: Any, name: str) -> Any:
+    """``value`` guarded to be finite and >= 0."""
+    if is_concrete(value) and np.ndim(value) == 0:
+        return check_nonnegative(value, name)
+    v, xp = _host(value), _xp(value)
+    bad = xp.any(~(xp.isfinite(v) & (v >= 0)))
+    return guard(value, bad, f"{name} must be a finite number >= 0.")
 
 
 def guard_in_range(
-    value: jax.Array,
+    value: Any,
     name: str,
     low: float,
     high: float,
     *,
     low_open: bool = False,
     high_open: bool = False,
-) -> jax.Array:
-    """``value`` unchanged, or a run-time error unless it lies in the interval (ends as flagged)."""
-    value = jnp.asarray(value)
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
+) -> Any:
+    """``value`` guarded to lie in the interval from ``low`` to ``high`` (open ends as flagged)."""
+    if is_concrete(value) and np.ndim(value) == 0:
+        return check_in_range(value, name, low, high, low_open=low_open, high_open=high_open)
+    v, xp = _host(value), _xp(value)
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    bad = jnp.any(~(jnp.isfinite(value) & ok_low & ok_high))
-    return _error_if(value, bad, f"{name} must lie in {interval}.")
+    bad = xp.any(~(xp.isfinite(v) & ok_low & ok_high))
+    return guard(value, bad, f"{name} must lie in {interval}.")
 
 
-def guard_less(low: jax.Array, high: jax.Array, names: tuple[str, str]) -> tuple:
-    """``(low, high)`` unchanged, or a run-time error unless ``low < high`` everywhere."""
-    low, high = jnp.asarray(low), jnp.asarray(high)
-    low = _error_if(low, jnp.any(~(low < high)), f"{names[0]} must be smaller than {names[1]}.")
-    return low, high
+def guard_less(low: Any, high: Any, names: tuple[str, str]) -> tuple:
+    """``(low, high)`` guarded so that ``low < high`` everywhere."""
+    lo, hi = _host(low), _host(high)
+    bad = _xp(low, high).any(~(lo < hi))
+    if is_concrete(bad) and bool(bad):
+        raise ValueError(f"{names[0]} must be smaller than {names[1]}, got {low!r} >= {high!r}.")
+    return guard(low, bad, f"{names[0]} must be smaller than {names[1]}."), high
 
 
 def guard_finite(x: Any, name: str) -> Any:
-    """The pytree ``x`` unchanged, or a run-time error if any floating leaf holds NaN or inf."""
+    """The pytree ``x`` guarded to hold no NaN or infinity in its floating leaves."""
     leaves = [
         leaf
         for leaf in jax.tree_util.tree_leaves(x)
@@ -358,15 +432,18 @@ def guard_finite(x: Any, name: str) -> Any:
     ]
     if not leaves:
         return x
-    bad = jnp.any(jnp.stack([jnp.any(~jnp.isfinite(leaf)) for leaf in leaves]))
-    return _error_if(x, bad, f"{name} contains NaN or infinite values.")
+    if is_concrete(leaves):
+        bad = not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves)
+    else:
+        bad = jnp.any(jnp.stack([jnp.any(~jnp.isfinite(leaf)) for leaf in leaves]))
+    return guard(x, bad, f"{name} contains NaN or infinite values.")
 
 
-def guard_log_weights(log_weights: jax.Array, name: str = "log_weights") -> jax.Array:
-    """Log-weights unchanged, or a run-time error if any is NaN or ``+inf`` (``-inf`` is a zero
-    weight and allowed)."""
-    bad = jnp.any(jnp.isnan(log_weights) | (log_weights == jnp.inf))
-    return _error_if(
+def guard_log_weights(log_weights: Any, name: str = "log_weights") -> Any:
+    """Log-weights guarded against NaN and ``+inf`` (``-inf`` is a zero weight and allowed)."""
+    v, xp = _host(log_weights), _xp(log_weights)
+    bad = xp.any(xp.isnan(v) | (v == np.inf))
+    return guard(
         log_weights,
         bad,
         f"{name} became NaN or +inf: a potential returned NaN (check for inf - inf or an "
@@ -374,11 +451,12 @@ def guard_log_weights(log_weights: jax.Array, name: str = "log_weights") -> jax.
     )
 
 
-def guard_simplex(w: jax.Array, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:
-    """Weights ``w`` unchanged, or a run-time error unless they are >= 0 and sum to one."""
-    total = jnp.sum(w.astype(jnp.promote_types(w.dtype, jnp.float32)))
-    bad = jnp.any(w < 0) | (jnp.abs(total - 1.0) > atol) | ~jnp.isfinite(total)
-    return _error_if(w, bad, f"{name} must be non-negative and sum to one (within {atol:g}).")
+def guard_simplex(w: Any, name: str, *, atol: float = WEIGHT_ATOL) -> Any:
+    """Weights ``w`` guarded to be >= 0 and to sum to one within :data:`WEIGHT_ATOL`."""
+    v, xp = _host(w), _xp(w)
+    total = xp.sum(v.astype(np.float64 if xp is np else jnp.promote_types(v.dtype, jnp.float32)))
+    bad = xp.any(v < 0) | (xp.abs(total - 1.0) > atol) | ~xp.isfinite(total)
+    return guard(w, bad, f"{name} must be non-negative and sum to one (within {atol:g}).")
 
 
 # -- optimal transport -------------------------------------------------------------------------------
@@ -430,11 +508,12 @@ def check_positive_vector(
     return arr
 
 
-def guard_potentials(f: jax.Array, weights: jax.Array, name: str) -> jax.Array:
-    """A dual potential ``f`` unchanged, or a run-time error if it is NaN or infinite where the
-    weight is positive (ott-jax sets the potential of a zero-weight point to ``-inf``)."""
-    bad = jnp.any((weights > 0) & ~jnp.isfinite(f))
-    return _error_if(
+def guard_potentials(f: Any, weights: Any, name: str) -> Any:
+    """A dual potential ``f`` guarded to be finite where the weight is positive (ott-jax sets the
+    potential of a zero-weight point to ``-inf``). ``f`` may carry leading batch axes."""
+    v, w, xp = _host(f), _host(weights), _xp(f, weights)
+    bad = xp.any((w > 0) & ~xp.isfinite(v))
+    return guard(
         f,
         bad,
         f"{name}: the Sinkhorn potentials contain NaN or infinite values (with lse_mode=False "

@@ -20,6 +20,24 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+__all__ = [
+    "SCALES",
+    "ENV_VAR",
+    "SEED_OFFSET_VAR",
+    "BOOK_STYLE",
+    "default_device_kind",
+    "active_scale",
+    "choose",
+    "seed_offset",
+    "seed",
+    "seeds",
+    "cache_dir",
+    "enable_compilation_cache",
+    "device_report",
+    "setup_notebook",
+    "unguarded",
+]
+
 SCALES = ("demo", "full")
 ENV_VAR = "OTDIFF_SCALE"
 SEED_OFFSET_VAR = "OTDIFF_SEED_OFFSET"
@@ -136,6 +154,30 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+def unguarded():
+    """Trace ``otdiff``'s functions without their run-time guards (a context manager or decorator).
+
+    A public function of ``otdiff`` called inside a ``jax.jit`` (or ``vmap``) of yours cannot
+    check its traced arguments when it is called, so it adds run-time checks to your program
+    (``equinox.error_if``: a negative ``epsilon`` raises instead of returning NaN). Those checks
+    are host callbacks, and JAX never stores a program with a host callback in its persistent
+    compilation cache: it compiles again in every new session. When the traced values are your
+    own checked constants, trace without the checks and keep the program in the cache::
+
+        @jax.jit
+        @config.unguarded()
+        def run(keys, beta):
+            ...
+
+    Eager calls need nothing: they check their arguments at once and their compiled programs
+    hold no callback. :class:`otdiff.ui.Explorer` traces its compute function this way (its
+    sliders are range-checked).
+    """
+    from otdiff._checks import unguarded as _unguarded
+
+    return _unguarded()
 
 
 def device_report() -> str:

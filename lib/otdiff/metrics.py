@@ -99,6 +99,7 @@ def distinct_modes(x: jax.Array, centres: jax.Array) -> jax.Array:
 
     ``jax.vmap`` it over a stack of batches.
     """
+    x = check_points(x, "x")
     centres = check_points(centres, "centres")
     check_same_dim(x, centres, ("x", "centres"))
     labels, _ = _nearest(x, centres)

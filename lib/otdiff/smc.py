@@ -42,8 +42,10 @@ The house style (blackjax's shape): :func:`init` returns the state, :func:`build
 over the model and the resampler and returns a pure ``kernel(key, state, inputs,
 ess_threshold) -> (state, info)``, and :func:`run` scans the kernel with ``jax.lax.scan``; the
 random key comes first. The ESS threshold is a dynamic float (a slider over it never recompiles);
-the number of particles and of steps are static. Inside ``jit`` the log-weights are guarded: a
-potential that returns NaN raises at run time.
+the number of particles and of steps are static. The log-weights are guarded at the boundaries
+(what :func:`init`, a kernel step and :func:`run` return): a potential that returns NaN raises a
+``ValueError``, or an error at run time when the call is traced by the caller's ``jit``; the scan
+inside :func:`run` runs unguarded (see :mod:`otdiff._checks`).
 
 Taught in: book/diffusion/02_energy_smc.ipynb
 """
@@ -58,12 +60,14 @@ import jax
 import jax.numpy as jnp
 
 from otdiff._checks import (
-    check_in_range,
     check_int,
     check_log_weights,
     check_weights,
+    guard_in_range,
     guard_log_weights,
     guard_simplex,
+    is_concrete,
+    unguarded,
 )
 
 __all__ = [
@@ -89,6 +93,12 @@ Resampler = Callable[[jax.Array, jax.Array, int], jax.Array]
 
 
 # -- weights --------------------------------------------------------------------------------------
+
+
+def _checked_log_weights(log_weights, name: str = "log_weights") -> jax.Array:
+    """Checked now (shape, NaN, +inf, all -inf) and, when traced, guarded against NaN and +inf."""
+    log_weights = check_log_weights(log_weights, name)
+    return log_weights if is_concrete(log_weights) else guard_log_weights(log_weights, name)
 
 
 def _normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -175,7 +185,9 @@ def _prepare(weights, n_samples) -> tuple[jax.Array, int]:
     weights = weights.astype(jnp.promote_types(weights.dtype, jnp.float32))
     n = weights.shape[0] if n_samples is None else n_samples
     n = check_int(n, "n_samples", low=1)
-    return guard_simplex(weights, "weights"), n
+    if not is_concrete(weights):  # concrete weights were checked above
+        weights = guard_simplex(weights, "weights")
+    return weights, n
 
 
 def multinomial(key: jax.Array, weights: jax.Array, n_samples: int | None = None) -> jax.Array:
@@ -253,7 +265,7 @@ def resample_indices(
             with their signature (static).
     """
     _check_resampler(resampler)
-    log_weights = check_log_weights(log_weights)
+    log_weights = _checked_log_weights(log_weights)
     n = log_weights.shape[0] if n_samples is None else n_samples
     n = check_int(n, "n_samples", low=1)
     normalized, _ = _normalize(log_weights)
@@ -271,7 +283,23 @@ def resample(key: jax.Array, particles, log_weights: jax.Array, *, resampler=sys
         ``(particles, ancestors)``: the selected particles (equally weighted) and their indices.
     """
     idx = resample_indices(key, log_weights, resampler=resampler)
+    _check_particles(particles, idx.shape[0])
     return _take(particles, idx), idx
+
+
+def _check_particles(particles, n: int) -> None:
+    """A pytree of arrays whose leaves all hold one row per log-weight (``n``)."""
+    leaves = jax.tree_util.tree_leaves(particles)
+    if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        raise TypeError(
+            f"particles must be an array or a pytree of arrays, got {type(particles).__name__}."
+        )
+    rows = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
+    if rows != {n}:
+        raise ValueError(
+            f"particles must have one row per log-weight: log_weights has {n} entries, the "
+            f"particles' leading sizes are {sorted(rows, key=str)}."
+        )
 
 
 def _maybe_resample(key, particles, log_weights, ess_threshold, resampler):
@@ -312,9 +340,15 @@ def maybe_resample(
         are uniform, :math:`-\\log n`.
     """
     _check_resampler(resampler)
-    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
-    log_weights = check_log_weights(log_weights)
-    return _maybe_resample(key, particles, log_weights, ess_threshold, resampler)
+    ess_threshold = _guard_threshold(ess_threshold)
+    log_weights = _checked_log_weights(log_weights)
+    _check_particles(particles, log_weights.shape[0])
+    with unguarded():
+        return _maybe_resample(key, particles, log_weights, ess_threshold, resampler)
+
+
+def _guard_threshold(ess_threshold):
+    return guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
 
 
 # -- Feynman-Kac models and their kernel ---------------------------------------------------------
@@ -390,13 +424,23 @@ class SMCResult(NamedTuple):
 
 def _reweight(log_weights, log_g):
     """Fold ``log_g`` into normalised ``log_weights``: ``(new normalised, log increment)``."""
-    normalized, lse = _normalize(log_weights + log_g)
-    return guard_log_weights(normalized, "the log-weights"), lse
+    return _normalize(log_weights + log_g)
+
+
+def _guard_state(state: SMCState) -> SMCState:
+    """A particle system's log-weights and log-evidence, guarded against NaN and ``+inf``."""
+    return state._replace(
+        log_weights=guard_log_weights(state.log_weights, "the log-weights"),
+        log_evidence=guard_log_weights(state.log_evidence, "the log-evidence"),
+    )
 
 
 def init(key: jax.Array, model: FeynmanKac, n_particles: int) -> SMCState:
     """Draw ``n_particles`` (static) from :math:`M_0` and weigh them by :math:`G_0`."""
-    n_particles = check_int(n_particles, "n_particles", low=1)
+    return _guard_state(_init(key, model, check_int(n_particles, "n_particles", low=1)))
+
+
+def _init(key, model, n_particles):
     particles, log_g = model.init(key, n_particles)
     uniform = jnp.full((n_particles,), -math.log(n_particles), jnp.result_type(log_g))
     log_weights, log_z = _reweight(uniform, log_g)
@@ -422,8 +466,21 @@ def build_kernel(model: FeynmanKac, resampler: Resampler = systematic) -> Callab
 
     Returns:
         The pure kernel; ``inputs`` is the step's slice of ``model.inputs``, ``ess_threshold``
-        :math:`\\kappa \\in (0, 1]` is dynamic.
+        :math:`\\kappa \\in (0, 1]` is dynamic. The new state's log-weights are guarded (a
+        ``ValueError`` on NaN, or a run-time error when the kernel is traced).
     """
+    kernel = _build_kernel(model, resampler)
+
+    def guarded_kernel(key: jax.Array, state: SMCState, inputs: Any, ess_threshold: float = 0.5):
+        ess_threshold = _guard_threshold(ess_threshold)
+        with unguarded():
+            new, info = kernel(key, state, inputs, ess_threshold)
+        return _guard_state(new), info
+
+    return guarded_kernel
+
+
+def _build_kernel(model: FeynmanKac, resampler: Resampler) -> Callable:
     if not isinstance(model, FeynmanKac):
         raise TypeError(f"model must be an otdiff.smc.FeynmanKac, got {type(model).__name__}.")
     _check_resampler(resampler)
@@ -470,18 +527,20 @@ def run(
             potential produces NaN weights (at run time under ``jit``).
     """
     n_particles = check_int(n_particles, "n_particles", low=1)
-    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
-    kernel = build_kernel(model, resampler)
+    ess_threshold = _guard_threshold(ess_threshold)
+    kernel = _build_kernel(model, resampler)
     k_init, k_run = jax.random.split(key)
-    state = init(k_init, model, n_particles)
-    n_steps = jax.tree_util.tree_leaves(model.inputs)[0].shape[0]
-    keys = jax.random.split(k_run, n_steps)
+    with unguarded():
+        state = _init(k_init, model, n_particles)
+        n_steps = jax.tree_util.tree_leaves(model.inputs)[0].shape[0]
+        keys = jax.random.split(k_run, n_steps)
 
-    def body(s, xs):
-        k, inp = xs
-        return kernel(k, s, inp, ess_threshold)
+        def body(s, xs):
+            k, inp = xs
+            return kernel(k, s, inp, ess_threshold)
 
-    final, infos = jax.lax.scan(body, state, (keys, model.inputs))
+        final, infos = jax.lax.scan(body, state, (keys, model.inputs))
+    final = _guard_state(final)
     return SMCResult(
         final.particles,
         final.log_weights,

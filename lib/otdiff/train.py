@@ -63,7 +63,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from otdiff import checkpoint
-from otdiff._checks import check_finite, check_in_range, check_int, check_positive, is_concrete
+from otdiff._checks import (
+    check_finite,
+    check_in_range,
+    check_int,
+    check_key,
+    check_positive,
+    is_concrete,
+)
 
 __all__ = [
     "TrainState",
@@ -497,6 +504,7 @@ def fit(
         otdiff.checkpoint.CheckpointMismatchError: if it holds the checkpoint of another run.
         ValueError, TypeError: for bad arguments, or a loss that fails on a batch of ``data``.
     """
+    check_key(key)
     n_steps = check_int(n_steps, "n_steps", low=1)
     chunk_size = check_int(chunk_size, "chunk_size", low=1)
     batch_size = check_int(batch_size, "batch_size", low=1)

@@ -11,6 +11,9 @@ A chapter writes ``compute(**hyperparameters) -> pytree of arrays`` (pure, jit-a
 re-runs the compiled program without compiling again (``Explorer.compilations()`` counts the
 programs compiled so far; a test checks it stays at one). Parameters marked ``static`` (a
 method name, a shape-setting integer) compile once per distinct value and are then cached.
+Every value is range-checked before the call, so ``compute`` traces without the library's
+run-time guards (:func:`otdiff.config.unguarded`): its programs hold no host callback and JAX's
+persistent compilation cache keeps them from one session to the next.
 
 *Sweep.* :meth:`Explorer.sweep` evaluates ``compute`` on a grid of one parameter in one compiled
 program, with ``jax.vmap`` or ``jax.lax.map`` in batches (a loop for static parameters), draws every frame with ``plot`` and renders them
@@ -171,8 +174,11 @@ class Explorer:
         self.ncols = ncols
         self.figsize = figsize or (4.2 * ncols + 0.8, 3.8)
         static = [p.name for p in params if p.static] + list(self.fixed)
-        self._raw_compute = compute
-        self.compute = jax.jit(compute, static_argnames=tuple(static))
+        # The sliders are range-checked (Param.check) before every call, and evaluate() checks
+        # the result for NaN: compute traces without the library's run-time guards, so that its
+        # program holds no host callback and stays in JAX's persistent compilation cache.
+        self._raw_compute = _checks.unguarded()(compute)
+        self.compute = jax.jit(self._raw_compute, static_argnames=tuple(static))
 
     # -- values -----------------------------------------------------------------------------
     def defaults(self) -> dict[str, Any]:

@@ -72,6 +72,6 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> DigitsData:
 def to_image(x) -> np.ndarray:
     """Flat vectors ``(..., 64)`` in ``[-1, 1]`` to images ``(..., 8, 8)`` in ``[0, 1]``."""
     x = np.asarray(x)
-    if x.shape[-1] != N_PIXELS:
+    if x.ndim < 1 or not np.issubdtype(x.dtype, np.number) or x.shape[-1] != N_PIXELS:
         raise ValueError(f"x must have {N_PIXELS} pixels on its last axis, got shape {x.shape}.")
     return np.clip((x.reshape(*x.shape[:-1], 8, 8) + 1.0) / 2.0, 0.0, 1.0)

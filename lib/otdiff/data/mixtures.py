@@ -163,6 +163,7 @@ def ring(n_modes: int = 8, radius: float = 3.0, std: float = 0.3, weights=None) 
     """``n_modes`` equal Gaussians evenly spaced on a circle in the plane."""
     n_modes = check_int(n_modes, "n_modes", low=1)
     check_positive(radius, "radius")
+    check_positive(std, "std")
     angles = 2 * np.pi * np.arange(n_modes) / n_modes
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     return gaussian_mixture(means, std, weights)
@@ -172,6 +173,7 @@ def grid(n_per_side: int = 3, spacing: float = 2.0, std: float = 0.3) -> Gaussia
     """An ``n_per_side x n_per_side`` grid of equal Gaussians centred on the origin."""
     n_per_side = check_int(n_per_side, "n_per_side", low=1)
     check_positive(spacing, "spacing")
+    check_positive(std, "std")
     c = spacing * (np.arange(n_per_side) - (n_per_side - 1) / 2)
     means = np.stack(np.meshgrid(c, c, indexing="ij"), axis=-1).reshape(-1, 2)
     return gaussian_mixture(means, std)

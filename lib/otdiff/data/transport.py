@@ -17,10 +17,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from otdiff._checks import check_finite, check_int, check_key
+
 __all__ = ["gaussian_clouds", "mixture_clouds", "known_map", "known_map_problem"]
 
 
-@functools.partial(jax.jit, static_argnames=("n", "d"))
 def gaussian_clouds(key: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array]:
     r"""Two anisotropic Gaussian clouds of ``n`` points in dimension ``d`` (both static).
 
@@ -34,6 +35,11 @@ def gaussian_clouds(key: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Arra
 
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
+    return _gaussian_clouds(check_key(key), check_int(n, "n", low=1), check_int(d, "d", low=1))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "d"))
+def _gaussian_clouds(key, n, d):
     ka, kb, kx, ky = jax.random.split(key, 4)
     A = jax.random.normal(ka, (d, d)) / jnp.sqrt(d)
     B = jax.random.normal(kb, (d, d)) / jnp.sqrt(d)
@@ -42,7 +48,6 @@ def gaussian_clouds(key: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Arra
     return x, y
 
 
-@functools.partial(jax.jit, static_argnames=("n", "d", "n_clusters"))
 def mixture_clouds(
     key: jax.Array, n: int, d: int, n_clusters: int = 3
 ) -> tuple[jax.Array, jax.Array]:
@@ -57,6 +62,12 @@ def mixture_clouds(
 
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
+    n, d = check_int(n, "n", low=1), check_int(d, "d", low=1)
+    return _mixture_clouds(check_key(key), n, d, check_int(n_clusters, "n_clusters", low=1))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "d", "n_clusters"))
+def _mixture_clouds(key, n, d, n_clusters):
     kc, kd, kx, ky, ks = jax.random.split(key, 5)
     cx = jax.random.uniform(kc, (n_clusters, d), minval=-2.0, maxval=2.0)
     cy = jax.random.uniform(kd, (n_clusters, d), minval=-1.0, maxval=3.0)
@@ -94,12 +105,20 @@ def known_map(x: Any, jump: float = 4.0, width: float = 0.25, shift: float = 1.0
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    x = jnp.asarray(x)
+    try:
+        arr = jnp.asarray(x)
+    except Exception:
+        arr = None
+    if arr is None or not jnp.issubdtype(arr.dtype, jnp.number):
+        raise TypeError(f"x must be an array of points of shape (..., d), got {type(x).__name__}.")
+    x = arr
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x must have shape (..., d) with d >= 1, got shape {x.shape}.")
+    check_finite(x, "x")
     e1 = jnp.zeros(x.shape[-1], x.dtype).at[0].set(1.0)
     return x + jump * jnp.tanh(x[..., :1] / width) * e1 + shift
 
 
-@functools.partial(jax.jit, static_argnames=("n", "d", "n_test"))
 def known_map_problem(
     key: jax.Array, n: int, d: int, n_test: int = 500
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -114,6 +133,12 @@ def known_map_problem(
 
     Taught in: book/ot/03_progot.ipynb.
     """
+    n, d = check_int(n, "n", low=1), check_int(d, "d", low=1)
+    return _known_map_problem(check_key(key), n, d, check_int(n_test, "n_test", low=1))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "d", "n_test"))
+def _known_map_problem(key, n, d, n_test):
     kx, ky, kt = jax.random.split(key, 3)
     x = jax.random.normal(kx, (n, d))
     y = known_map(jax.random.normal(ky, (n, d)))

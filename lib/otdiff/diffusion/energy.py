@@ -44,9 +44,9 @@ costs one ``value_and_grad`` of the energy (the gradient drives the next proposa
 weighs): about one extra backward pass over plain sampling.
 
 Temperatures, composition weights, ``t_min``, ``t_stop`` and the ESS threshold are dynamic
-(a slider never recompiles; under ``jit`` a temperature <= 0, a negative ``t_stop`` or a threshold
-outside ``(0, 1]`` raises at run time); the number of particles, steps and the dimension are
-static. The tempered SMC of blackjax is a different algorithm (it anneals a static target by
+(a slider never recompiles; inside the caller's ``jit`` a temperature <= 0, a negative ``t_stop``
+or a threshold outside ``(0, 1]`` raises at run time); the number of particles, steps and the
+dimension are static. The tempered SMC of blackjax is a different algorithm (it anneals a static target by
 MCMC moves); :func:`low_temperature_smc` follows the diffusion.
 
 Taught in: book/diffusion/02_energy_smc.ipynb
@@ -65,12 +65,13 @@ from otdiff import smc, train
 from otdiff._checks import (
     check_in_range,
     check_int,
-    check_nonnegative,
     check_points,
     check_positive,
     guard_in_range,
+    guard_log_weights,
     guard_nonnegative,
     guard_positive,
+    unguarded,
 )
 from otdiff.diffusion.composition import product
 from otdiff.diffusion.losses import stratified_times
@@ -199,8 +200,7 @@ def distillation_loss(
     check_in_range(off_support, "off_support", 0.0, 1.0, high_open=True)
     if box is not None:
         check_positive(box, "box")
-    if x0.ndim != 2:
-        raise ValueError(f"x0 must have shape (n, d), got shape {x0.shape}.")
+    x0 = check_points(x0, "x0")
     xt, t = _noised_batch(key, process, x0, t_min, off_support, box)
     grad_e = jax.vmap(jax.grad(energy))(xt, t)
     target = jax.vmap(teacher)(xt, t)
@@ -345,7 +345,6 @@ def fk_model(
     """
     dim = check_int(dim, "dim", low=1)
     ts = time_grid(n_steps, t_min, t_max)
-    check_nonnegative(t_stop, "t_stop")
     t_stop = guard_nonnegative(t_stop, "t_stop")
     value_and_grad = jax.vmap(jax.value_and_grad(energy), in_axes=(0, None))
 
@@ -391,10 +390,10 @@ class EnergySMCResult(NamedTuple):
 
 
 @eqx.filter_jit
+@unguarded()
 def _smc_sample(
     key, energy, process, n_particles, dim, n_steps, t_min, t_stop, ess_threshold, resampler
 ):
-    ess_threshold = guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
     model = fk_model(energy, process, dim, n_steps, t_min=t_min, t_stop=t_stop)
     k_run, k_final = jax.random.split(key)
     out = smc.run(k_run, model, n_particles, resampler=resampler, ess_threshold=ess_threshold)
@@ -438,18 +437,22 @@ def smc_sample(
     n_particles = check_int(n_particles, "n_particles", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
-    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
-    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
-    check_nonnegative(t_stop, "t_stop")
+    ess_threshold = guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
+    t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    t_stop = guard_nonnegative(t_stop, "t_stop")
     if not callable(resampler):
         raise TypeError(
             f"resampler must be a function such as otdiff.smc.systematic, got {resampler!r}."
         )
     f = jnp.result_type(float)
-    return _smc_sample(
+    out = _smc_sample(
         key, energy, process, n_particles, dim, n_steps, jnp.asarray(t_min, f),
         jnp.asarray(t_stop, f), jnp.asarray(ess_threshold, f), resampler,
     )  # fmt: skip
+    return out._replace(
+        log_weights=guard_log_weights(out.log_weights, "the log-weights"),
+        log_evidence=guard_log_weights(out.log_evidence, "the log-evidence"),
+    )
 
 
 def low_temperature_smc(
@@ -467,10 +470,33 @@ def low_temperature_smc(
     :func:`smc_sample` of the energy :math:`\\beta E` (``beta`` dynamic, > 0; other keyword
     arguments as :func:`smc_sample`).
 
+    **Where it becomes impractical.** The mode weights come out right long after the evidence
+    has stopped being usable. In our runs (the two-mode mixture
+    :math:`\\tfrac12\\mathcal N((-2, 0), 0.2^2 I) + \\tfrac12\\mathcal N((2, 0), 0.6^2 I)` with its
+    exact noised energies, the linear VP process, 100 steps, :math:`t_{\\min} = 10^{-3}`,
+    :math:`\\kappa = 0.5`, float32 on CPU; the reference by quadrature of
+    :math:`p_{t_{\\min}}^\\beta`):
+
+    - :math:`\\beta = 1`, :math:`N = 2000`, 20 seeds: :math:`\\hat Z` is unbiased (mean
+      :math:`\\hat Z / Z = 1.003 \\pm 0.005`), :math:`\\log\\hat Z - \\log Z` between -0.047 and
+      0.036, the minimum ESS 48 to 50% of :math:`N`, one resampling per run, mode-occupancy
+      total variation (TV) 0.0004 to 0.048.
+    - :math:`\\beta = 3`, :math:`N = 2000`, 12 seeds: the minimum ESS falls to 7 to 31% of
+      :math:`N` (median 18%) and the particles are resampled at about 30 of the 100 steps;
+      the mode shares stay right (TV median 0.007, at most 0.056, against target shares
+      0.988 / 0.012), but :math:`\\log\\hat Z` is far below :math:`\\log Z` (median -1.70,
+      range -2.45 to -0.38, mean :math:`\\hat Z / Z = 0.25`): the weight that :math:`\\hat Z`
+      needs sits in rare runs, so a run's log-evidence is heavy-tailed and biased low
+      (Jensen).
+    - :math:`\\beta = 3`, :math:`N = 8000`, 12 seeds: TV median 0.003 (at most 0.012), minimum
+      ESS 9 to 28% of :math:`N`; :math:`\\log\\hat Z - \\log Z` median -1.14, range -1.64 to
+      0.44: four times the particles move the bias a little and leave the spread as it was
+      (standard deviation 0.60 at :math:`N = 2000`, 0.63 at 8000). Use the samples at low
+      temperature; do not trust one run's log-evidence there.
+
     Raises:
         ValueError: for ``beta <= 0`` (at run time too under ``jit``), and as :func:`smc_sample`.
     """
-    check_positive(beta, "beta")
     beta = guard_positive(beta, "beta")
     return smc_sample(
         key, product(energy, jnp.atleast_1d(beta)), process, n_particles, dim, **kwargs

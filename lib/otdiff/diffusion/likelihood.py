@@ -26,8 +26,17 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from otdiff._checks import check_choice, check_in_range, check_int, check_points
+from otdiff._checks import (
+    check_choice,
+    check_int,
+    check_key,
+    check_points,
+    guard_finite,
+    guard_in_range,
+    unguarded,
+)
 from otdiff.diffusion.processes import AbstractProcess
+from otdiff.diffusion.samplers import _guard_solved
 
 __all__ = ["DIVERGENCES", "log_likelihood", "divergence"]
 
@@ -71,8 +80,11 @@ def log_likelihood(
         ``(n,)`` log-densities.
     """
     x = check_points(x, "x")
-    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_choice(method, "method", DIVERGENCES)
+    max_steps = check_int(max_steps, "max_steps", low=1)
+    if key is not None:
+        check_key(key)
     if method == "hutchinson":
         if key is None:
             raise ValueError("key is required for method='hutchinson' (the probe vectors).")
@@ -98,9 +110,12 @@ def log_likelihood(
             dt0=None,
             y0=(x0, jnp.zeros((), x0.dtype)),
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=check_int(max_steps, "max_steps", low=1),
+            max_steps=max_steps,
+            throw=False,  # checked below, outside the solve: see probability_flow
         )
-        y1, int_div = sol.ys[0][-1], sol.ys[1][-1]
-        return process.prior_log_prob(y1) + int_div
+        return sol
 
-    return jax.vmap(one_point)(x, probes)
+    with unguarded():
+        sol = jax.vmap(one_point)(x, probes)
+    y1, int_div = (ys[:, -1] for ys in _guard_solved(sol, "log_likelihood"))
+    return guard_finite(process.prior_log_prob(y1) + int_div, "the log-likelihoods")

@@ -36,7 +36,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from otdiff._checks import check_choice, check_in_range, check_times
+from otdiff._checks import check_choice, check_in_range, check_int, check_times
 from otdiff.diffusion.processes import AbstractGaussianProcess
 
 __all__ = [
@@ -58,8 +58,10 @@ def stratified_times(key: jax.Array, n: int, t_min: float = 1e-3) -> jax.Array:
     """``n`` times in :math:`[t_{\\min}, 1]`, one uniform draw in each of ``n`` equal strata.
 
     A single random shift of an evenly spaced grid (a low-variance stand-in for i.i.d. uniform
-    times with the same marginal distribution).
+    times with the same marginal distribution). ``n`` is static; ``t_min`` in :math:`(0, 1)`.
     """
+    n = check_int(n, "n", low=1)
+    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     u = (jax.random.uniform(key) + jnp.arange(n) / n) % 1.0
     return t_min + (1.0 - t_min) * u
 

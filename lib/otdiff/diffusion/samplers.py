@@ -36,9 +36,10 @@ plugs in the same way. :func:`euler_maruyama` and :func:`ddim` are the driver wi
 
 A score is a function ``score(x, t)`` of one point ``x`` of shape ``(d,)`` and a scalar time;
 the kernels take a batch ``(n, d)`` and ``vmap`` it. The number of steps is static, every float
-(times, ``eta``, the schedule) dynamic. Inside ``jit`` the time grid is guarded (``0 < t_min <
-t_max <= 1``) and so are the final samples (no NaN or infinity): a bad value raises at run time
-instead of returning NaN.
+(times, ``eta``, the schedule) dynamic. The time grid (``0 < t_min < t_max <= 1``) and the final
+samples (no NaN or infinity) are guarded: a bad value raises a ``ValueError``, or an error at run
+time inside the caller's ``jit``, instead of returning NaN. The scan itself runs unguarded, so
+the programs the driver compiles stay in JAX's persistent compilation cache.
 
 Taught in: book/diffusion/01_score_based.ipynb
 """
@@ -59,10 +60,11 @@ from otdiff._checks import (
     check_int,
     check_nonnegative,
     check_points,
+    guard,
     guard_finite,
     guard_in_range,
     guard_less,
-    is_concrete,
+    unguarded,
 )
 from otdiff.diffusion.processes import AbstractGaussianProcess, AbstractProcess
 
@@ -104,16 +106,8 @@ class SampleResult(NamedTuple):
     aux: Any
 
 
-def _check_interval(t_min, t_max):
-    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
-    check_in_range(t_max, "t_max", 0.0, 1.0, low_open=True)
-    if is_concrete((t_min, t_max)) and float(t_min) >= float(t_max):
-        raise ValueError(f"t_min must be smaller than t_max, got {t_min!r} >= {t_max!r}.")
-
-
 def _guard_interval(t_min, t_max):
-    """Checked (eagerly) and guarded (under ``jit``): ``0 < t_min < t_max <= 1``."""
-    _check_interval(t_min, t_max)
+    """Checked now (concrete) or guarded (traced): ``0 < t_min < t_max <= 1``."""
     t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     t_max = guard_in_range(t_max, "t_max", 0.0, 1.0, low_open=True)
     return guard_less(t_min, t_max, ("t_min", "t_max"))
@@ -272,7 +266,8 @@ def run_sampler(
         x, aux = hook(x, t_next)
         return x, (x if save_trajectory else None, aux)
 
-    x, (traj, aux) = jax.lax.scan(body, x_init, (keys, times[:-1], times[1:]))
+    with unguarded():
+        x, (traj, aux) = jax.lax.scan(body, x_init, (keys, times[:-1], times[1:]))
     x = guard_finite(x, "the sampler's samples")
     if save_trajectory:
         traj = jnp.concatenate([x_init[None], traj], axis=0)
@@ -388,6 +383,17 @@ def probability_flow(
 
     Returns:
         A :class:`SampleResult` (``aux`` holds the number of solver steps taken).
+
+    Raises:
+        ValueError: for bad arguments, if the adaptive solver runs out of ``max_steps``, or if
+            the samples hold NaN (at run time inside the caller's ``jit``).
+
+    The solve runs on the normalised time :math:`u \\in [0, 1]`,
+    :math:`t = t_{\\max} + u\\,(t_{\\min} - t_{\\max})` (the same ODE, its velocity scaled by
+    :math:`t_{\\min} - t_{\\max}`): diffrax's checks on a traced time interval and its error on a
+    failed solve are host callbacks, which JAX never stores in its persistent compilation cache;
+    on a fixed interval they are decided when the program is traced, and the solver's status is
+    checked here instead. (A ``save_trajectory`` still brings diffrax's check on the saved times.)
     """
     x_init = check_points(x_init, "x_init")
     check_in_range(rtol, "rtol", 0.0, 1.0, low_open=True)
@@ -397,33 +403,48 @@ def probability_flow(
         raise ValueError("n_steps is required with solver='heun' (a fixed-step method).")
     t_min, t_max = _guard_interval(t_min, t_max)
     velocity = jax.vmap(pf_ode_drift(score, process), in_axes=(0, None))
-    term = diffrax.ODETerm(lambda t, x, args: velocity(x, t))
+    span = jnp.asarray(t_min, x_init.dtype) - jnp.asarray(t_max, x_init.dtype)
+    term = diffrax.ODETerm(lambda u, x, args: velocity(x, t_max + u * span) * span)
     if n_steps is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        dt0 = None
+        du0 = None
     else:
         n_steps = check_int(n_steps, "n_steps", low=1)
         controller = diffrax.ConstantStepSize()
-        dt0 = (t_min - t_max) / n_steps
+        du0 = 1.0 / n_steps
     if save_trajectory is None:
         saveat = diffrax.SaveAt(t1=True)
     else:
         save_trajectory = check_int(save_trajectory, "save_trajectory", low=2)
-        saveat = diffrax.SaveAt(ts=jnp.linspace(t_max, t_min, save_trajectory))
-    sol = diffrax.diffeqsolve(
-        term,
-        ode_solver,
-        t0=t_max,
-        t1=t_min,
-        dt0=dt0,
-        y0=x_init,
-        stepsize_controller=controller,
-        saveat=saveat,
-        max_steps=check_int(max_steps, "max_steps", low=1),
-    )
-    ys = sol.ys
+        saveat = diffrax.SaveAt(ts=jnp.linspace(0.0, 1.0, save_trajectory))
+    with unguarded():
+        sol = diffrax.diffeqsolve(
+            term,
+            ode_solver,
+            t0=0.0,
+            t1=1.0,
+            dt0=du0,
+            y0=x_init,
+            stepsize_controller=controller,
+            saveat=saveat,
+            max_steps=check_int(max_steps, "max_steps", low=1),
+            throw=False,
+        )
+    ys = _guard_solved(sol, "probability_flow")
     x = guard_finite(ys[-1], "the sampler's samples")
     return SampleResult(x, ys if save_trajectory is not None else None, sol.stats["num_steps"])
+
+
+def _guard_solved(sol: diffrax.Solution, name: str) -> Any:
+    """The saved states ``sol.ys`` of a diffrax solve run with ``throw=False``, guarded to come
+    from a successful solve (a ``ValueError`` now, or an error at run time when traced)."""
+    failed = sol.result != diffrax.RESULTS.successful
+    return guard(
+        sol.ys,
+        failed,
+        f"{name}: the ODE solver stopped early (max_steps reached, or a non-finite step); raise "
+        "max_steps or loosen rtol/atol.",
+    )
 
 
 def sample(

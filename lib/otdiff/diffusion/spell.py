@@ -34,8 +34,8 @@ Two reference sets:
 :func:`repellency_hook` returns a ``hook(x, t) -> (x, SpellInfo)`` for the sampler driver
 (:func:`otdiff.diffusion.run_sampler`, through :func:`otdiff.diffusion.euler_maruyama` or
 :func:`otdiff.diffusion.ddim`), which runs it after every step: the samplers are not copied. ``radius`` and ``strength`` are dynamic (a slider move never
-recompiles; under ``jit`` a negative value raises at run time); ``mode`` and ``chunk_size`` are
-static. The hook records, at every step, which
+recompiles; inside the caller's ``jit`` a negative value raises at run time); ``mode`` and
+``chunk_size`` are static. The hook records, at every step, which
 trajectories were corrected (:class:`SpellInfo`). Each block of the protected set picks one of
 three branches with ``jax.lax.switch`` (no candidate, a few candidates, many); under ``jax.vmap``
 a switch evaluates all its branches, so vmapping SPELL over many batches costs more per block
@@ -55,13 +55,14 @@ import jax.numpy as jnp
 
 from otdiff._checks import (
     check_choice,
-    check_in_range,
     check_int,
     check_mask,
-    check_nonnegative,
     check_points,
     check_same_dim,
+    guard_finite,
+    guard_in_range,
     guard_nonnegative,
+    unguarded,
 )
 from otdiff.diffusion.losses import denoiser
 from otdiff.diffusion.processes import AbstractGaussianProcess
@@ -147,9 +148,9 @@ def _check_protected(protected, name: str = "protected", *, dim: int | None = No
     return arr
 
 
-def _check_radius_strength(radius, strength) -> None:
-    check_nonnegative(radius, "radius")
-    check_nonnegative(strength, "strength")
+def _guard_radius_strength(radius, strength) -> tuple:
+    """Checked now (concrete) or guarded (traced): both finite and >= 0."""
+    return guard_nonnegative(radius, "radius"), guard_nonnegative(strength, "strength")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def _within_batch(x, radius):
 
 
 def _repel(x, protected, mask, radius, *, mode, chunk_size):
-    radius = guard_nonnegative(jnp.asarray(radius, x.dtype), "radius")
+    radius = jnp.asarray(radius, x.dtype)
     n = x.shape[0]
     delta = jnp.zeros_like(x)
     count = jnp.zeros((n,), jnp.int32)
@@ -297,7 +298,7 @@ def repellency(
     x0_hat = check_points(x0_hat, "x0_hat")
     protected = _check_protected(protected)
     check_same_dim(x0_hat, protected, ("x0_hat", "protected"))
-    check_nonnegative(radius, "radius")
+    radius = guard_nonnegative(radius, "radius")
     mask = check_mask(protected_mask, protected.shape[0], "protected_mask")
     chunk_size = _check_chunk(chunk_size)
     return _repel_jit(x0_hat, protected, mask, radius, mode="static", chunk_size=chunk_size)
@@ -313,7 +314,7 @@ def batch_repellency(x0_hat: jax.Array, radius: float) -> Repellency:
     Taught in: book/diffusion/03_spell.ipynb
     """
     x0_hat = check_points(x0_hat, "x0_hat")
-    check_nonnegative(radius, "radius")
+    radius = guard_nonnegative(radius, "radius")
     return _repel_jit(x0_hat, None, None, radius, mode="dynamic", chunk_size=None)
 
 
@@ -366,7 +367,7 @@ def repellency_hook(
     Taught in: book/diffusion/03_spell.ipynb
     """
     check_choice(mode, "mode", MODES)
-    _check_radius_strength(radius, strength)
+    radius, strength = _guard_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     if protected is None:
         if mode == "static":
@@ -384,8 +385,7 @@ def repellency_hook(
             check_same_dim(x, protected, ("the sampler's state", "protected"))
         x0_hat = denoise(x, t)
         rep = _repel(x0_hat, protected, mask, radius, mode=mode, chunk_size=chunk_size)
-        strength_ = guard_nonnegative(jnp.asarray(strength, x.dtype), "strength")
-        correction = strength_ * rep.delta
+        correction = jnp.asarray(strength, x.dtype) * rep.delta
         active = rep.n_active > 0
         info = SpellInfo(
             t=jnp.asarray(t),
@@ -412,6 +412,7 @@ def _check_sampler(sampler: str) -> str:
 
 
 @eqx.filter_jit
+@unguarded()
 def _sample(
     key,
     score,
@@ -480,10 +481,10 @@ def sample(
     n_samples = check_int(n_samples, "n_samples", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
-    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_choice(mode, "mode", MODES)
     sampler = _check_sampler(sampler)
-    _check_radius_strength(radius, strength)
+    radius, strength = _guard_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     mask = None
     if protected is not None:
@@ -492,7 +493,7 @@ def sample(
     elif mode == "static":
         raise ValueError("protected is required in mode='static'.")
     dtype = jnp.result_type(float)
-    return _sample(
+    out = _sample(
         key,
         score,
         process,
@@ -509,9 +510,11 @@ def sample(
         jnp.asarray(t_min, dtype),
         bool(save_trajectory),
     )
+    return out._replace(x=guard_finite(out.x, "the sampler's samples"))
 
 
 @eqx.filter_jit
+@unguarded()
 def _sample_batches(
     key,
     score,
@@ -601,14 +604,14 @@ def sample_batches(
     batch_size = check_int(batch_size, "batch_size", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
-    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     sampler = _check_sampler(sampler)
-    _check_radius_strength(radius, strength)
+    radius, strength = _guard_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     if protected is not None:
         protected = _check_protected(protected, dim=dim)
     dtype = jnp.result_type(float)
-    return _sample_batches(
+    out = _sample_batches(
         key,
         score,
         process,
@@ -623,6 +626,7 @@ def sample_batches(
         n_steps,
         jnp.asarray(t_min, dtype),
     )
+    return out._replace(x=guard_finite(out.x, "the sampler's samples"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,5 +654,5 @@ def in_shield(
 
     Taught in: book/diffusion/03_spell.ipynb
     """
-    check_nonnegative(radius, "radius")
+    radius = guard_nonnegative(radius, "radius")
     return nearest_distance(x, protected, chunk_size=chunk_size) <= radius

@@ -58,6 +58,7 @@ from otdiff.ot.sinkhorn import (
     _check_chunk_size,
     _check_cost_fn,
     _geometry,
+    _guard_inputs,
     _marginal_error,
     _sinkhorn,
     _transport_cost,
@@ -299,6 +300,8 @@ def progot_init(x: jax.Array, y: jax.Array) -> ProgOTState:
 
     Taught in: book/ot/03_progot.ipynb.
     """
+    x, y = _checks.check_points(x, "x"), _checks.check_points(y, "y")
+    _checks.check_same_dim(x, y)
     return ProgOTState(
         x=x, f=jnp.zeros((x.shape[0],), x.dtype), g=jnp.zeros((y.shape[0],), x.dtype)
     )
@@ -368,6 +371,7 @@ def progot_step(
         "return_coupling",
     ),
 )
+@_checks.unguarded()
 def progot_core(
     x: jax.Array,
     y: jax.Array,
@@ -389,9 +393,11 @@ def progot_core(
     ``alphas``, ``epsilons`` and ``thresholds`` are dynamic arrays of shape ``(K,)`` (the
     number of steps is their static length): new values never recompile, and the core can be
     vmapped over them. Each step runs ott-jax's Sinkhorn :cite:`cuturi2022ott` through the one
-    Sinkhorn path of :mod:`otdiff.ot.sinkhorn`, with its run-time guards; the rest is unchecked:
-    pass arrays of one floating dtype and ``max_iterations`` a multiple of ``inner_iterations``,
-    or call :func:`progot`.
+    Sinkhorn path of :mod:`otdiff.ot.sinkhorn`. Unchecked and free of run-time guards (so that
+    JAX's persistent compilation cache keeps it): pass positive ``epsilons`` and ``thresholds``,
+    ``alphas`` in :math:`(0, 1]`, finite points, weights on the simplex, arrays of one floating
+    dtype and ``max_iterations`` a multiple of ``inner_iterations``, or call :func:`progot`,
+    which checks them (at run time too, inside the caller's ``jit``).
 
     Taught in: book/ot/03_progot.ipynb.
     """
@@ -523,7 +529,10 @@ def progot(
     epsilons = _checks.check_positive_vector(epsilons, "epsilons", length=k).astype(dtype)
     thresholds = _checks.check_positive_vector(threshold, "threshold", length=k).astype(dtype)
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
-    return progot_core(
+    x, y, a, b, epsilons = _guard_inputs(x, y, a, b, epsilons, "epsilons")
+    alphas = _checks.guard_in_range(alphas, "alphas", 0.0, 1.0, low_open=True)
+    thresholds = _checks.guard_positive(thresholds, "threshold")
+    out = progot_core(
         x,
         y,
         a,
@@ -537,6 +546,9 @@ def progot(
         warm_start=_checks.check_bool(warm_start, "warm_start"),
         chunk_size=_check_chunk_size(chunk_size),
         return_coupling=_checks.check_bool(return_coupling, "return_coupling"),
+    )
+    return out._replace(
+        f=_checks.guard_potentials(out.f, a, "f"), g=_checks.guard_potentials(out.g, b, "g")
     )
 
 
@@ -587,6 +599,7 @@ def transport(
 
 
 @functools.partial(jax.jit, static_argnames=("max_iterations", "inner_iterations"))
+@_checks.unguarded()
 def _self_map_errors(
     y, b, y_eval, epsilons, threshold, cost_fn, *, max_iterations, inner_iterations
 ):
@@ -643,11 +656,14 @@ def select_end_epsilon(
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    y, y_eval, b, _ = _checks.check_weighted_clouds(y, y_eval, b, None)
+    y, y_eval, b, _ = _checks.check_weighted_clouds(
+        y, y_eval, b, None, ("y", "y_eval", "b", "the weights of y_eval")
+    )
     cost_fn = _check_cost_fn(cost_fn)
     scales = _checks.check_positive_vector(scales, "scales").astype(y.dtype)
     _checks.check_positive(threshold, "threshold")
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
+    scales = _checks.guard_positive(scales, "scales")
     epsilons = scales * default_epsilon(y, y, cost_fn)
     errors = _self_map_errors(
         y,

@@ -205,16 +205,12 @@ def _sinkhorn(
     """Build the geometry, the problem and the solver; start, solve, summarise. Unchecked.
 
     The start is ``init`` (potentials ``(f, g)``) if given, else ``initializer`` (an ott-jax
-    initializer, zero by default) with the PRNG ``key``. Guards (``otdiff._checks``) raise at run
-    time, under ``jit`` too, for a non-positive or non-finite ``epsilon``, non-finite points,
-    weights off the simplex and non-finite potentials.
+    initializer, zero by default) with the PRNG ``key``. The public functions guard what goes in
+    and what comes out (``_guard_inputs``, ``_guard_potentials``).
     """
     initializer = ott_init.DefaultInitializer() if initializer is None else initializer
     if init is None:
         _check_key(initializer, key)
-    epsilon = _checks.guard_positive(epsilon, "epsilon")
-    x, y = _checks.guard_finite(x, "x"), _checks.guard_finite(y, "y")
-    a, b = _checks.guard_simplex(a, "a"), _checks.guard_simplex(b, "b")
     problem = _problem(x, y, a, b, epsilon, cost_fn, chunk_size)
     geom = problem.geom
     if init is None:
@@ -230,8 +226,7 @@ def _sinkhorn(
         inner_iterations=inner_iterations,
     )
     out = solver(problem, init=(f0, g0))
-    f = _checks.guard_potentials(out.f, a, "f")
-    g = _checks.guard_potentials(out.g, b, "g")
+    f, g = out.f, out.g
     return SinkhornOutput(
         f=f,
         g=g,
@@ -247,6 +242,23 @@ def _sinkhorn(
     )
 
 
+def _guard_inputs(x, y, a, b, epsilon, name: str = "epsilon"):
+    """The boundary guards of a solve: ``epsilon`` > 0, finite points, weights on the simplex
+    (checked now when concrete, at run time when traced; see :mod:`otdiff._checks`)."""
+    epsilon = _checks.guard_positive(epsilon, name)
+    if not _checks.is_concrete((x, y, a, b)):  # concrete ones were checked eagerly
+        x, y = _checks.guard_finite(x, "x"), _checks.guard_finite(y, "y")
+        a, b = _checks.guard_simplex(a, "a"), _checks.guard_simplex(b, "b")
+    return x, y, a, b, epsilon
+
+
+def _guard_potentials(out, a, b):
+    """The solution's potentials, guarded to be finite where the weight is positive."""
+    return out._replace(
+        f=_checks.guard_potentials(out.f, a, "f"), g=_checks.guard_potentials(out.g, b, "g")
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The pure core
 # --------------------------------------------------------------------------------------------
@@ -255,6 +267,7 @@ _STATIC = ("max_iterations", "inner_iterations", "lse_mode", "chunk_size", "retu
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
+@_checks.unguarded()
 def solve_core(
     x: jax.Array,
     y: jax.Array,
@@ -288,10 +301,10 @@ def solve_core(
     conditions at the solution, not through the iterations or the start, and the gradient of
     ``reg_ot_cost`` is Danskin's (the potentials held fixed).
 
-    Value checks that would otherwise fail silently run inside the compiled program (a
-    non-positive ``epsilon``, NaNs, weights that do not sum to one, potentials that came out
-    NaN) and raise at run time; the rest is unchecked: pass arrays of one floating dtype and
-    ``max_iterations`` a multiple of ``inner_iterations``, or call :func:`solve`.
+    Unchecked, and free of run-time guards (so that JAX's persistent compilation cache keeps
+    it): pass a positive ``epsilon``, finite points, weights on the simplex, arrays of one
+    floating dtype and ``max_iterations`` a multiple of ``inner_iterations``, or call
+    :func:`solve`, which checks them (at run time too, inside the caller's ``jit``).
 
     Args:
         x, y: the point clouds, shapes ``(n, d)`` and ``(m, d)``.
@@ -440,7 +453,8 @@ def solve(
     The inputs are checked here, outside ``jit``; then the jitted :data:`solve_core` runs with
     ``epsilon`` and ``threshold`` as dynamic scalars: changing them never recompiles. The
     function is also safe to call inside ``jit``/``vmap``: the eager value checks are then
-    skipped, and the core's own guards raise at run time for a bad ``epsilon``, NaNs or weights.
+    skipped, and guards added to the caller's program raise at run time for a bad ``epsilon``,
+    NaNs, weights off the simplex or potentials that came out NaN.
 
     Args:
         x: source points, shape ``(n, d)``, finite.
@@ -492,11 +506,14 @@ def solve(
         chunk_size=chunk_size,
         return_coupling=return_coupling,
     )
-    _checks.check_positive(epsilon, "epsilon")
-    return solve_core(x, y, a, b, jnp.asarray(epsilon, dtype=x.dtype), threshold, **options)
+    _checks.check_positive(epsilon, "epsilon")  # a scalar (guard_positive takes arrays too)
+    x, y, a, b, epsilon = _guard_inputs(x, y, a, b, epsilon)
+    out = solve_core(x, y, a, b, jnp.asarray(epsilon, dtype=x.dtype), threshold, **options)
+    return _guard_potentials(out, a, b)
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "batch_size"))
+@_checks.unguarded()
 def _sweep_core(x, y, a, b, epsilons, threshold, *, batch_size, **options):
     def one(epsilon):
         return solve_core(x, y, a, b, epsilon, threshold, **options)
@@ -568,9 +585,11 @@ def sweep_epsilon(
     epsilons = _checks.check_positive_vector(epsilons, "epsilons")
     if batch_size is not None:
         batch_size = _checks.check_int(batch_size, "batch_size", low=1)
-    return _sweep_core(
+    x, y, a, b, epsilons = _guard_inputs(x, y, a, b, epsilons, "epsilons")
+    out = _sweep_core(
         x, y, a, b, epsilons.astype(x.dtype), threshold, batch_size=batch_size, **options
     )
+    return _guard_potentials(out, a, b)
 
 
 # --------------------------------------------------------------------------------------------

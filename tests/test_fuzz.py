@@ -1,0 +1,301 @@
+"""Bad input, everywhere: every public callable of every public module, fed the bad-input classes.
+
+The callables are found, not listed: the test walks ``otdiff`` and its subpackages and takes each
+public module's ``__all__`` (a public module without one fails), so a function added later is
+covered automatically. Each parameter is given a kind by its name (a PRNG key, points, a size, a
+probability, a positive scalar, ...; :data:`KINDS`), and each kind has its bad values
+(:data:`BAD`): NaN and empty arrays, wrong ranks, mismatched dimensions, out-of-range scalars,
+zero or negative sizes, strings where numbers go, ``None`` where arrays go. Every other argument
+takes a small valid value, by parameter name (:data:`VALID`) or from the short per-callable table
+:data:`BASES`.
+
+Every case must end in a ``ValueError`` or ``TypeError`` whose message names the argument (both
+arguments, for a dimension mismatch), or be listed in :data:`DELIBERATE` with the reason. A call
+that returns is a failure (silently accepted nonsense, or NaN from a valid-looking call), and so is
+any other exception (a crash from inside NumPy, JAX or XLA).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import pkgutil
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import otdiff
+from otdiff.data import exact_score, gaussian_mixture
+from otdiff.diffusion import LinearVP
+from otdiff.diffusion.energy import MixtureEnergy
+
+# -- the public callables ---------------------------------------------------------------------------
+
+
+def public_modules() -> list[str]:
+    names = ["otdiff"] + [m.name for m in pkgutil.walk_packages(otdiff.__path__, "otdiff.")]
+    return [n for n in names if not any(part.startswith("_") for part in n.split("."))]
+
+
+def public_callables() -> dict[str, Callable]:
+    """``{qualified name: callable}`` over every public module's ``__all__``, each object once
+    (under the module that defines it, else the first that exports it). NamedTuple classes are
+    containers and take any field value, as every NamedTuple does: they are left out."""
+    found: dict[int, tuple[str, Callable]] = {}
+    for module_name in public_modules():
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if not callable(obj) or (inspect.isclass(obj) and issubclass(obj, tuple | Exception)):
+                continue
+            qualified = f"{module_name}.{name}"
+            home = getattr(obj, "__module__", None) == module_name
+            if id(obj) not in found or home:
+                found[id(obj)] = (qualified, obj)
+    return dict(sorted(found.values()))
+
+
+def test_every_public_module_declares_its_public_names():
+    missing = [
+        name for name in public_modules() if not hasattr(importlib.import_module(name), "__all__")
+    ]
+    assert not missing, f"public modules without __all__: {missing}"
+
+
+# -- valid values, by parameter name ------------------------------------------------------------------
+
+MIX = gaussian_mixture([[-2.0, 0.0], [2.0, 0.0]], 0.5)
+PROCESS = LinearVP()
+SCORE = exact_score(MIX, PROCESS)
+ENERGY = MixtureEnergy(MIX, PROCESS)
+PTS = jnp.stack([jnp.linspace(-2.0, 2.0, 6), jnp.linspace(-1.0, 1.0, 6)], axis=1)
+
+
+def _key():
+    return jax.random.key(0)
+
+
+#: A valid value for each parameter name (a function: a fresh value per call).
+VALID: dict[str, Callable[[], Any]] = {
+    "key": _key,
+    "process": lambda: PROCESS,
+    "score": lambda: SCORE,
+    "teacher": lambda: SCORE,
+    "reference": lambda: SCORE,
+    "energy": lambda: ENERGY,
+    "mixture": lambda: MIX,
+    "x": lambda: PTS,
+    "y": lambda: PTS + 1.0,
+    "z": lambda: PTS,
+    "x0": lambda: PTS,
+    "x_init": lambda: PTS,
+    "x0_hat": lambda: PTS,
+    "data": lambda: PTS,
+    "protected": lambda: PTS[:3] + 0.1,
+    "y_eval": lambda: PTS[:4] + 1.0,
+    "pred": lambda: PTS,
+    "truth": lambda: PTS + 0.1,
+    "centres": lambda: PTS[:2],
+    "log_weights": lambda: jnp.zeros(6),
+    "n": lambda: 6,
+    "d": lambda: 2,
+    "dim": lambda: 2,
+    "n_steps": lambda: 2,
+    "n_samples": lambda: 4,
+    "n_particles": lambda: 6,
+    "n_batches": lambda: 2,
+    "batch_size": lambda: 3,
+    "epsilon": lambda: 0.5,
+    "radius": lambda: 0.5,
+    "beta": lambda: 2.0,
+    "t": lambda: 0.5,
+    "name": lambda: "x",
+    "kind": lambda: "lin",
+}
+
+#: Per-callable valid arguments where the names above do not say enough (kept short).
+BASES: dict[str, dict[str, Callable[[], Any]]] = {
+    "otdiff.smc.multinomial": {"weights": lambda: jnp.full(6, 1 / 6)},
+    "otdiff.smc.stratified": {"weights": lambda: jnp.full(6, 1 / 6)},
+    "otdiff.smc.systematic": {"weights": lambda: jnp.full(6, 1 / 6)},
+    "otdiff.smc.resample": {"particles": lambda: PTS},
+    "otdiff.smc.maybe_resample": {"particles": lambda: PTS},
+    "otdiff.data.gaussian_mixture": {"means": lambda: PTS[:2]},
+    "otdiff.diffusion.energy.product_smc": {"energies": lambda: [ENERGY, ENERGY]},
+    "otdiff.diffusion.spell.sample": {"protected": lambda: PTS[:3] + 0.1},
+    "otdiff.metrics.total_variation": {
+        "p": lambda: jnp.array([0.5, 0.5]),
+        "q": lambda: jnp.array([0.25, 0.75]),
+    },
+}
+
+# -- bad values, by kind ----------------------------------------------------------------------------
+
+POINTS = {
+    "x", "y", "z", "x0", "x_init", "x0_hat", "data", "protected", "y_eval", "pred", "truth",
+    "centres", "means",
+}  # fmt: skip
+SIZES = {"n", "d", "dim", "n_steps", "n_samples", "n_particles", "n_batches", "batch_size"}
+UNIT_OPEN = {"t_min"}  # in (0, 1)
+THRESHOLDS = {"ess_threshold"}  # in (0, 1]
+POSITIVE = {"epsilon", "beta", "learning_rate", "std", "fraction"}
+NONNEGATIVE = {"radius", "strength", "eta", "t_stop"}
+
+NAN_POINTS = PTS.at[1, 0].set(jnp.nan)
+PTS_3D = jnp.ones((6, 3))  # the right number of points in the wrong dimension
+
+
+def bad_values(name: str) -> list[tuple[str, Any]]:
+    """``(label, value)`` pairs of bad values for the parameter ``name`` (none if not fuzzed)."""
+    if name == "key":
+        return [("None", None), ("str", "key"), ("int", 3)]
+    if name in POINTS:
+        return [
+            ("NaN", NAN_POINTS),
+            ("empty", jnp.zeros((0, 2))),
+            ("rank-1", PTS[:, 0]),
+            ("rank-3", PTS[None]),
+            ("None", None),
+            ("str", "points"),
+        ]
+    if name == "particles":  # one row per log-weight (6)
+        return [("wrong-length", PTS[:5]), ("None", None)]
+    if name == "log_weights":
+        return [
+            ("NaN", jnp.zeros(6).at[2].set(jnp.nan)),
+            ("empty", jnp.zeros(0)),
+            ("rank-2", jnp.zeros((6, 1))),
+            ("None", None),
+        ]
+    if name in SIZES:
+        return [("zero", 0), ("negative", -1), ("float", 2.5), ("str", "3")]
+    if name in UNIT_OPEN:
+        return [("zero", 0.0), ("one", 1.0), ("above", 1.5), ("NaN", math.nan), ("str", "0.1")]
+    if name in THRESHOLDS:
+        return [("zero", 0.0), ("above", 2.0), ("NaN", math.nan), ("str", "0.5")]
+    if name in POSITIVE:
+        return [
+            ("zero", 0.0),
+            ("negative", -1.0),
+            ("NaN", math.nan),
+            ("inf", math.inf),
+            ("str", "1"),
+        ]
+    if name in NONNEGATIVE:
+        return [("negative", -1.0), ("NaN", math.nan), ("str", "1")]
+    return []
+
+
+# -- deliberate results -------------------------------------------------------------------------------
+
+#: Callables, ``callable:parameter`` pairs or ``callable:parameter=case`` whose bad inputs are
+#: not refused, and why.
+DELIBERATE: dict[str, str] = {
+    **{
+        f"otdiff.data.transport.known_map:x={label}": "a pure map on points of shape (..., d): "
+        "a single point, a stack of batches and an empty batch are all valid"
+        for label in ("rank-1", "rank-3", "empty")
+    },
+}
+
+# -- the cases -----------------------------------------------------------------------------------------
+
+
+def _valid(qualified: str, param: inspect.Parameter) -> Any:
+    table = BASES.get(qualified, {})
+    if param.name in table:
+        return table[param.name]()
+    if param.name in VALID:
+        return VALID[param.name]()
+    return param.default
+
+
+def _base(qualified: str, sig: inspect.Signature) -> dict[str, Any] | None:
+    """Valid arguments for every parameter, or ``None`` if one has no known valid value."""
+    args = {}
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = _valid(qualified, p)
+        if value is inspect.Parameter.empty:
+            return None
+        args[p.name] = value
+    return args
+
+
+def _cases() -> list:
+    cases = []
+    for qualified, fn in public_callables().items():
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        points = [p.name for p in sig.parameters.values() if p.name in POINTS]
+        for other in points[1:]:  # a dimension mismatch must name both arguments
+            label = f"dim-vs-{points[0]}"
+            cases.append(
+                pytest.param(qualified, other, label, PTS_3D, id=f"{qualified}:{other}={label}")
+            )
+        for p in sig.parameters.values():
+            for label, value in bad_values(p.name):
+                if value is None and p.default is None:
+                    continue  # None is the documented default
+                case_id = f"{qualified}:{p.name}={label}"
+                cases.append(pytest.param(qualified, p.name, label, value, id=case_id))
+    return cases
+
+
+def _call(qualified: str, param: str, value: Any):
+    fn = public_callables()[qualified]
+    sig = inspect.signature(fn)
+    base = _base(qualified, sig)
+    if base is None:
+        pytest.skip("no valid base arguments")
+    base[param] = value
+    bound = sig.bind(**base)
+    return fn(*bound.args, **bound.kwargs)
+
+
+def _has_nan(result: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(result)
+    return any(
+        isinstance(leaf, jax.Array | np.ndarray)
+        and jnp.issubdtype(leaf.dtype, jnp.inexact)
+        and bool(np.any(np.isnan(np.asarray(leaf))))
+        for leaf in leaves
+    )
+
+
+@pytest.mark.parametrize(("qualified", "param", "label", "value"), _cases())
+def test_bad_input_is_refused_with_a_message_naming_the_argument(qualified, param, label, value):
+    reason = (
+        DELIBERATE.get(f"{qualified}:{param}={label}")
+        or DELIBERATE.get(f"{qualified}:{param}")
+        or DELIBERATE.get(qualified)
+    )
+    if reason:
+        pytest.skip(reason)
+    try:
+        result = _call(qualified, param, value)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        names = [param] + ([label.removeprefix("dim-vs-")] if label.startswith("dim-vs-") else [])
+        for name in names:
+            assert re.search(rf"\b{re.escape(name)}\b", message), (
+                f"{qualified}({param}={label}) raised {type(err).__name__} without naming "
+                f"{name!r}: {message[:300]}"
+            )
+        return
+    except Exception as err:  # a crash from inside NumPy, JAX or XLA
+        pytest.fail(f"{qualified}({param}={label}) crashed: {type(err).__name__}: {str(err)[:300]}")
+    finally:
+        plt.close("all")
+    nan = " (with NaN in the result)" if _has_nan(result) else ""
+    pytest.fail(f"{qualified}({param}={label}) returned{nan} instead of refusing the value")
