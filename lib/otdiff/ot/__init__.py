@@ -1,8 +1,11 @@
-"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, ProgOT, exact references.
+"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, ProgOT, exact references,
+multi-marginal OT and the multi-marginal matching gap (``otdiff.ot.m3g`` holds its encoder, training and evaluation).
 
-Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb.
+Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+book/ot/05_m3g.ipynb.
 """
 
+from otdiff.ot import m3g, multimarginal
 from otdiff.ot.initializers import (
     INITIALIZERS,
     GaussianInitializer,
@@ -15,6 +18,23 @@ from otdiff.ot.initializers import (
     mixture_clouds,
     solve_core_with_initializer,
     solve_with_initializer,
+)
+from otdiff.ot.m3g import (
+    M3GOutput,
+    circular_variance,
+    circular_variance_tensor,
+    m3g_core,
+    m3g_loss,
+    matching_gap,
+)
+from otdiff.ot.multimarginal import (
+    MAX_TENSOR_ENTRIES,
+    MultiMarginalOutput,
+    check_tensor_size,
+    cost_tensor,
+    solve_multimarginal,
+    solve_multimarginal_core,
+    tensor_marginals,
 )
 from otdiff.ot.progot import (
     ALPHA_SCHEDULES,
@@ -77,4 +97,19 @@ __all__ = [
     "solve",
     "solve_core",
     "sweep_epsilon",
+    "m3g",
+    "multimarginal",
+    "M3GOutput",
+    "circular_variance",
+    "circular_variance_tensor",
+    "matching_gap",
+    "m3g_core",
+    "m3g_loss",
+    "MAX_TENSOR_ENTRIES",
+    "MultiMarginalOutput",
+    "check_tensor_size",
+    "cost_tensor",
+    "solve_multimarginal",
+    "solve_multimarginal_core",
+    "tensor_marginals",
 ]
