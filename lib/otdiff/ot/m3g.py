@@ -849,15 +849,30 @@ def train(key: Any, images: Any, config: TrainConfig | None = None) -> TrainResu
 
 
 def _fingerprint(cfg: TrainConfig, images: np.ndarray) -> str:
-    here = Path(__file__).resolve().parent
-    sources = [(here / name).read_bytes() for name in ("m3g.py", "multimarginal.py")]
+    # Everything that determines the trained weights: the settings, the images, the source of the
+    # code that runs during training, and the versions of JAX and ott-jax.
+    import inspect
+
     import ott
 
+    code = [
+        _train_core,
+        _loss_fn,
+        _views,
+        augment,
+        embed,
+        Encoder,
+        m3g_core,
+        infonce,
+        infonce_pairwise,
+        infonce_one_vs_rest,
+        multimarginal.solve_multimarginal_core,
+    ]
     blob = hashlib.sha256()
     blob.update(json.dumps(cfg._asdict(), sort_keys=True).encode())
     blob.update(np.ascontiguousarray(images, np.float32).tobytes())
-    for source in sources:
-        blob.update(source)
+    for obj in code:
+        blob.update(inspect.getsource(getattr(obj, "__wrapped__", obj)).encode())
     blob.update(f"jax {jax.__version__} ott {ott.__version__}".encode())
     return blob.hexdigest()[:12]
 
