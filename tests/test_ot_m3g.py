@@ -120,8 +120,8 @@ def test_gradient_is_danskins_formula():
 def test_gradient_matches_finite_differences_in_float64():
     with jax.enable_x64(True):
         z = jnp.asarray(sphere(k=3, n=5, d=3, seed=7, dtype=np.float64))
-        f = lambda x: m3g.m3g_loss(x, 0.05, threshold=1e-11, max_iterations=20000)  # noqa: E731
-        grad = jax.grad(f)(z)
+        f = jax.jit(lambda x: m3g.m3g_loss(x, 0.05, threshold=1e-11, max_iterations=20000))
+        grad = jax.jit(jax.grad(f))(z)
         for seed in range(3):
             v = jax.random.normal(jax.random.key(seed), z.shape, jnp.float64)
             h = 1e-5
@@ -232,7 +232,7 @@ def test_encoder_maps_onto_the_sphere():
 TINY = m3g.TrainConfig(n_views=3, batch_size=6, n_steps=4, width=16, depth=1, dim=4)
 
 
-@pytest.mark.parametrize("method", m3g.TRAIN_METHODS)
+@pytest.mark.parametrize("method", ["m3g", "infonce_one_vs_rest"])
 def test_training_is_deterministic_and_finite(method):
     images = load_digits().train_images[:200]
     cfg = TINY._replace(method=method)

@@ -471,8 +471,9 @@ class Encoder(eqx.Module):
         return z / jnp.maximum(jnp.linalg.norm(z), 1e-12)
 
 
+@eqx.filter_jit
 def embed(encoder: Encoder, images: Any) -> jax.Array:
-    """The embeddings of images ``(..., in_size)``: shape ``(..., dim)``, unit vectors.
+    """The embeddings of images ``(..., in_size)``: shape ``(..., dim)``, unit vectors (jitted).
 
     Taught in: book/ot/05_m3g.ipynb.
     """
@@ -513,6 +514,7 @@ def augment(key: Any, image: jax.Array, dropout: Any, noise: Any, *, shift: int 
     return img + noise * jax.random.normal(k_noise, img.shape, img.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("n_views", "shift"))
 def _views(key, images, dropout, noise, *, n_views: int, shift: int):
     keys = jax.random.split(key, (n_views, images.shape[0]))
     one = functools.partial(augment, dropout=dropout, noise=noise, shift=shift)
