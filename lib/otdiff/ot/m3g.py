@@ -1051,7 +1051,11 @@ def knn_accuracy(
     train_z, train_y = _check_labelled(train_z, train_y, "train")
     test_z, test_y = _check_labelled(test_z, test_y, "test")
     n_neighbors = _checks.check_int(n_neighbors, "n_neighbors", low=1, high=len(train_y))
-    nearest = np.argsort(-(test_z @ train_z.T), axis=1, kind="stable")[:, :n_neighbors]
+    similarity = test_z @ train_z.T
+    if n_neighbors < len(train_y):
+        nearest = np.argpartition(-similarity, n_neighbors - 1, axis=1)[:, :n_neighbors]
+    else:
+        nearest = np.broadcast_to(np.arange(len(train_y)), similarity.shape)
     votes = train_y[nearest]
     n_classes = int(max(train_y.max(), test_y.max())) + 1
     counts = np.stack([np.bincount(v, minlength=n_classes) for v in votes])
