@@ -9,7 +9,7 @@ import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -67,3 +67,31 @@ def median_seconds(calls: dict, repeats: int) -> dict:
             jax.block_until_ready(fn(*fn_args))
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+class Timing(NamedTuple):
+    """What :func:`timed` measures: seconds of the first call, median and fastest of the rest."""
+
+    first_s: float
+    median_s: float
+    min_s: float
+    result: Any
+
+
+def timed(fn, repeats: int, *, warmup: bool = True) -> Timing:
+    """Time ``fn()`` (no arguments): a first call (compilation included; ``nan`` without
+    ``warmup``), then ``repeats`` calls, each ended by ``block_until_ready``; the last result.
+
+    ``first_s - median_s`` estimates the compile time of a jitted ``fn``.
+    """
+    first = float("nan")
+    if warmup:
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        first = time.perf_counter() - start
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return Timing(first, statistics.median(times), min(times), result)

@@ -80,7 +80,7 @@ def direction_timer(method: str, inner: int):
         def one(state, scale):
             g_t = jax.tree_util.tree_map(lambda x: x * scale, g)  # a changing main gradient
             d, state = tx.update(g_t, state, aux_grad=a)
-            return state, optim.tree_vdot(d, d)
+            return state, optax.tree_utils.tree_vdot(d, d)
 
         _, out = jax.lax.scan(one, tx.init(g), jnp.linspace(0.5, 1.5, inner))
         return out

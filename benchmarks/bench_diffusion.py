@@ -5,8 +5,8 @@ weights: the speed does not depend on training) and a fixed number of Euler–Ma
 ways to run the same steps:
 
 * ``scan``: ``otdiff.diffusion.euler_maruyama`` under ``jax.jit``: one compiled program;
-* ``python loop``: one jitted step (``reverse_kernel`` plus noise) called ``n_steps`` times from
-  Python, the way a sampler written as a ``for`` loop runs.
+* ``python loop``: one jitted step (the public kernel ``euler_maruyama_step``) called ``n_steps``
+  times from Python, the way a sampler written as a ``for`` loop runs.
 
 Each row reports samples per second and the achieved floating-point rate (the network's
 multiply-adds counted from its layer shapes, two flops each) as a fraction of the machine's
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from _record import median_time, write
 
 from otdiff import diffusion
-from otdiff.diffusion.networks import ScoreMLP
+from otdiff.diffusion import ScoreMLP
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_sampling.json"
 
@@ -61,23 +61,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    sde = diffusion.vp_linear()
+    process = diffusion.LinearVP()
     model = ScoreMLP(64, hidden=(args.hidden,) * 3, key=jax.random.key(0))
-    score = diffusion.score_from_eps(model, sde)
+    score = diffusion.score_from_eps(model, process)
     flops_per_eval = network_flops(model)
     peak = matmul_rate()
     print(f"matrix-multiply rate: {peak / 1e9:.1f} GFLOP/s; network: {flops_per_eval} flops/point")
 
     @jax.jit
     def scan_sampler(key, x):
-        return diffusion.euler_maruyama(key, score, sde, x, args.steps).x
+        return diffusion.euler_maruyama(key, score, process, x, args.steps).x
 
     times = diffusion.time_grid(args.steps)
 
     @jax.jit
     def one_step(key, x, t, t_next):
-        mean, std = diffusion.reverse_kernel(score, sde, x, t, t_next)
-        return mean + std * jax.random.normal(key, x.shape)
+        return diffusion.euler_maruyama_step(key, x, t, t_next, score=score, process=process)
 
     def loop_sampler(key, x):
         keys = jax.random.split(key, args.steps)

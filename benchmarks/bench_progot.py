@@ -3,7 +3,7 @@
 Problems (uniform weights, squared Euclidean cost, ``n`` points per cloud in dimension ``d``):
 
 * ``clusters``: x ~ N(0, I), y ~ N(0, I) + 3 s (1, ..., 1) with a random sign s per point;
-* ``known_map``: ``otdiff.ot.known_map_problem``: x ~ N(0, I), y = T0(x') for an independent x',
+* ``known_map``: ``otdiff.data.known_map_problem``: x ~ N(0, I), y = T0(x') for an independent x',
   where T0 = grad phi is known in closed form, so the map error is exact.
 
 The target regularisation is ``eps_rel`` times ott-jax's default epsilon (0.05 std of the cost).
@@ -33,8 +33,6 @@ CPU cores) or ``--full`` (n = 1000, 2000, 4000 and d = 8, 32; meant for a GPU or
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import _record
@@ -42,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff import ot
+from otdiff import metrics, ot
+from otdiff.data import known_map, known_map_problem
 
 RESULTS = Path(__file__).resolve().parent / "results" / "progot.json"
 INNER = 10
@@ -51,29 +50,22 @@ STEPS = 8
 
 def problem(name: str, n: int, d: int, seed: int = 0):
     if name == "known_map":
-        x, y, _, _ = ot.known_map_problem(jax.random.key(seed), n, d, n_test=2)
+        x, y, _, _ = known_map_problem(jax.random.key(seed), n, d, n_test=2)
         return x, y
     kx, ky, ks = jax.random.split(jax.random.key(seed), 3)
     sign = jnp.where(jax.random.bernoulli(ks, 0.5, (n, 1)), 1.0, -1.0)
     return jax.random.normal(kx, (n, d)), jax.random.normal(ky, (n, d)) + 3.0 * sign
 
 
-def time_calls(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
-def map_error(name, x, y, plan, moved=None):
+def map_error(name, x, y, plan=None, moved=None):
+    """The relative MSE of the plan's barycentric projection (or of ``moved``) against T0(x)."""
     if name != "known_map":
         return None
-    plan = np.asarray(plan, np.float64)
-    image = moved if moved is not None else (plan @ np.asarray(y)) / plan.sum(1, keepdims=True)
-    truth = np.asarray(ot.known_map(x))
-    return float(np.mean(np.sum((image - truth) ** 2, 1)) / np.sum(np.var(truth, 0)))
+    if moved is None:
+        plan = np.asarray(plan, np.float64)
+        moved = (plan @ np.asarray(y, np.float64)) / plan.sum(1, keepdims=True)
+    truth = known_map(jnp.asarray(x, jnp.float32))
+    return float(metrics.map_error(jnp.asarray(moved, jnp.float32), truth))
 
 
 def row(solver, median, first, iterations, error, cost, exact, mapped, works, **extra):
@@ -100,21 +92,19 @@ def bench_problem(pot, name, n, d, eps_rel, args):
     rows = []
 
     def sinkhorn():
-        return jax.block_until_ready(
-            ot.solve_core(
-                x,
-                y,
-                a,
-                a,
-                jnp.asarray(eps),
-                tau,
-                max_iterations=args.max_iterations,
-                inner_iterations=INNER,
-            )
+        return ot.solve_core(
+            x,
+            y,
+            a,
+            a,
+            jnp.asarray(eps),
+            tau,
+            max_iterations=args.max_iterations,
+            inner_iterations=INNER,
+            return_coupling=name == "known_map",
         )
 
-    first, _ = time_calls(sinkhorn, 1)
-    median, out = time_calls(sinkhorn, args.repeats)
+    first, median, _, out = _record.timed(sinkhorn, args.repeats)
     rows.append(
         row(
             "otdiff/sinkhorn",
@@ -134,22 +124,19 @@ def bench_problem(pot, name, n, d, eps_rel, args):
     epsilons = ot.epsilon_schedule(alphas, eps0, eps, kind="geometric")
 
     def progot():
-        return jax.block_until_ready(
-            ot.progot_core(
-                x,
-                y,
-                a,
-                a,
-                alphas,
-                epsilons,
-                jnp.full(STEPS, args.threshold),
-                max_iterations=args.max_iterations,
-                inner_iterations=INNER,
-            )
+        return ot.progot_core(
+            x,
+            y,
+            a,
+            a,
+            alphas,
+            epsilons,
+            jnp.full(STEPS, args.threshold),
+            max_iterations=args.max_iterations,
+            inner_iterations=INNER,
         )
 
-    first, _ = time_calls(progot, 1)
-    median, out = time_calls(progot, args.repeats)
+    first, median, _, out = _record.timed(progot, args.repeats)
     rows.append(
         row(
             "otdiff/progot",
@@ -159,7 +146,7 @@ def bench_problem(pot, name, n, d, eps_rel, args):
             out.marginal_error,
             float(out.transport_cost),
             exact,
-            map_error(name, x, y, out.coupling, moved=np.asarray(out.xs[-1])),
+            map_error(name, x, y, moved=out.xs[-1]),
             bool(out.converged.all()),
             iterations_per_step=[int(i) for i in out.n_iterations],
             iterations_vs_sinkhorn=float(out.total_iterations) / direct_iterations,
@@ -188,7 +175,7 @@ def bench_problem(pot, name, n, d, eps_rel, args):
                     )
 
             if method == "sinkhorn_log":
-                probe, _ = time_calls(lambda: run(20), 1)
+                probe = _record.timed(lambda: run(20), 1, warmup=False).median_s
                 predicted = probe / 20 * direct_iterations
                 if predicted > args.pot_budget:
                     rows.append(
@@ -199,7 +186,9 @@ def bench_problem(pot, name, n, d, eps_rel, args):
                         )
                     )
                     continue
-            median, (P, log) = time_calls(lambda: run(args.max_iterations), args.pot_repeats)
+            _, median, _, (P, log) = _record.timed(
+                lambda: run(args.max_iterations), args.pot_repeats, warmup=False
+            )
             with np.errstate(all="ignore"):
                 error = float(np.abs(P.sum(1) - an).sum() + np.abs(P.sum(0) - an).sum())
                 cost = float(np.sum(P * C))

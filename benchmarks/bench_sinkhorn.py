@@ -22,12 +22,9 @@ Usage: ``python benchmarks/bench_sinkhorn.py [--sizes 200 500] [--epsilons 0.1 0
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import _record
-import jax
 import numpy as np
 from scipy.special import logsumexp
 
@@ -67,31 +64,20 @@ def numpy_sinkhorn(x, y, eps, threshold, max_iterations):
     return f, g, iterations, float(cost)
 
 
-def time_it(fn, repeats: int) -> tuple[float, float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), result
-
-
 def bench_otdiff(x, y, eps, threshold, max_iterations, repeats):
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
 
     def run():
-        return jax.block_until_ready(
-            ot.solve(x32, y32, eps, threshold=threshold, max_iterations=max_iterations)
-        )
+        return ot.solve(x32, y32, eps, threshold=threshold, max_iterations=max_iterations)
 
-    run()  # warm-up: compile (epsilon and threshold are dynamic: once per shape)
-    median, best, out = time_it(run, repeats)
+    # the first call compiles (epsilon and threshold are dynamic: once per shape)
+    _, median, best, out = _record.timed(run, repeats)
     return median, best, int(out.n_iterations), float(out.reg_ot_cost)
 
 
 def bench_numpy(x, y, eps, threshold, max_iterations, repeats):
-    median, best, (_, _, iterations, cost) = time_it(
-        lambda: numpy_sinkhorn(x, y, eps, threshold, max_iterations), repeats
+    _, median, best, (_, _, iterations, cost) = _record.timed(
+        lambda: numpy_sinkhorn(x, y, eps, threshold, max_iterations), repeats, warmup=False
     )
     return median, best, iterations, cost
 
@@ -113,8 +99,7 @@ def bench_pot(pot, x, y, eps, threshold, max_iterations, repeats):
             log=True,
         )
 
-    run()
-    median, best, (P, log) = time_it(run, repeats)
+    _, median, best, (P, log) = _record.timed(run, repeats)
     # POT's plan is diag(u) K diag(v) with K = exp(-C / eps): in ott-jax's convention
     # f = eps log u and g = eps log v, and the dual value is computed as for the others.
     f, g = eps * np.asarray(log["log_u"]), eps * np.asarray(log["log_v"])

@@ -1,13 +1,13 @@
 """Sinkhorn from data-dependent starts (otdiff/ott-jax) against POT's two CPU solvers.
 
-On the same point clouds (two anisotropic Gaussian clouds, ``otdiff.ot.gaussian_clouds``, uniform
+On the same point clouds (two anisotropic Gaussian clouds, ``otdiff.data.gaussian_clouds``, uniform
 weights, squared Euclidean cost, epsilon a fraction of the mean cost) and with the same stopping
 rule (the column marginal error below ``--threshold``, checked every 10 iterations), it times:
 
-* ``otdiff/<start>``: ``otdiff.ot.solve_core_with_initializer`` (ott-jax's log-domain Sinkhorn,
-  float32, jitted) from each start: ``zero``, ``gaussian``, ``subsample`` (100 points) and
-  ``gmm`` (3 components). Compilation is timed apart: ``compile_s`` is the first call's time
-  minus the median of the later calls. The start's own cost is part of the run time.
+* ``otdiff/<start>``: ``otdiff.ot.solve_core`` (ott-jax's log-domain Sinkhorn, float32, jitted)
+  from each start (``otdiff.ot.make_initializer``): ``zero``, ``gaussian``, ``subsample`` (100
+  points) and ``gmm`` (3 components). Compilation is timed apart: ``compile_s`` is the first
+  call's time minus the median of the later calls. The start's own cost is part of the run time.
 * ``pot_log``: POT's ``ot.sinkhorn(..., method="sinkhorn_log")`` (float64, NumPy).
 * ``pot``: POT's plain ``ot.sinkhorn`` (kernel scaling, float64), which underflows at small
   epsilon: a run counts as working only if its coupling is finite and its marginal error is below
@@ -20,15 +20,13 @@ the iterations and the time per iteration, which do not depend on the rule. Resu
 ``benchmarks/results/sinkhorn_init.json``.
 
 Usage: ``python benchmarks/bench_sinkhorn_init.py`` (modest sizes, a few minutes on two CPU
-cores) or ``python benchmarks/bench_sinkhorn_init.py --full`` (the issue's sizes: n = 1,000 to
+cores) or ``python benchmarks/bench_sinkhorn_init.py --full`` (n = 1,000 to
 10,000, d = 2 and 32; meant for a bigger machine).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import _record
@@ -37,24 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from otdiff import ot
+from otdiff.data import gaussian_clouds
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sinkhorn_init.json"
 INNER = 10  # iterations between two error checks, in every solver
 STARTS = {
-    "zero": (),
-    "gaussian": (),
-    "subsample": (("subsample_n", 100),),
-    "gmm": (("n_components", 3),),
+    "zero": {},
+    "gaussian": {},
+    "subsample": {"subsample_n": 100},
+    "gmm": {"n_components": 3},
 }
-
-
-def time_calls(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def bench_otdiff(x, y, eps, threshold, max_iterations, repeats, start, options):
@@ -66,22 +56,19 @@ def bench_otdiff(x, y, eps, threshold, max_iterations, repeats, start, options):
         jnp.full(m, 1 / m, jnp.float32),
         jnp.asarray(eps, jnp.float32),
         jnp.asarray(threshold, jnp.float32),
-        jax.random.key(0),
     )
+    initializer = ot.make_initializer(start, **options)
 
     def run():
-        return jax.block_until_ready(
-            ot.solve_core_with_initializer(
-                *args,
-                initializer=start,
-                options=options,
-                max_iterations=max_iterations,
-                inner_iterations=INNER,
-            )
+        return ot.solve_core(
+            *args,
+            initializer=initializer,
+            key=jax.random.key(0),
+            max_iterations=max_iterations,
+            inner_iterations=INNER,
         )
 
-    first, _ = time_calls(run, 1)
-    median, out = time_calls(run, repeats)
+    first, median, _, out = _record.timed(run, repeats)
     return dict(
         median_s=median,
         compile_s=max(first - median, 0.0),
@@ -110,7 +97,7 @@ def bench_pot(pot, x, y, eps, threshold, max_iterations, repeats, method):
                 log=True,
             )
 
-    median, (P, log) = time_calls(run, repeats)
+    _, median, _, (P, log) = _record.timed(run, repeats, warmup=False)
     with np.errstate(all="ignore"):
         error = float(np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum())
         cost = float(
@@ -151,7 +138,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         for d in args.dims:
-            x, y = (np.asarray(v, np.float64) for v in ot.gaussian_clouds(jax.random.key(0), n, d))
+            x, y = (np.asarray(v, np.float64) for v in gaussian_clouds(jax.random.key(0), n, d))
             mean_cost = float(np.mean(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)))
             for eps_rel in args.eps_rel:
                 eps = eps_rel * mean_cost

@@ -2,7 +2,7 @@
 
 Three samplers run the same number of reverse steps on the same batch of 2-D particles:
 
-* ``smc``: ``otdiff.energy.smc_sample`` on an ``EnergyMLP`` (low temperature, beta = 2): per step
+* ``smc``: ``otdiff.diffusion.energy.low_temperature_smc`` on an ``EnergyMLP`` (beta = 2): per step
   one ``value_and_grad`` of the energy (the gradient proposes, the value weighs), the Gaussian
   log-densities of the two kernels, the ESS and, when it falls under half, systematic resampling;
 * ``reverse (energy)``: ``otdiff.diffusion.euler_maruyama`` with the energy's score
@@ -30,33 +30,32 @@ import _record
 import jax
 from _record import median_seconds
 
-from otdiff import energy as en
-from otdiff.diffusion import euler_maruyama, score_from_eps, vp_linear
-from otdiff.diffusion.networks import ScoreMLP
+from otdiff.diffusion import EnergyMLP, LinearVP, ScoreMLP, euler_maruyama, score_from_eps
+from otdiff.diffusion import energy as en
 
 RESULTS = Path(__file__).resolve().parent / "results" / "smc.json"
 
 
 def bench(n: int, steps: int, width: int, repeats: int) -> list[dict]:
-    sde = vp_linear()
+    process = LinearVP()
     hidden = (width,) * 3
-    energy = en.EnergyMLP(2, hidden=hidden, key=jax.random.key(0), data_std=1.5, sde=sde)
-    net = ScoreMLP(2, hidden=hidden, key=jax.random.key(1), data_std=1.5, sde=sde)
+    energy = EnergyMLP(2, hidden=hidden, key=jax.random.key(0), data_std=1.5, process=process)
+    net = ScoreMLP(2, hidden=hidden, key=jax.random.key(1), data_std=1.5, process=process)
 
     @jax.jit
     def smc_run(key, energy):
-        out = en.tempered_smc(key, energy, sde, n, 2, beta=2.0, n_steps=steps)
+        out = en.low_temperature_smc(key, energy, process, n, 2, beta=2.0, n_steps=steps)
         return out.x, out.log_weights
 
     @jax.jit
     def reverse_energy(key, energy):
         x0 = jax.random.normal(key, (n, 2))
-        return euler_maruyama(key, en.energy_score(energy), sde, x0, steps).x
+        return euler_maruyama(key, en.energy_score(energy), process, x0, steps).x
 
     @jax.jit
     def reverse_score(key, net):
         x0 = jax.random.normal(key, (n, 2))
-        return euler_maruyama(key, score_from_eps(net, sde), sde, x0, steps).x
+        return euler_maruyama(key, score_from_eps(net, process), process, x0, steps).x
 
     key = jax.random.key(2)
     calls = {

@@ -5,7 +5,7 @@ The protected sets live in the digits space (64-d, in [-1, 1]): the 1,438 traini
 1,000 to 1,000,000. The batch is ``--batch`` test digits (predictions that land near the data, as
 late in sampling). Rows per ``K``:
 
-* ``repellency_ms``: ``otdiff.spell.repellency`` alone (chunked scan, ``--chunk`` references per
+* ``repellency_ms``: ``otdiff.diffusion.spell.repellency`` alone (chunked scan, ``--chunk`` references per
   block: one matrix product screens each block, and a block that may hold a point inside a ball is
   recomputed exactly from the differences), at the radius ``r`` (``--radius-quantile`` of the
   test-to-train nearest-neighbour distances) and at ``r = 0`` (screening only);
@@ -34,10 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from _record import median_time as median_seconds
 
-from otdiff import spell
 from otdiff.data import load_digits
-from otdiff.diffusion import euler_maruyama, score_from_eps, vp_linear
-from otdiff.diffusion.networks import ScoreMLP
+from otdiff.diffusion import LinearVP, ScoreMLP, euler_maruyama, score_from_eps, spell
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spell.json"
 
@@ -67,15 +65,15 @@ def main() -> None:
     nn = np.asarray(spell.nearest_distance(x, jnp.asarray(train)))
     radius = float(np.quantile(nn, args.radius_quantile))
 
-    sde = vp_linear()
+    process = LinearVP()
     model = ScoreMLP(64, hidden=(256, 256, 256), embed_dim=64, key=jax.random.key(0))
-    score = score_from_eps(model, sde)
+    score = score_from_eps(model, process)
     t_step = 0.05  # a late step: predictions near the data, where the term is most active
 
     def one_step(x, hook):
         # one Euler-Maruyama step from t_step to t_step - 0.01, with or without the hook
         res = euler_maruyama(
-            jax.random.key(1), score, sde, x, 1, t_min=t_step - 0.01, t_max=t_step, hook=hook
+            jax.random.key(1), score, process, x, 1, t_min=t_step - 0.01, t_max=t_step, hook=hook
         )
         return res.x
 
@@ -105,7 +103,7 @@ def main() -> None:
 
         def spell_step(x, z, r):
             hook = spell.repellency_hook(
-                score, sde, z, radius=r, strength=1.6, chunk_size=args.chunk
+                score, process, z, radius=r, strength=1.6, chunk_size=args.chunk
             )
             return one_step(x, hook)
 

@@ -15,40 +15,39 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from otdiff.diffusion import vp_linear
-from otdiff.diffusion.networks import ScoreMLP
-from otdiff.diffusion.training import (
+from otdiff import train
+from otdiff.diffusion import LinearVP, ScoreMLP, dsm_loss
+from otdiff.train import (
     data_parallel_mesh,
-    init_train_state,
+    make_chunk,
     make_optimizer,
-    make_train_chunk,
-    make_train_step,
+    make_step,
     shard_batch,
-    split_model,
+    split,
 )
 
 
 def main() -> dict:
     out: dict = {"n_devices": jax.device_count()}
-    sde = vp_linear()
+    loss = jax.tree_util.Partial(dsm_loss, process=LinearVP())
     data = jax.random.normal(jax.random.key(0), (512, 3)) * 2.0
     model = ScoreMLP(3, hidden=(32, 32), embed_dim=16, key=jax.random.key(1))
     opt = make_optimizer(1e-2, 10, warmup_steps=0)
-    _, static = split_model(model)
-    state = init_train_state(model, opt)
+    params, static = split(model)
+    state = train.init(params, opt)
     mesh = data_parallel_mesh()
     out["mesh_shape"] = dict(mesh.shape)
     key = jax.random.key(2)
 
     # one step, one device against four
-    step1 = jax.jit(make_train_step(static, sde, opt, batch_size=64))
-    step4 = jax.jit(make_train_step(static, sde, opt, batch_size=64, mesh=mesh))
+    step1 = jax.jit(make_step(loss, opt, static=static, batch_size=64))
+    step4 = jax.jit(make_step(loss, opt, static=static, batch_size=64, mesh=mesh))
     s1, l1 = step1(key, state, data)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state_rep, data_rep = jax.device_put(state, rep), jax.device_put(data, rep)
     compiled4 = step4.lower(key, state_rep, data_rep).compile()
     s4, l4 = compiled4(key, state_rep, data_rep)
-    out["loss_1"], out["loss_4"] = float(l1), float(l4)
+    out["loss_1"], out["loss_4"] = float(l1["loss"]), float(l4["loss"])
     p1, p4 = ravel_pytree(s1.params)[0], ravel_pytree(s4.params)[0]
     out["params_max_abs_diff"] = float(jnp.max(jnp.abs(p1 - p4)))
     out["params_max_abs_change"] = float(jnp.max(jnp.abs(p1 - ravel_pytree(state.params)[0])))
@@ -64,18 +63,20 @@ def main() -> dict:
     out["has_all_reduce"] = "all-reduce" in compiled4.as_text()
 
     # a scanned chunk of five steps agrees as well
-    c1 = make_train_chunk(make_train_step(static, sde, opt, batch_size=64), 5)
-    c4 = make_train_chunk(make_train_step(static, sde, opt, batch_size=64, mesh=mesh), 5)
+    c1 = make_chunk(make_step(loss, opt, static=static, batch_size=64), 5)
+    c4 = make_chunk(make_step(loss, opt, static=static, batch_size=64, mesh=mesh), 5)
     sc1, lc1 = c1(key, state, data)
     sc4, lc4 = c4(key, state_rep, data_rep)
-    out["chunk_loss_max_abs_diff"] = float(np.max(np.abs(np.asarray(lc1) - np.asarray(lc4))))
+    out["chunk_loss_max_abs_diff"] = float(
+        np.max(np.abs(np.asarray(lc1["loss"]) - np.asarray(lc4["loss"])))
+    )
     out["chunk_params_max_abs_diff"] = float(
         jnp.max(jnp.abs(ravel_pytree(sc1.params)[0] - ravel_pytree(sc4.params)[0]))
     )
 
     # a batch that does not split evenly is refused with a clear message
     try:
-        make_train_step(static, sde, opt, batch_size=66, mesh=mesh)
+        make_step(loss, opt, static=static, batch_size=66, mesh=mesh)
         out["bad_batch_error"] = None
     except ValueError as err:
         out["bad_batch_error"] = str(err)

@@ -72,3 +72,38 @@ def test_checks_on_concrete_arrays_closed_over_by_a_traced_function():
         return scale * x
 
     np.testing.assert_allclose(f(2.0), 2.0)
+
+
+# -- optimal transport ----------------------------------------------------------------------------
+
+
+def test_positive_vector():
+    np.testing.assert_allclose(C.check_positive_vector(0.5, "threshold", length=3), [0.5] * 3)
+    assert C.check_positive_vector([1, 2], "epsilons").dtype == jnp.float32
+    with pytest.raises(ValueError, match=r"threshold must be a scalar or have shape \(3,\)"):
+        C.check_positive_vector([0.1, 0.2], "threshold", length=3)
+    with pytest.raises(ValueError, match="epsilons must be a non-empty 1-D array"):
+        C.check_positive_vector([], "epsilons")
+    with pytest.raises(ValueError, match="epsilons must all be finite numbers > 0"):
+        C.check_positive_vector([0.1, np.nan], "epsilons")
+    with pytest.raises(ValueError, match=r"alphas must all lie in \(0, 1\]"):
+        C.check_positive_vector([0.5, 1.5], "alphas", high=1.0)
+    with pytest.raises(TypeError, match="epsilons must"):
+        C.check_positive_vector(np.array(["a"]), "epsilons")
+    with pytest.raises(TypeError, match="epsilons must hold real numbers"):
+        C.check_positive_vector(np.array([1j]), "epsilons")
+
+
+def test_guard_potentials_under_jit():
+    guarded = jax.jit(lambda f, w: C.guard_potentials(f, w, "f"))
+    w = jnp.array([0.0, 0.5, 0.5])
+    f = jnp.array([-jnp.inf, 1.0, 2.0])  # -inf where the weight is zero: allowed
+    np.testing.assert_array_equal(guarded(f, w), f)
+    with pytest.raises(Exception, match="f: the Sinkhorn potentials contain NaN"):
+        jax.block_until_ready(guarded(f.at[1].set(jnp.nan), w))
+
+
+def test_bool():
+    assert C.check_bool(np.True_, "flag") is True
+    with pytest.raises(TypeError, match="flag must be a bool"):
+        C.check_bool(1, "flag")

@@ -63,3 +63,21 @@ def test_setup_notebook_seeds_styles_and_reports(monkeypatch, tmp_path, capsys):
 def test_setup_notebook_rejects_bad_seed(seed):
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         config.setup_notebook(seed=seed, quiet=True, compilation_cache=False)
+
+
+def test_seed_offset_shifts_every_seed(monkeypatch):
+    monkeypatch.delenv("OTDIFF_SEED_OFFSET", raising=False)
+    assert config.seed_offset() == 0 and config.seed(3) == 3
+    monkeypatch.setenv("OTDIFF_SEED_OFFSET", "4")
+    assert config.seed(3) == 7
+    assert config.seeds(3, start=1) == [5, 6, 7]
+    for bad in ("-1", "two", "1.5"):
+        monkeypatch.setenv("OTDIFF_SEED_OFFSET", bad)
+        with pytest.raises(ValueError, match="OTDIFF_SEED_OFFSET"):
+            config.seed(0)
+    monkeypatch.setenv("OTDIFF_SEED_OFFSET", "0")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="base"):
+            config.seed(bad)
+    with pytest.raises(ValueError, match="n must"):
+        config.seeds(0)

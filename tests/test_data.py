@@ -16,7 +16,7 @@ from otdiff.data import (
     to_image,
     two_moons,
 )
-from otdiff.diffusion import vp_cosine, vp_linear
+from otdiff.diffusion import CosineVP, LinearVP
 
 
 def _mixture_full_cov():
@@ -42,7 +42,7 @@ def test_log_prob_matches_scipy():
     np.testing.assert_allclose(np.asarray(m.log_prob(jnp.asarray(x))), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sde", [vp_linear(), vp_cosine()], ids=["linear", "cosine"])
+@pytest.mark.parametrize("sde", [LinearVP(), CosineVP()], ids=["linear", "cosine"])
 @pytest.mark.parametrize("t", [0.0, 1e-3, 0.2, 0.7, 1.0])
 def test_exact_score_is_gradient_of_exact_log_prob(sde, t):
     for m in (_mixture_full_cov(), ring(), two_moons(n_quadrature=32)):
@@ -52,7 +52,7 @@ def test_exact_score_is_gradient_of_exact_log_prob(sde, t):
 
 
 def test_noised_mixture_matches_forward_samples():
-    m, sde, t = ring(), vp_linear(), 0.3
+    m, sde, t = ring(), LinearVP(), 0.3
     x0 = m.sample(jax.random.key(0), 200_000)
     xt, _ = sde.sample_marginal(jax.random.key(1), x0, t)
     noised = m.noised(sde, t)
@@ -103,7 +103,7 @@ def test_two_moons_density_normalised_and_matches_samples():
 
 @pytest.mark.parametrize("t", [0.0, 0.05, 0.5])
 def test_checkerboard_exact_noised_density(t):
-    c, sde = checkerboard(), vp_linear()
+    c, sde = checkerboard(), LinearVP()
     noised = c.noised(sde, t)
     g = np.linspace(-4, 4, 641)
     pts = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2))

@@ -14,7 +14,32 @@ def test_mode_occupancy_and_tv():
     x = jnp.array([[-5.0, 0.0], [4.0, 1.0], [6.0, 0.0], [5.0, 0.0]])
     np.testing.assert_allclose(metrics.mode_occupancy(m, x), [0.25, 0.75])
     assert float(metrics.mode_tv(m, x)) == 0.0
-    np.testing.assert_allclose(float(metrics.mode_tv(m, x, weights=[0.5, 0.5])), 0.25)
+    np.testing.assert_allclose(float(metrics.mode_tv(m, x, target=[0.5, 0.5])), 0.25)
+
+
+def test_weighted_occupancy_total_variation_and_diversity():
+    m = gaussian_mixture([[-5.0, 0.0], [5.0, 0.0]], 0.5, weights=[0.25, 0.75])
+    x = jnp.array([[-5.0, 0.0], [4.0, 1.0], [6.0, 0.0]])
+    log_w = jnp.log(jnp.array([0.7, 0.2, 0.1]))
+    np.testing.assert_allclose(metrics.mode_occupancy(m, x, log_w), [0.7, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(float(metrics.mode_tv(m, x, log_weights=log_w)), 0.45, rtol=1e-5)
+    with pytest.raises(ValueError, match="log_weights must have shape"):
+        metrics.mode_occupancy(m, x, jnp.zeros(2))
+    np.testing.assert_allclose(metrics.total_variation(jnp.eye(3), jnp.ones(3) / 3), [2 / 3] * 3)
+    with pytest.raises(ValueError, match="same length"):
+        metrics.total_variation(jnp.ones(2), jnp.ones(3))
+    centres = ring(8).means
+    batch = centres[jnp.array([0, 0, 3, 5])] + 0.1
+    assert int(metrics.distinct_modes(batch, centres)) == 3
+    stack = jnp.stack([batch, centres[:4]])
+    np.testing.assert_array_equal(
+        jax.vmap(metrics.distinct_modes, (0, None))(stack, centres), [3, 4]
+    )
+    pts = jnp.array([[0.0, 0.0], [0.3, 0.0], [5.0, 5.0], [9.0, 9.0]])
+    assert float(metrics.crowded_fraction(pts, 0.5)) == 0.5
+    assert float(metrics.crowded_fraction(pts, 0.1)) == 0.0
+    with pytest.raises(ValueError, match="radius"):
+        metrics.crowded_fraction(pts, -1.0)
 
 
 def test_energy_distance_known_values():

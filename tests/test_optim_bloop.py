@@ -82,7 +82,7 @@ def test_projected_aux_component_is_orthogonal_to_ema():
 def test_tree_project_is_orthogonal_and_guarded():
     u, v = random_tree(jax.random.key(2)), random_tree(jax.random.key(3))
     p = optim.tree_project(u, v, 1e-12)
-    assert abs(float(optim.tree_vdot(p, v))) < 1e-4
+    assert abs(float(optax.tree_utils.tree_vdot(p, v))) < 1e-4
     zero = jax.tree_util.tree_map(jnp.zeros_like, v)
     np.testing.assert_allclose(flat(optim.tree_project(u, zero)), flat(u))  # eps guards v = 0
 
@@ -234,7 +234,7 @@ def test_run_validation():
     with pytest.raises(ValueError, match="method must be one of"):
         optim.run(key, p, method="mgda")
     with pytest.raises(ValueError, match="multiple of record_every"):
-        optim.run(key, p, num_steps=10, record_every=3)
+        optim.run(key, p, n_steps=10, record_every=3)
     with pytest.raises(ValueError, match="learning_rate"):
         optim.run(key, p, learning_rate=0.0)
     with pytest.raises(ValueError, match="ema_rate"):
@@ -269,7 +269,7 @@ def test_least_squares_known_answer():
 def test_run_bloop_beats_sum_on_small_problem_and_is_deterministic():
     p = problems.least_squares(2, n=20, d=40)
     key = jax.random.key(1)
-    kw = dict(lam=0.1, ema_rate=0.05, learning_rate=0.02, num_steps=2000, batch_size=4)
+    kw = dict(lam=0.1, ema_rate=0.05, learning_rate=0.02, n_steps=2000, batch_size=4)
     _, h_bloop = optim.run(key, p, method="bloop", record_every=500, **kw)
     _, h_sum = optim.run(key, p, method="sum", record_every=500, **kw)
     assert h_bloop["distance"].shape == (5,) and int(h_bloop["step"][-1]) == 2000
@@ -286,7 +286,7 @@ def test_run_vmaps_over_lam():
     lams = jnp.array([0.0, 0.1, 1.0])
     fn = jax.vmap(
         lambda lam: optim.run(
-            jax.random.key(0), p, method="sum", lam=lam, num_steps=200, record_every=20
+            jax.random.key(0), p, method="sum", lam=lam, n_steps=200, record_every=20
         )[1]
     )
     h = fn(lams)
@@ -333,6 +333,9 @@ def test_switched_surgery_matches_each_method():
 
 
 def test_bloop_is_finite_for_tiny_and_unit_ema_rates():
+    """Why Bloop keeps its own bias correction: with a rate of 1e-9 the decay 1 - rate rounds to
+    1 in float32, and optax's tree_bias_correction (1 - decay^t) divides by zero; Bloop's
+    -expm1(t log1p(-rate)) stays exact, so the projection is on the (rescaled) first gradient."""
     stream = grad_stream(3, seed=7)
     for rho in (1e-9, 1.0):
         tx = optim.bloop(0.5, rho)
@@ -340,3 +343,15 @@ def test_bloop_is_finite_for_tiny_and_unit_ema_rates():
         for g, a in stream:
             d, state = tx.update(g, state, aux_grad=a)
             assert np.all(np.isfinite(flat(d)))
+    decay = jnp.float32(1.0) - jnp.float32(1e-9)
+    naive = optax.tree_utils.tree_bias_correction(state.ema, decay, state.count)
+    assert not np.all(np.isfinite(flat(naive)))
+    # with rho = 1e-9 the EMA after two steps is rho (g0 + g1) to first order: corrected, g0 + g1
+    tx = optim.bloop(0.5, 1e-9)
+    state = tx.init(stream[0][0])
+    for g, a in stream[:2]:
+        _, state = tx.update(g, state, aux_grad=a)
+    g0, g1, a2 = flat(stream[0][0]), flat(stream[1][0]), flat(stream[2][1])
+    d, _ = tx.update(stream[2][0], state, aux_grad=stream[2][1])
+    expected = flat(stream[2][0]) + 0.5 * project(a2, (g0 + g1) / 2, optim.DEFAULT_EPS)
+    np.testing.assert_allclose(flat(d), expected, rtol=1e-4, atol=1e-5)

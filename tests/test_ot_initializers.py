@@ -1,8 +1,8 @@
 """otdiff.ot.initializers: data-dependent Sinkhorn starts, checked against ott-jax and closed forms.
 
 References: ott-jax's own initializers (Gaussian; DualSort on pre-sorted input), the closed-form
-Gaussian potential written out below with NumPy/SciPy, the exact 1-D dual (monotone matching),
-and the zero start's solution (every start must reach the same optimum).
+Gaussian potential and W2 distance written out below with NumPy/SciPy, the exact 1-D dual
+(monotone matching), and the zero start's solution (every start must reach the same optimum).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from ott.initializers.linear import initializers as ott_init
 from ott.problems.linear import linear_problem
 
 from otdiff import ot
+from otdiff.data import gaussian_clouds
+from otdiff.ot.initializers import _gaussian_pair
 
 N = 60
 
@@ -27,7 +29,7 @@ def problem(x, y, eps=0.1, cost_fn=None):
 
 
 def clouds(n=N, d=2, seed=0):
-    return ot.gaussian_clouds(jax.random.key(seed), n, d)
+    return gaussian_clouds(jax.random.key(seed), n, d)
 
 
 def start(init, x, y):
@@ -93,14 +95,42 @@ def test_gmm_with_one_component_is_the_gaussian_start():
     np.testing.assert_allclose(gmm, gauss, atol=1e-3 * float(jnp.abs(gauss).max()))
 
 
+@pytest.mark.parametrize("d", [1, 3, 16])
+def test_gaussian_pieces_match_the_closed_form(d):
+    # W2^2 and the Kantorovich potential of the GMM start come from ott-jax's Gaussian; check both
+    # against SciPy's matrix square roots in float64.
+    rng = np.random.default_rng(d)
+    A, B = rng.standard_normal((2, d, d))
+    cov_a, cov_b = A @ A.T + 0.1 * np.eye(d), B @ B.T + 0.1 * np.eye(d)
+    m_a, m_b = rng.standard_normal((2, d))
+    x = rng.standard_normal((5, d))
+    args = [jnp.asarray(v, jnp.float32) for v in (m_a, cov_a, m_b, cov_b, x)]
+    w2, f = jax.jit(_gaussian_pair)(*args)
+    ra = scipy.linalg.sqrtm(cov_a).real
+    middle = scipy.linalg.sqrtm(ra @ cov_b @ ra).real
+    expected = np.sum((m_a - m_b) ** 2) + np.trace(cov_a + cov_b - 2 * middle)
+    np.testing.assert_allclose(w2, expected, rtol=1e-4)
+    T = np.linalg.inv(ra) @ middle @ np.linalg.inv(ra)  # the Brenier matrix
+    f_ref = (x**2).sum(1) - np.einsum("ni,ij,nj->n", x, T, x) - 2 * x @ (m_b - T @ m_a)
+    centred = lambda v: np.asarray(v, np.float64) - np.mean(v)
+    np.testing.assert_allclose(centred(f), centred(f_ref), atol=1e-4 * np.abs(f_ref).max())
+
+
 @pytest.mark.parametrize("name", ["zero", "gaussian", "subsample", "gmm"])
 def test_every_start_reaches_the_same_optimum(name):
     x, y = clouds(d=2)
     eps = float(ot.relative_epsilon(x, y, 0.05))
     ref = ot.solve(x, y, eps, threshold=1e-5, max_iterations=5000)
     options = {"subsample_n": 20} if name == "subsample" else {}
-    out = ot.solve_with_initializer(
-        x, y, eps, name, threshold=1e-5, max_iterations=5000, time_it=False, **options
+    out = ot.solve(
+        x,
+        y,
+        eps,
+        initializer=ot.make_initializer(name, **options),
+        key=jax.random.key(0),
+        threshold=1e-5,
+        max_iterations=5000,
+        inner_iterations=1,
     )
     assert bool(out.converged) and out.f0.shape == (N,) and out.f.shape == (N,)
     np.testing.assert_allclose(out.reg_ot_cost, ref.reg_ot_cost, rtol=1e-4)
@@ -110,26 +140,37 @@ def test_every_start_reaches_the_same_optimum(name):
 def test_sorting_start_saves_iterations_in_1d():
     x, y = clouds(n=200, d=1)
     eps = float(ot.relative_epsilon(x, y, 0.01))
-    zero = ot.solve_with_initializer(x, y, eps, "zero", time_it=False)
-    sort = ot.solve_with_initializer(x, y, eps, "sorting", time_it=False)
+    zero = ot.solve(x, y, eps, inner_iterations=1)
+    sort = ot.solve(x, y, eps, initializer=ot.SortingInitializer(), inner_iterations=1)
     assert int(sort.n_iterations) * 3 < int(zero.n_iterations)
     np.testing.assert_allclose(sort.reg_ot_cost, zero.reg_ot_cost, rtol=1e-4)
 
 
-def test_timing_fields_and_jit_vmap():
+def test_start_is_reported_and_starts_vmap_over_epsilon():
     x, y = clouds()
-    out = ot.solve_with_initializer(x, y, 0.1, "gaussian")
-    assert out.wall_time > 0 and out.first_call_time > 0
     a = b = jnp.full(N, 1.0 / N)
+    out = ot.solve(x, y, 0.1, initializer=ot.GaussianInitializer())
+    np.testing.assert_allclose(out.f0, start(ot.GaussianInitializer(), x, y), atol=1e-5)
+    np.testing.assert_array_equal(ot.solve(x, y, 0.1).f0, 0.0)
     eps = jnp.array([0.3, 0.1, 0.05])
     batched = jax.vmap(
         lambda e: (
-            ot.solve_core_with_initializer(
-                x, y, a, b, e, jnp.asarray(1e-3), jax.random.key(0), initializer="gaussian"
+            ot.solve_core(
+                x, y, a, b, e, jnp.asarray(1e-3), initializer=ot.GaussianInitializer()
             ).n_iterations
         )
     )(eps)
     assert batched.shape == (3,) and bool(jnp.all(batched[:-1] <= batched[1:]))
+
+
+def test_random_starts_follow_their_key():
+    x, y = clouds()
+    subsample = ot.make_initializer("subsample", subsample_n=10)
+    one, two, other = (
+        ot.solve(x, y, 0.1, initializer=subsample, key=jax.random.key(k)).f0 for k in (1, 1, 2)
+    )
+    np.testing.assert_array_equal(one, two)
+    assert float(jnp.max(jnp.abs(one - other))) > 1e-3
 
 
 def test_gradients_do_not_depend_on_the_start():
@@ -137,16 +178,16 @@ def test_gradients_do_not_depend_on_the_start():
     a = b = jnp.full(40, 1.0 / 40)
 
     def loss(p, name):
-        out = ot.solve_core_with_initializer(
+        out = ot.solve_core(
             p,
             y,
             a,
             b,
             jnp.asarray(0.1),
             jnp.asarray(1e-6),
-            jax.random.key(0),
-            initializer=name,
+            initializer=ot.make_initializer(name),
             max_iterations=5000,
+            inner_iterations=1,
         )
         return out.reg_ot_cost
 
@@ -159,23 +200,25 @@ def test_gradients_do_not_depend_on_the_start():
 
 def test_bad_input_names_the_argument():
     x, y = clouds()
+    gauss, sort = ot.GaussianInitializer(), ot.SortingInitializer()
     with pytest.raises(ValueError, match="epsilon"):
-        ot.solve_with_initializer(x, y, 0.0, "gaussian")
-    with pytest.raises(ValueError, match="epsilon"):
-        ot.solve_with_initializer(x, y, -1.0)
+        ot.solve(x, y, 0.0, initializer=gauss)
     with pytest.raises(ValueError, match="x must hold"):
-        ot.solve_with_initializer(np.zeros((0, 2)), y, 0.1)
-    with pytest.raises(ValueError, match="same dimension"):
-        ot.solve_with_initializer(x, np.zeros((5, 3)), 0.1)
+        ot.solve(np.zeros((0, 2)), y, 0.1, initializer=gauss)
     with pytest.raises(ValueError, match="initializer must be one of"):
-        ot.solve_with_initializer(x, y, 0.1, "bogus")
+        ot.make_initializer("bogus")
     with pytest.raises(ValueError, match="1-D"):
-        ot.solve_with_initializer(x, y, 0.1, "sorting")
+        ot.solve(x, y, 0.1, initializer=sort)
     x1, y1 = clouds(d=1)
     with pytest.raises(ValueError, match="as many points"):
-        ot.solve_with_initializer(x1, y1[:10], 0.1, "sorting")
-    with pytest.raises(ValueError, match="threshold"):
-        ot.solve_with_initializer(x, y, 0.1, threshold=0.0)
+        ot.solve(x1, y1[:10], 0.1, initializer=sort)
+    with pytest.raises(ValueError, match="uniform weights"):
+        ot.solve(x1, y1, 0.1, a=np.arange(N) / np.sum(np.arange(N)), initializer=sort)
+    for name in ("subsample", "gmm"):
+        with pytest.raises(ValueError, match="pass key="):
+            ot.solve(x, y, 0.1, initializer=ot.make_initializer(name))
+    with pytest.raises(ValueError, match="cost_fn must be the squared Euclidean"):
+        ot.solve(x, y, 0.1, initializer=gauss, cost_fn=costs.PNormP(1.5))
     with pytest.raises(ValueError, match="n_components"):
         ot.GaussianMixtureInitializer(n_components=0)
     with pytest.raises(ValueError, match="rtol"):

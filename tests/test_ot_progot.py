@@ -1,21 +1,24 @@
-"""otdiff.ot.progot: schedules, the fitted trajectory and its replay, ott-jax agreement, checks."""
+"""otdiff.ot.progot: schedules, state and step, the fitted trajectory and its replay, ott-jax
+agreement, other costs, online mode, checks."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _ot_costs import Mahalanobis
 from ott.geometry import pointcloud
 from ott.problems.linear import linear_problem
 from ott.tools import progot as ott_progot
 
-from otdiff import ot
+from otdiff import metrics, ot
+from otdiff.data import known_map_problem
 
 N, D = 60, 3
 
 
 @pytest.fixture(scope="module")
 def clouds():
-    x, y, x_test, _ = ot.known_map_problem(jax.random.key(0), N, D, n_test=40)
+    x, y, x_test, _ = known_map_problem(jax.random.key(0), N, D, n_test=40)
     return x, y, x_test
 
 
@@ -23,7 +26,15 @@ def clouds():
 def fitted(clouds):
     x, y, _ = clouds
     eps0 = ot.default_epsilon(x, y)
-    return ot.progot(x, y, num_steps=4, alphas="lin", epsilon_start=eps0, epsilon_end=0.1 * eps0)
+    return ot.progot(
+        x,
+        y,
+        n_steps=4,
+        alphas="lin",
+        epsilon_start=eps0,
+        epsilon_end=0.1 * eps0,
+        return_coupling=True,
+    )
 
 
 # -- schedules --------------------------------------------------------------------------------
@@ -31,10 +42,18 @@ def fitted(clouds):
 
 @pytest.mark.parametrize("kind", ot.ALPHA_SCHEDULES)
 @pytest.mark.parametrize("k", [1, 2, 4, 7])
-def test_alpha_schedules_match_ott(kind, k):
+def test_alpha_schedules_are_the_papers(kind, k):
+    # ot.alpha_schedule is ott-jax's get_alpha_schedule; check it against the closed forms of
+    # the paper's Section 4, written out here in float64.
+    steps = np.arange(k, dtype=np.float64)
+    closed = {
+        "lin": 1.0 / (k - steps),
+        "exp": np.full(k, np.exp(-1.0)),
+        "quad": (2 * steps + 3) / ((k + 1) ** 2 - (steps + 1) ** 2),
+    }[kind]
     ours = ot.alpha_schedule(kind, k)
-    theirs = ott_progot.get_alpha_schedule(kind, num_steps=k)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours, closed, rtol=1e-6)
+    np.testing.assert_allclose(ours, ott_progot.get_alpha_schedule(kind, num_steps=k), rtol=0)
     assert ours.shape == (k,) and bool(jnp.all((ours > 0) & (ours <= 1)))
 
 
@@ -93,7 +112,7 @@ def test_output_shapes_and_convergence(fitted):
     assert fitted.f.shape == (4, N) and fitted.g.shape == (4, N)
     assert fitted.coupling.shape == (N, N)
     assert bool(fitted.converged.all())
-    assert fitted.num_steps == 4
+    assert fitted.n_steps == 4
     assert int(fitted.total_iterations) == int(fitted.n_iterations.sum())
     assert float(fitted.marginal_error) < 2.5e-3
 
@@ -103,7 +122,7 @@ def test_transport_replays_the_fitted_trajectory(clouds, fitted):
     path = ot.transport(fitted, x, return_path=True)
     np.testing.assert_allclose(path, fitted.xs, atol=1e-4)
     np.testing.assert_allclose(ot.transport(fitted, x), fitted.xs[-1], atol=1e-4)
-    np.testing.assert_allclose(ot.transport(fitted, x, num_steps=2), fitted.xs[2], atol=1e-4)
+    np.testing.assert_allclose(ot.transport(fitted, x, n_steps=2), fitted.xs[2], atol=1e-4)
 
 
 def test_trajectory_follows_the_paper_recursion(clouds, fitted):
@@ -117,7 +136,7 @@ def test_trajectory_follows_the_paper_recursion(clouds, fitted):
 def test_entropic_map_is_the_barycentric_projection(clouds):
     x, y, _ = clouds
     eps = ot.default_epsilon(x, y)
-    out = ot.solve(x, y, eps, threshold=1e-6, max_iterations=5000)
+    out = ot.solve(x, y, eps, threshold=1e-6, max_iterations=5000, return_coupling=True)
     projection = (out.coupling @ y) / out.coupling.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(ot.entropic_map(x, y, out.g, eps), projection, atol=1e-4)
 
@@ -129,11 +148,9 @@ def test_last_coupling_cost_is_on_original_points(clouds, fitted):
 
 
 def test_map_is_close_to_the_known_map_in_2d():
-    x, y, x_test, y_test = ot.known_map_problem(jax.random.key(1), 400, 2, n_test=200)
-    out = ot.progot(x, y, num_steps=4)
-    error = jnp.mean(jnp.sum((ot.transport(out, x_test) - y_test) ** 2, axis=1))
-    variance = jnp.sum(jnp.var(y_test, axis=0))
-    assert float(error / variance) < 0.1
+    x, y, x_test, y_test = known_map_problem(jax.random.key(1), 400, 2, n_test=200)
+    out = ot.progot(x, y, n_steps=4)
+    assert float(metrics.map_error(ot.transport(out, x_test), y_test)) < 0.1
 
 
 # -- agreement with ott-jax where the two should agree -------------------------------------------
@@ -148,7 +165,7 @@ def _ott_fit(x, y, alphas, epsilons, **kwargs):
 def test_one_step_agrees_with_ott(clouds):
     x, y, x_test = clouds
     alphas, eps = jnp.ones(1), jnp.array([0.5])
-    ours = ot.progot(x, y, alphas=alphas, epsilons=eps, threshold=1e-4)
+    ours = ot.progot(x, y, alphas=alphas, epsilons=eps, threshold=1e-4, return_coupling=True)
     theirs = _ott_fit(x, y, alphas, eps, threshold=1e-4)
     step = theirs.get_output(0)
     np.testing.assert_allclose(ours.coupling, step.matrix, atol=1e-6)
@@ -222,9 +239,9 @@ def test_select_end_epsilon_picks_from_the_grid(clouds):
 
 def test_bad_inputs_raise_clear_errors(clouds):
     x, y, _ = clouds
-    with pytest.raises(ValueError, match="num_steps"):
-        ot.progot(x, y, num_steps=0)
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="n_steps"):
+        ot.progot(x, y, n_steps=0)
+    with pytest.raises(ValueError, match="n_steps"):
         ot.alpha_schedule("lin", 0)
     with pytest.raises(ValueError, match="kind"):
         ot.alpha_schedule("cubic", 3)
@@ -232,7 +249,7 @@ def test_bad_inputs_raise_clear_errors(clouds):
         ot.progot(x, y, alphas=jnp.array([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"alphas must all lie in \(0, 1\]"):
         ot.progot(x, y, alphas=jnp.array([0.0, 1.0]))
-    with pytest.raises(ValueError, match="at least one step"):
+    with pytest.raises(ValueError, match="alphas must be a non-empty 1-D array"):
         ot.progot(x, y, alphas=jnp.zeros(0))
     with pytest.raises(ValueError, match="epsilons"):
         ot.progot(x, y, alphas=jnp.ones(2) / 2, epsilons=jnp.array([1.0, 0.0]))
@@ -252,3 +269,64 @@ def test_bad_inputs_raise_clear_errors(clouds):
         ot.progot(x, y, warm_start="yes")
     with pytest.raises(ValueError, match="kind"):
         ot.epsilon_schedule(jnp.ones(1), 1.0, 0.1, kind="cosine")
+
+
+# -- state, init, step ----------------------------------------------------------------------------
+
+
+def test_the_run_is_init_then_steps(clouds, fitted):
+    x, y, _ = clouds
+    a = jnp.full(N, 1.0 / N)
+    state = ot.progot_init(x, y)
+    np.testing.assert_array_equal(state.f, 0.0)
+    step = jax.jit(lambda s, alpha, eps, tau: ot.progot_step(s, alpha, eps, tau, y=y, a=a, b=a))
+    for k in range(fitted.n_steps):
+        alpha, eps, tau = fitted.alphas[k], fitted.epsilons[k], fitted.thresholds[k]
+        previous = state
+        state, info = step(state, alpha, eps, tau)
+        assert int(info.n_iterations) == int(fitted.n_iterations[k])
+        np.testing.assert_allclose(info.g, fitted.g[k], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(state.x, fitted.xs[k + 1], atol=1e-4)
+        np.testing.assert_allclose(state.g, (1 - alpha) * info.g, rtol=1e-6)
+        # the fit moves points with the same update as the out-of-sample map
+        moved = ot.displace(previous.x, y, info.g, eps, alpha)
+        np.testing.assert_allclose(moved, state.x, atol=1e-5)
+
+
+def test_online_progot_matches_the_dense_fit(clouds, fitted):
+    x, y, _ = clouds
+    online = ot.progot(
+        x,
+        y,
+        alphas=fitted.alphas,
+        epsilons=fitted.epsilons,
+        chunk_size=16,
+        return_coupling=True,
+    )
+    np.testing.assert_array_equal(online.n_iterations, fitted.n_iterations)
+    np.testing.assert_allclose(online.xs, fitted.xs, atol=1e-4)
+    np.testing.assert_allclose(online.transport_cost, fitted.transport_cost, rtol=1e-5)
+    np.testing.assert_allclose(online.coupling, fitted.coupling, atol=1e-6)
+
+
+def test_progot_with_a_translation_invariant_cost(clouds):
+    x, y, x_test = clouds
+    M = jnp.diag(jnp.array([2.0, 1.0, 0.5]))
+    cost_fn = Mahalanobis(M)
+    fit = ot.progot(x, y, cost_fn=cost_fn, n_steps=3, return_coupling=True)
+    assert bool(fit.converged.all()) and isinstance(fit.cost_fn, Mahalanobis)
+    np.testing.assert_allclose(ot.transport(fit, x, return_path=True), fit.xs, atol=1e-4)
+    # its cost is measured with the cost it was fitted with
+    expected = jnp.sum(fit.coupling * ot.cost_matrix(x, y, cost_fn))
+    np.testing.assert_allclose(fit.transport_cost, expected, rtol=1e-5)
+    # default epsilons are ott-jax's defaults for this cost
+    np.testing.assert_allclose(fit.epsilons[0], ot.default_epsilon(x, y, cost_fn), rtol=1e-6)
+    assert ot.transport(fit, x_test).shape == x_test.shape
+
+
+def test_a_jitted_progot_with_a_bad_epsilon_raises(clouds):
+    x, y, _ = clouds
+    alphas = ot.alpha_schedule("lin", 2)
+    with pytest.raises(Exception, match="epsilon must be a finite number > 0"):
+        run = jax.jit(lambda e: ot.progot(x, y, alphas=alphas, epsilons=e).xs)
+        jax.block_until_ready(run(jnp.array([1.0, -0.5])))

@@ -1,4 +1,4 @@
-"""otdiff.smc: weights, ESS, unbiased resampling, the Feynman-Kac sampler and its evidence."""
+"""otdiff.smc: weights, ESS, unbiased resampling, the Feynman-Kac kernel and its evidence."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 
 from otdiff import smc
 
-METHODS = smc.RESAMPLING
+METHODS = tuple(smc.RESAMPLERS)
 
 
 # -- weights and ESS ------------------------------------------------------------------------------
@@ -59,6 +59,14 @@ def test_bad_log_weights_raise(bad, match):
         smc.resample_indices(jax.random.key(0), bad)
 
 
+def test_resamplers_are_plain_functions():
+    for name, fn in smc.RESAMPLERS.items():
+        assert fn.__name__ == name and fn is getattr(smc, name)
+        assert "n_samples" in fn.__doc__ or "Arguments" in fn.__doc__
+        idx = fn(jax.random.key(0), jnp.array([0.5, 0.5]), 6)
+        assert idx.shape == (6,) and idx.dtype == jnp.int32
+
+
 # -- resampling --------------------------------------------------------------------------------------
 
 
@@ -68,7 +76,7 @@ def test_resampling_is_unbiased(method):
     w = jnp.array([0.01, 0.04, 0.15, 0.3, 0.05, 0.25, 0.2, 0.0])
     n, reps = w.shape[0], 4000
     keys = jax.random.split(jax.random.key(0), reps)
-    fn = getattr(smc, method)
+    fn = smc.RESAMPLERS[method]
     idx = jax.vmap(lambda k: fn(k, w))(keys)
     counts = jax.vmap(lambda i: jnp.bincount(i, length=n))(idx)
     mean = np.asarray(counts, np.float64).mean(0)
@@ -100,6 +108,32 @@ def test_systematic_has_lower_variance_than_multinomial():
     assert var(smc.systematic) < var(smc.stratified) < var(smc.multinomial)
 
 
+@pytest.mark.parametrize("method", ["systematic", "stratified"])
+def test_zero_weights_are_never_selected_for_large_n(method):
+    """N = 100,000 with a zero weight in the middle and ten trailing zeros, 2,000 draws. In float32
+    the last uniform (N - 1 + U)/N rounds to 1 when U > 0.996, the inverse-CDF search ran past the
+    end and was clipped onto the last (zero-weight) particle: before the fix, 4 (systematic) and
+    5 (stratified) of these 2,000 draws selected a zero-weight particle."""
+    n = 100_000
+    w = np.ones(n, np.float32)
+    w[50_000] = 0.0
+    w[-10:] = 0.0
+    w = jnp.asarray(w / w.sum())
+    fn = smc.RESAMPLERS[method]
+    zero_picks = jax.jit(lambda keys, w: jax.lax.map(lambda k: jnp.sum(w[fn(k, w)] == 0), keys))
+    counts = zero_picks(jax.random.split(jax.random.key(0), 2000), w)
+    assert int(jnp.sum(counts)) == 0
+
+
+def test_inverse_cdf_at_the_ends():
+    """The search itself: u = 0, u just below 1 and u = 1 all land on positive weights."""
+    from otdiff.smc import _inverse_cdf
+
+    w = jnp.array([0.0, 0.3, 0.0, 0.7, 0.0, 0.0])
+    u = jnp.array([0.0, 0.3, np.nextafter(np.float32(1), np.float32(0)), 1.0])
+    np.testing.assert_array_equal(np.asarray(_inverse_cdf(w, u)), [1, 3, 3, 3])
+
+
 def test_resample_indices_from_log_weights():
     lw = jnp.log(jnp.array([0.0, 1.0, 0.0]))
     idx = smc.resample_indices(jax.random.key(0), lw, 5)
@@ -127,10 +161,17 @@ def test_resampler_rejects_bad_weights(weights, match):
         smc.systematic(jax.random.key(0), weights)
 
 
-def test_bad_method_and_sizes():
-    with pytest.raises(ValueError, match="method"):
-        smc.resample_indices(jax.random.key(0), jnp.zeros(3), method="residual")
-    with pytest.raises(ValueError, match="num_samples"):
+def test_a_jitted_resampler_with_weights_off_the_simplex_raises():
+    draw = jax.jit(lambda w: smc.systematic(jax.random.key(0), w))
+    draw(jnp.array([0.25, 0.75]))
+    with pytest.raises(Exception, match="weights must be non-negative and sum to one"):
+        jax.block_until_ready(draw(jnp.array([0.2, 0.2])))
+
+
+def test_bad_resampler_and_sizes():
+    with pytest.raises(TypeError, match="resampler"):
+        smc.resample_indices(jax.random.key(0), jnp.zeros(3), resampler="residual")
+    with pytest.raises(ValueError, match="n_samples"):
         smc.systematic(jax.random.key(0), jnp.ones(3) / 3, 0)
 
 
@@ -204,7 +245,8 @@ def _kalman_model(ys=None):
 def test_log_evidence_matches_the_kalman_filter(method):
     model, ys = _kalman_model()
     exact = _kalman_log_evidence(np.asarray(ys, np.float64))
-    run = jax.jit(jax.vmap(lambda k: smc.run(k, model, 2000, method=method).log_evidence))
+    resampler = smc.RESAMPLERS[method]
+    run = jax.jit(jax.vmap(lambda k: smc.run(k, model, 2000, resampler=resampler).log_evidence))
     estimates = np.asarray(run(jax.random.split(jax.random.key(0), 32)), np.float64)
     # one estimate has a standard deviation of about 0.1 here: the mean of 32, about 0.018
     assert abs(estimates.mean() - exact) < 0.07, (estimates.mean(), exact)
@@ -259,6 +301,24 @@ def test_run_is_deterministic_and_jit_safe():
     np.testing.assert_allclose(a.particles, b.particles, rtol=1e-5)
 
 
+def test_kernel_is_the_runs_step():
+    """init + build_kernel reproduce run (same keys), blackjax-style."""
+    model, ys = _kalman_model()
+    key = jax.random.key(6)
+    out = smc.run(key, model, 200, ess_threshold=0.7)
+    k_init, k_run = jax.random.split(key)
+    state = smc.init(k_init, model, 200)
+    assert isinstance(state, smc.SMCState)
+    kernel = jax.jit(smc.build_kernel(model, smc.systematic))
+    for k, inp in zip(jax.random.split(k_run, ys.shape[0] - 1), model.inputs, strict=True):
+        state, info = kernel(k, state, inp, 0.7)
+    assert isinstance(info, smc.SMCInfo)
+    np.testing.assert_allclose(state.log_evidence, out.log_evidence, rtol=1e-5)
+    np.testing.assert_allclose(state.particles, out.particles, rtol=1e-5)
+    with pytest.raises(TypeError, match="FeynmanKac"):
+        smc.build_kernel((model.init, model.step), smc.systematic)
+
+
 def test_particles_must_be_at_least_one():
     model, _ = _kalman_model()
     with pytest.raises(ValueError, match="n_particles"):
@@ -275,8 +335,13 @@ def test_nan_potentials_raise_a_clear_error():
         return x, jnp.full(x.shape, jnp.nan)
 
     model = smc.FeynmanKac(init, step, jnp.zeros(3))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(Exception, match="NaN"):
         smc.run(jax.random.key(0), model, 10)
+    # and inside jit, where value checks cannot run, the guard raises at run time
+    with pytest.raises(Exception, match="log-weights became NaN"):
+        jax.block_until_ready(
+            jax.jit(lambda k: smc.run(k, model, 10).log_weights)(jax.random.key(0))
+        )
 
 
 def test_zero_weights_everywhere_do_not_produce_nan():

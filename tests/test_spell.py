@@ -5,9 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from otdiff import spell
 from otdiff.data import exact_score, ring
-from otdiff.diffusion import euler_maruyama, vp_linear
+from otdiff.diffusion import LinearVP, euler_maruyama, spell
 
 
 def brute_force(x, z, r, valid=None):
@@ -25,8 +24,8 @@ def brute_force(x, z, r, valid=None):
 @pytest.fixture(scope="module")
 def ring_setup():
     mixture = ring()
-    sde = vp_linear()
-    return mixture, sde, exact_score(mixture, sde)
+    process = LinearVP()
+    return mixture, process, exact_score(mixture, process)
 
 
 # -- the term ---------------------------------------------------------------------------------
@@ -159,15 +158,15 @@ def test_nearest_distance_and_in_shield():
 
 
 def test_hook_applies_strength_times_delta_at_the_denoised_prediction(ring_setup):
-    mixture, sde, score = ring_setup
+    mixture, process, score = ring_setup
     from otdiff.diffusion import denoiser
 
     x = jax.random.normal(jax.random.key(7), (64, 2)) * 3.0
     t = jnp.asarray(0.3)
     z = mixture.means[:3]
-    hook = spell.repellency_hook(score, sde, z, radius=1.5, strength=1.6)
+    hook = spell.repellency_hook(score, process, z, radius=1.5, strength=1.6)
     x_new, info = jax.jit(hook)(x, t)
-    x0 = jax.vmap(denoiser(score, sde), in_axes=(0, None))(x, t)
+    x0 = jax.vmap(denoiser(score, process), in_axes=(0, None))(x, t)
     rep = spell.repellency(x0, z, 1.5)
     np.testing.assert_allclose(x_new, x + 1.6 * rep.delta, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(info.active), np.asarray(rep.n_active > 0))
@@ -178,19 +177,19 @@ def test_hook_applies_strength_times_delta_at_the_denoised_prediction(ring_setup
 
 
 def test_dynamic_hook_adds_the_batch_term_to_the_bank(ring_setup):
-    _, sde, score = ring_setup
+    _, process, score = ring_setup
     from otdiff.diffusion import denoiser
 
     x = jax.random.normal(jax.random.key(8), (16, 2))
     bank = jax.random.normal(jax.random.key(9), (30, 2)) * 2
     t = jnp.asarray(0.05)
-    hook = spell.repellency_hook(score, sde, bank, radius=0.7, strength=1.0, mode="dynamic")
+    hook = spell.repellency_hook(score, process, bank, radius=0.7, strength=1.0, mode="dynamic")
     x_new, _ = jax.jit(hook)(x, t)
-    x0 = jax.vmap(denoiser(score, sde), in_axes=(0, None))(x, t)
+    x0 = jax.vmap(denoiser(score, process), in_axes=(0, None))(x, t)
     expected = spell.repellency(x0, bank, 0.7).delta + spell.batch_repellency(x0, 0.7).delta
     np.testing.assert_allclose(x_new - x, expected, rtol=1e-4, atol=1e-5)
     # and with no bank, only the batch term
-    hook = spell.repellency_hook(score, sde, radius=0.7, strength=1.0, mode="dynamic")
+    hook = spell.repellency_hook(score, process, radius=0.7, strength=1.0, mode="dynamic")
     x_only, _ = jax.jit(hook)(x, t)
     np.testing.assert_allclose(
         x_only - x, spell.batch_repellency(x0, 0.7).delta, rtol=1e-4, atol=1e-5
@@ -198,21 +197,23 @@ def test_dynamic_hook_adds_the_batch_term_to_the_bank(ring_setup):
 
 
 def test_radius_zero_reproduces_the_plain_sampler(ring_setup):
-    _, sde, score = ring_setup
+    _, process, score = ring_setup
     key = jax.random.key(10)
     k_init, k_run = jax.random.split(key)
-    x_init = sde.prior_sample(k_init, (64, 2))
-    plain = euler_maruyama(k_run, score, sde, x_init, 50)
-    shielded = spell.sample(key, score, sde, 64, 2, radius=0.0, protected=x_init[:3], n_steps=50)
+    x_init = process.prior_sample(k_init, (64, 2))
+    plain = euler_maruyama(k_run, score, process, x_init, 50)
+    shielded = spell.sample(
+        key, score, process, 64, 2, radius=0.0, protected=x_init[:3], n_steps=50
+    )
     np.testing.assert_allclose(shielded.x, plain.x, rtol=1e-6, atol=1e-6)
     assert float(shielded.aux.active_fraction.max()) == 0.0
 
 
 def test_static_shield_empties_the_protected_modes(ring_setup):
-    mixture, sde, score = ring_setup
+    mixture, process, score = ring_setup
     protected = mixture.means[:2]
     key = jax.random.key(11)
-    res = spell.sample(key, score, sde, 400, 2, radius=1.0, protected=protected, n_steps=60)
+    res = spell.sample(key, score, process, 400, 2, radius=1.0, protected=protected, n_steps=60)
     assert res.aux.active.shape == (60, 400)
     assert res.aux.t.shape == (60,)
     inside = float(jnp.mean(spell.in_shield(res.x, protected, 1.0)))
@@ -223,22 +224,22 @@ def test_static_shield_empties_the_protected_modes(ring_setup):
 
 
 def test_ddim_accepts_the_hook(ring_setup):
-    mixture, sde, score = ring_setup
+    mixture, process, score = ring_setup
     protected = mixture.means[:2]
     res = spell.sample(
-        jax.random.key(12), score, sde, 200, 2, radius=1.0, protected=protected, sampler="ddim",
+        jax.random.key(12), score, process, 200, 2, radius=1.0, protected=protected, sampler="ddim",
         n_steps=40,
     )  # fmt: skip
     assert float(jnp.mean(spell.in_shield(res.x, protected, 1.0))) < 0.02
 
 
 def test_dynamic_batches_spread_over_modes(ring_setup):
-    mixture, sde, score = ring_setup
+    mixture, process, score = ring_setup
     keys = jax.random.split(jax.random.key(13), 32)
 
     def distinct(r):
         xs = jax.vmap(
-            lambda k: spell.sample(k, score, sde, 8, 2, radius=r, mode="dynamic", n_steps=60).x
+            lambda k: spell.sample(k, score, process, 8, 2, radius=r, mode="dynamic", n_steps=60).x
         )(keys)
         labels = jnp.argmin(jnp.linalg.norm(xs[..., None, :] - mixture.means, axis=-1), -1)
         return float(
@@ -249,11 +250,11 @@ def test_dynamic_batches_spread_over_modes(ring_setup):
 
 
 def test_sample_batches_repels_earlier_batches(ring_setup):
-    _, sde, score = ring_setup
+    _, process, score = ring_setup
 
     def close_to_earlier(radius):
         res = spell.sample_batches(
-            jax.random.key(14), score, sde, 4, 6, 2, radius=radius, n_steps=40
+            jax.random.key(14), score, process, 4, 6, 2, radius=radius, n_steps=40
         )
         assert res.x.shape == (4, 6, 2)
         assert res.aux.active.shape == (4, 40, 6)
@@ -270,11 +271,11 @@ def test_sample_batches_repels_earlier_batches(ring_setup):
 
 
 def test_radius_is_dynamic_no_recompilation(ring_setup):
-    mixture, sde, score = ring_setup
+    mixture, process, score = ring_setup
     protected = mixture.means[:2]
     run = jax.jit(
         lambda r, s: spell.sample(
-            jax.random.key(0), score, sde, 16, 2, radius=r, strength=s, protected=protected,
+            jax.random.key(0), score, process, 16, 2, radius=r, strength=s, protected=protected,
             n_steps=10,
         ).x
     )  # fmt: skip
@@ -287,36 +288,64 @@ def test_radius_is_dynamic_no_recompilation(ring_setup):
 
 
 def test_bad_input_raises_clear_errors(ring_setup):
-    _, sde, score = ring_setup
+    _, process, score = ring_setup
     x = jnp.zeros((4, 2))
     z = jnp.ones((3, 2))
     with pytest.raises(ValueError, match="radius"):
         spell.repellency(x, z, -1.0)
     with pytest.raises(ValueError, match="radius"):
-        spell.repellency_hook(score, sde, z, radius=-0.1)
+        spell.repellency_hook(score, process, z, radius=-0.1)
     with pytest.raises(ValueError, match="strength"):
-        spell.repellency_hook(score, sde, z, radius=1.0, strength=-1.0)
+        spell.repellency_hook(score, process, z, radius=1.0, strength=-1.0)
     with pytest.raises(ValueError, match="same dimension"):
         spell.repellency(x, jnp.ones((3, 5)), 1.0)
     with pytest.raises(ValueError, match="empty"):
         spell.repellency(x, jnp.zeros((0, 2)), 1.0)
     with pytest.raises(ValueError, match="empty"):
-        spell.repellency_hook(score, sde, jnp.zeros((0, 2)), radius=1.0)
+        spell.repellency_hook(score, process, jnp.zeros((0, 2)), radius=1.0)
     with pytest.raises(ValueError, match="protected is required"):
-        spell.repellency_hook(score, sde, radius=1.0)
+        spell.repellency_hook(score, process, radius=1.0)
     with pytest.raises(ValueError, match="mode"):
-        spell.repellency_hook(score, sde, z, radius=1.0, mode="both")
+        spell.repellency_hook(score, process, z, radius=1.0, mode="both")
     with pytest.raises(ValueError, match="chunk_size"):
         spell.repellency(x, z, 1.0, chunk_size=0)
     with pytest.raises(ValueError, match="protected_mask"):
         spell.repellency(x, z, 1.0, protected_mask=jnp.ones(5, bool))
     with pytest.raises(ValueError, match="dim"):
-        spell.sample(jax.random.key(0), score, sde, 4, 2, radius=1.0, protected=jnp.ones((3, 5)))
+        spell.sample(
+            jax.random.key(0), score, process, 4, 2, radius=1.0, protected=jnp.ones((3, 5))
+        )
     with pytest.raises(ValueError, match="sampler"):
-        spell.sample(jax.random.key(0), score, sde, 4, 2, radius=1.0, protected=z, sampler="ode")
+        spell.sample(
+            jax.random.key(0), score, process, 4, 2, radius=1.0, protected=z, sampler="ode"
+        )
     with pytest.raises(ValueError, match="NaN"):
         spell.repellency(x, jnp.full((3, 2), jnp.nan), 1.0)
     # a hook whose protected set does not match the sampler's dimension
-    hook = spell.repellency_hook(score, sde, jnp.ones((3, 5)), radius=1.0)
+    hook = spell.repellency_hook(score, process, jnp.ones((3, 5)), radius=1.0)
     with pytest.raises(ValueError, match="same dimension"):
-        euler_maruyama(jax.random.key(0), score, sde, x, 5, hook=hook)
+        euler_maruyama(jax.random.key(0), score, process, x, 5, hook=hook)
+    with pytest.raises(ValueError, match="t_min"):
+        spell.sample(jax.random.key(0), score, process, 4, 2, radius=1.0, protected=z, t_min=1.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(radius=-1.0), "radius must be a finite number >= 0"),
+        (dict(strength=-1.0), "strength must be a finite number >= 0"),
+        (dict(t_min=1.5), "t_min must lie"),
+    ],
+)
+def test_a_jitted_spell_sampler_with_a_bad_value_raises(ring_setup, kwargs, match):
+    """Under jit the eager checks see tracers; the guards raise at run time instead of NaN."""
+    mixture, process, score = ring_setup
+    values = dict(radius=1.0, strength=1.6, t_min=1e-3) | kwargs
+    draw = jax.jit(
+        lambda radius, strength, t_min: spell.sample(
+            jax.random.key(0), score, process, 8, 2, radius=radius, strength=strength,
+            protected=mixture.means[:2], n_steps=5, t_min=t_min,
+        ).x
+    )  # fmt: skip
+    with pytest.raises(Exception, match=match):
+        jax.block_until_ready(draw(**values))

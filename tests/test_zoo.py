@@ -17,7 +17,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from otdiff import zoo
-from otdiff.diffusion.training import read_checkpoint_metadata, split_model
+from otdiff.checkpoint import read_metadata as read_checkpoint_metadata
+from otdiff.train import split
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = {"data": 0}
@@ -28,17 +29,30 @@ def tiny_data(seed):
     return np.asarray(jax.random.normal(jax.random.key(seed), (128, 2)) + 2.0)
 
 
-def tiny_model(key):
-    from otdiff.diffusion.networks import ScoreMLP
+def tiny_model(key, process):
+    from otdiff.diffusion import ScoreMLP
 
-    return ScoreMLP(2, hidden=(8, 8), embed_dim=8, key=key)
+    return ScoreMLP(2, hidden=(8, 8), embed_dim=8, key=key, data_std=1.0, process=process)
+
+
+def tiny_process():
+    from otdiff.diffusion import LinearVP
+
+    return LinearVP()
+
+
+def tiny_loss(process):
+    from otdiff.diffusion import dsm_loss
+
+    return jax.tree_util.Partial(dsm_loss, process=process)
 
 
 TINY = zoo.Recipe(
     name="tiny_test",
-    dim=2,
     make_data=tiny_data,
     make_model=tiny_model,
+    make_loss=tiny_loss,
+    make_process=tiny_process,
     n_steps=20,
     batch_size=16,
     chunk_size=10,
@@ -47,7 +61,7 @@ TINY = zoo.Recipe(
 
 
 def flat(module):
-    return np.asarray(ravel_pytree(split_model(module)[0])[0])
+    return np.asarray(ravel_pytree(split(module)[0])[0])
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +74,7 @@ def tmp_cache(tmp_path, monkeypatch):
 
 def test_registry_and_errors():
     assert {"ring8", "digits"} <= set(zoo.available())
-    assert zoo.recipe("ring8").dim == 2 and zoo.recipe("digits").dim == 64
+    assert zoo.recipe("ring8").n_steps > 0 and zoo.recipe("digits").parameterisation == "eps"
     with pytest.raises(ValueError, match="available"):
         zoo.load("no_such_model")
     with pytest.raises(TypeError, match="name"):
@@ -75,13 +89,18 @@ def test_registry_and_errors():
         zoo.Recipe(**{**TINY.__dict__, "n_steps": 0})
     with pytest.raises(TypeError, match="Recipe"):
         zoo.register("ring8")
+    with pytest.raises(ValueError, match="parameterisation"):
+        zoo.Recipe(**{**TINY.__dict__, "parameterisation": "velocity_and_more"})
+    with pytest.raises(TypeError, match="make_loss"):
+        zoo.Recipe(**{**TINY.__dict__, "make_loss": None})
 
 
 def test_recipe_hash_changes_with_the_recipe():
     h = TINY.fingerprint()
     assert h == zoo.Recipe(**TINY.__dict__).fingerprint()
     assert h != zoo.Recipe(**{**TINY.__dict__, "n_steps": 21}).fingerprint()
-    assert h != zoo.Recipe(**{**TINY.__dict__, "make_model": lambda key: None}).fingerprint()
+    assert h != zoo.Recipe(**{**TINY.__dict__, "make_model": lambda key, p: None}).fingerprint()
+    assert h != zoo.Recipe(**{**TINY.__dict__, "make_loss": lambda p: None}).fingerprint()
     assert h == zoo.Recipe(**{**TINY.__dict__, "description": "other words"}).fingerprint()
 
 
@@ -100,7 +119,7 @@ def test_trains_once_then_loads_from_cache(tmp_cache, capsys):
     # a usable score on one point, consistent with the model
     x, t = jnp.array([1.0, -1.0]), 0.5
     np.testing.assert_allclose(
-        second.score(x, t), -second.model(x, t) / second.sde.sigma(t), rtol=1e-6
+        second.score(x, t), -second.model(x, t) / second.process.sigma(t), rtol=1e-6
     )
     assert zoo.training_losses(TINY, seed=3).shape == (20,)
 
@@ -132,9 +151,9 @@ def test_corrupt_file_is_rebuilt_with_a_warning(tmp_cache, damage):
 
 def test_interrupted_training_resumes(tmp_cache, monkeypatch):
     reference = zoo.load(TINY, seed=5, verbose=False, cache=tmp_cache / "ref")
-    from otdiff.diffusion import training
+    from otdiff import train
 
-    real_fit = training.fit
+    real_fit = train.fit
 
     def interrupted_fit(*args, **kwargs):
         def stop(step, loss):
@@ -143,21 +162,21 @@ def test_interrupted_training_resumes(tmp_cache, monkeypatch):
 
         return real_fit(*args, **kwargs, callback=stop)
 
-    monkeypatch.setattr(training, "fit", interrupted_fit)
+    monkeypatch.setattr(train, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         zoo.load(TINY, seed=5, verbose=False)
     (ckpt,) = tmp_cache.glob("*.train.ckpt")
     assert read_checkpoint_metadata(ckpt)["step"] == 10
     assert not list(tmp_cache.glob("tiny_test-seed5-*[0-9a-f].ckpt"))  # no final file yet
-    monkeypatch.setattr(training, "fit", real_fit)
+    monkeypatch.setattr(train, "fit", real_fit)
     resumed = zoo.load(TINY, seed=5, verbose=False)
     np.testing.assert_array_equal(flat(resumed.model), flat(reference.model))
     # a damaged resume checkpoint is dropped with a warning and training starts over
     zoo.clear("tiny_test")
-    monkeypatch.setattr(training, "fit", interrupted_fit)
+    monkeypatch.setattr(train, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         zoo.load(TINY, seed=5, verbose=False)
-    monkeypatch.setattr(training, "fit", real_fit)
+    monkeypatch.setattr(train, "fit", real_fit)
     (ckpt,) = tmp_cache.glob("*.train.ckpt")
     ckpt.write_bytes(ckpt.read_bytes()[:50])
     with pytest.warns(UserWarning, match="from scratch"):
@@ -215,6 +234,30 @@ def test_concurrent_processes_train_once(tmp_cache):
     assert outs[0]["sum"] == outs[1]["sum"]
     assert len(list(tmp_cache.glob("tiny_test-seed11-*.ckpt"))) == 1
     assert not list(tmp_cache.glob(".*tmp"))
+
+
+def test_a_generic_recipe_without_a_process(tmp_cache):
+    """Any model, loss and data: a regression on a pytree of data, cached like the others."""
+
+    def data(seed):
+        x = np.asarray(jax.random.normal(jax.random.key(seed), (64, 3)))
+        return {"x": x, "y": x @ np.array([1.0, -1.0, 2.0])}
+
+    def model(key, process):
+        return {"w": jnp.zeros(3)}
+
+    def loss(process):
+        return lambda params, key, batch: jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+
+    recipe = zoo.Recipe(
+        name="tiny_regression", make_data=data, make_model=model, make_loss=loss, n_steps=200,
+        batch_size=16, learning_rate=0.05, chunk_size=100, parameterisation="other",
+    )  # fmt: skip
+    trained = zoo.load(recipe, verbose=False)
+    assert trained.process is None and trained.score is None
+    np.testing.assert_allclose(trained.model["w"], [1.0, -1.0, 2.0], atol=0.05)
+    again = zoo.load(recipe, verbose=False)
+    assert not again.info["trained_now"]
 
 
 def test_clear(tmp_cache):

@@ -1,19 +1,22 @@
 """otdiff: the library of the interactive textbook on optimal transport and diffusion models.
 
-Subpackages mirror the book's chapters:
+Modules, by layer (a layer imports only the layers above it in this list):
 
-- :mod:`otdiff.config`: scale presets (``demo``/``full``), the device report, notebook set-up.
-- :mod:`otdiff.ui`: explorers, live widgets and sweep players from one pure function.
-- :mod:`otdiff.viz`: the plots chapters share.
-- :mod:`otdiff.ot`: entropic optimal transport on top of ott-jax.
-- :mod:`otdiff.optim`: gradient surgery (Bloop and its baselines) as optax transformations.
-- :mod:`otdiff.diffusion`: the VP SDE, denoising score matching, samplers, likelihoods, networks
-  and training.
-- :mod:`otdiff.data`: densities with exact (noised) log-densities and scores; the 8x8 digits.
-- :mod:`otdiff.metrics`: mode occupancy, energy distance, Sinkhorn divergence, a digit judge.
-- :mod:`otdiff.zoo`: trained models shared between chapters, cached on disk.
-- :mod:`otdiff.smc`, :mod:`otdiff.energy`: sequential Monte Carlo and energy-based diffusion.
-- :mod:`otdiff.spell`: sparse repellency for shielded generation.
+1. foundation: :mod:`otdiff._checks` (input checks and jit guards), :mod:`otdiff.config` (scale
+   presets, the device report, notebook set-up);
+2. shared machinery: :mod:`otdiff.nn` (time-conditioned networks), :mod:`otdiff.train` (train
+   state, pure step from any loss, chunked ``fit`` with EMA and resume),
+   :mod:`otdiff.checkpoint` (atomic, pickle-free files), :mod:`otdiff.data` (densities with exact
+   noised log-densities, the digits), :mod:`otdiff.metrics`, :mod:`otdiff.smc` (weights,
+   resamplers, Feynman-Kac kernels);
+3. the cores: :mod:`otdiff.ot` (entropic optimal transport on ott-jax) and
+   :mod:`otdiff.diffusion` (forward processes, losses, the sampler driver and its step kernels,
+   likelihoods, networks);
+4. the papers, beside their core: :mod:`otdiff.diffusion.composition`,
+   :mod:`otdiff.diffusion.energy`, :mod:`otdiff.diffusion.spell`, the ProgOT and initializer
+   modules of :mod:`otdiff.ot`, :mod:`otdiff.optim` (Bloop);
+5. the reader's tools: :mod:`otdiff.zoo` (trained models shared between chapters),
+   :mod:`otdiff.ui` (explorers), :mod:`otdiff.viz` (plots).
 
 House style (after optax, blackjax, ott-jax and equinox): pure functions over NamedTuple states,
 the random key first, safe under ``jit``/``vmap``; inputs checked outside jitted code with errors

@@ -22,6 +22,7 @@ import numpy as np
 
 SCALES = ("demo", "full")
 ENV_VAR = "OTDIFF_SCALE"
+SEED_OFFSET_VAR = "OTDIFF_SEED_OFFSET"
 
 T = TypeVar("T")
 
@@ -60,6 +61,52 @@ def choose(*, demo: T, full: T, scale: str | None = None) -> T:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
     return demo if scale == "demo" else full
+
+
+def seed_offset() -> int:
+    """The shift ``$OTDIFF_SEED_OFFSET`` applies to every seed of the tests and chapters (default 0).
+
+    A statistical claim must hold for any draw, not for one lucky seed: running the tests and the
+    chapters with offsets 0, 1, 2, ... (``make robust``) checks that it does.
+
+    Raises:
+        ValueError: if the variable is set to anything but a non-negative integer.
+    """
+    value = os.environ.get(SEED_OFFSET_VAR, "").strip()
+    if not value:
+        return 0
+    try:
+        offset = int(value)
+    except ValueError:
+        offset = -1
+    if offset < 0:
+        raise ValueError(
+            f"{SEED_OFFSET_VAR}={os.environ[SEED_OFFSET_VAR]!r} is not a seed offset; "
+            "accepted values are non-negative integers."
+        )
+    return offset
+
+
+def seed(base: int = 0) -> int:
+    """``base`` shifted by :func:`seed_offset`: how chapters and tests spell a seed.
+
+    ``jax.random.key(config.seed(3))`` is ``jax.random.key(3)`` by default and
+    ``jax.random.key(3 + k)`` under ``OTDIFF_SEED_OFFSET=k``.
+    """
+    return _shift(base, "base")
+
+
+def _shift(base, name: str) -> int:
+    if isinstance(base, bool) or not isinstance(base, int | np.integer) or base < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {base!r}.")
+    return int(base) + seed_offset()
+
+
+def seeds(n: int, start: int = 0) -> list[int]:
+    """``n`` consecutive seeds from ``start``, shifted by :func:`seed_offset` (for averaging)."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}.")
+    return [seed(start + i) for i in range(int(n))]
 
 
 def cache_dir() -> Path:
@@ -123,8 +170,8 @@ BOOK_STYLE: dict[str, Any] = {
 def setup_notebook(seed: int = 0, *, quiet: bool = False, compilation_cache: bool = True) -> str:
     """The one call at the top of every chapter.
 
-    Seeds Python's and NumPy's generators (JAX's randomness is explicit: chapters make their keys
-    with ``jax.random.key(seed)``), applies the book's matplotlib style, enables JAX's persistent
+    Seeds Python's and NumPy's generators with ``seed(seed)`` (shifted by ``$OTDIFF_SEED_OFFSET``;
+    JAX's randomness is explicit: chapters make their keys with ``jax.random.key(config.seed(k))``), applies the book's matplotlib style, enables JAX's persistent
     compilation cache in the user cache folder, and prints a one-line banner naming the device
     and the preset.
 
@@ -136,16 +183,16 @@ def setup_notebook(seed: int = 0, *, quiet: bool = False, compilation_cache: boo
     Returns:
         The active preset, ``"demo"`` or ``"full"``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    shifted = _shift(seed, "seed")
     import matplotlib as mpl
 
-    random.seed(int(seed))
-    np.random.seed(int(seed))  # noqa: NPY002 (seeds the legacy global generator on purpose)
+    random.seed(shifted)
+    np.random.seed(shifted)  # noqa: NPY002 (seeds the legacy global generator on purpose)
     mpl.rcParams.update(BOOK_STYLE)
     if compilation_cache:
         enable_compilation_cache()
     scale = active_scale()
     if not quiet:
-        print(device_report())
+        offset = seed_offset()
+        print(device_report() + (f"; seeds shifted by {offset}" if offset else ""))
     return scale

@@ -1,15 +1,19 @@
 """Sample-quality metrics the diffusion chapters share.
 
-* :func:`mode_occupancy` / :func:`mode_tv`: the share of samples assigned to each component of a
-  mixture (by posterior responsibility) and its total-variation distance to the mixture weights,
-  :math:`\\tfrac12\\sum_k |\\hat w_k - w_k|`.
+* :func:`mode_occupancy` / :func:`mode_tv`: the share of samples (or of their weight, for
+  weighted particles) assigned to each component of a mixture (by posterior responsibility) and
+  its total-variation distance to the mixture weights, :math:`\\tfrac12\\sum_k |\\hat w_k - w_k|`
+  (:func:`total_variation`).
+* :func:`distinct_modes` / :func:`crowded_fraction`: diversity of a batch, the number of
+  distinct modes it reaches and the share of its samples with a near neighbour.
 * :func:`energy_distance`: :math:`2\\mathbb E\\|X - Y\\| - \\mathbb E\\|X - X'\\| - \\mathbb
   E\\|Y - Y'\\|` (U-statistics for the within-sample terms), zero iff the laws agree.
 * :func:`sinkhorn_divergence`: ott-jax's debiased Sinkhorn divergence :cite:`cuturi2022ott`.
 * :class:`DigitClassifier`: a logistic regression on the real 8x8 digits (scikit-learn, fitted
   in about a second): an independent judge of generated digits.
 
-Taught in: book/diffusion/01_score_based.ipynb
+Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+book/diffusion/03_spell.ipynb
 """
 
 from __future__ import annotations
@@ -18,28 +22,88 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff._checks import check_in_range, check_points, check_positive, check_same_dim
+from otdiff._checks import (
+    check_in_range,
+    check_log_weights,
+    check_nonnegative,
+    check_points,
+    check_positive,
+    check_same_dim,
+)
 
 __all__ = [
     "mode_occupancy",
     "mode_tv",
+    "total_variation",
+    "distinct_modes",
+    "crowded_fraction",
     "energy_distance",
     "sinkhorn_divergence",
     "DigitClassifier",
 ]
 
 
-def mode_occupancy(mixture, x: jax.Array) -> jax.Array:
-    """The share of the points ``x`` (``(n, d)``) whose most likely component is each ``k``."""
+def mode_occupancy(mixture, x: jax.Array, log_weights: jax.Array | None = None) -> jax.Array:
+    """The share of the points ``x`` (``(n, d)``) whose most likely component is each ``k``.
+
+    With ``log_weights`` (``(n,)``, normalised: the particles of an SMC sampler), the share of
+    the *weight* in each component, :math:`\\sum_{i: k(x_i) = k} W^i`.
+    """
     x = check_points(x, "x")
     labels = jnp.argmax(mixture.responsibilities(x), axis=-1)
-    return jnp.bincount(labels, length=mixture.n_components) / x.shape[0]
+    if log_weights is None:
+        return jnp.bincount(labels, length=mixture.n_components) / x.shape[0]
+    log_weights = check_log_weights(log_weights)
+    if log_weights.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"log_weights must have shape ({x.shape[0]},), one per point, got {log_weights.shape}."
+        )
+    return jnp.zeros(mixture.n_components).at[labels].add(jnp.exp(log_weights))
 
 
-def mode_tv(mixture, x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Total variation between the mode occupancy of ``x`` and ``weights`` (the mixture's by default)."""
-    target = mixture.weights if weights is None else jnp.asarray(weights)
-    return 0.5 * jnp.sum(jnp.abs(mode_occupancy(mixture, x) - target))
+def total_variation(p: jax.Array, q: jax.Array) -> jax.Array:
+    """The total-variation distance :math:`\\tfrac12\\sum_k |p_k - q_k|` over the last axis."""
+    p, q = jnp.asarray(p), jnp.asarray(q)
+    if p.shape[-1] != q.shape[-1]:
+        raise ValueError(f"p and q must have the same length, got {p.shape[-1]} and {q.shape[-1]}.")
+    return 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
+
+
+def mode_tv(
+    mixture, x: jax.Array, target: jax.Array | None = None, log_weights: jax.Array | None = None
+) -> jax.Array:
+    """Total variation between the (weighted) mode occupancy of ``x`` and ``target`` (the
+    mixture's weights by default)."""
+    target = mixture.weights if target is None else jnp.asarray(target)
+    return total_variation(mode_occupancy(mixture, x, log_weights), target)
+
+
+def _nearest(x: jax.Array, centres: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Labels of the nearest centre and the distances to it, for ``x`` of shape ``(..., d)``."""
+    dist = jnp.linalg.norm(x[..., None, :] - centres, axis=-1)
+    return jnp.argmin(dist, axis=-1), jnp.min(dist, axis=-1)
+
+
+def distinct_modes(x: jax.Array, centres: jax.Array) -> jax.Array:
+    """The number of distinct centres (``(K, d)``) that the points of one batch ``x`` (``(n, d)``)
+    are nearest to: 1 if the whole batch collapses on one mode, ``min(n, K)`` at most.
+
+    ``jax.vmap`` it over a stack of batches.
+    """
+    centres = check_points(centres, "centres")
+    check_same_dim(x, centres, ("x", "centres"))
+    labels, _ = _nearest(x, centres)
+    return jnp.sum(jnp.bincount(labels, length=centres.shape[0]) > 0)
+
+
+def crowded_fraction(x: jax.Array, radius: float) -> jax.Array:
+    """The share of the points of ``x`` (``(n, d)``, ``n >= 2``) with another point closer than
+    ``radius`` (an exact, quadratic-cost diversity measure for small batches)."""
+    x = check_points(x, "x", min_points=2)
+    check_nonnegative(radius, "radius")
+    d2 = jnp.sum((x[:, None] - x[None]) ** 2, axis=-1)
+    d2 = jnp.where(jnp.eye(x.shape[0], dtype=bool), jnp.inf, d2)
+    return jnp.mean(jnp.min(d2, axis=1) < radius**2)
 
 
 def _mean_pairwise(x, y, exclude_diagonal):
@@ -108,3 +172,54 @@ class DigitClassifier:
     def accuracy(self, images, labels) -> float:
         """Accuracy on labelled images."""
         return float(np.mean(self.probabilities(images).argmax(axis=1) == np.asarray(labels)))
+
+
+# -- transport maps -----------------------------------------------------------------------------------
+# How well a map estimator recovers a known map (the optimal transport chapters).
+
+__all__ += ["map_error", "spread_ratio"]
+
+
+def map_error(pred: jax.Array, truth: jax.Array) -> jax.Array:
+    r"""The relative mean squared error of a map's images ``pred`` against the true ``truth``.
+
+    .. math::
+
+        \frac{\frac1n\sum_i \|\hat T(x_i) - T_0(x_i)\|^2}{\operatorname{tr}\operatorname{Cov}(T_0(x))},
+
+    zero for a perfect map and one for the constant map at the mean of the true images. Both
+    arrays have shape ``(n, d)`` (``n >= 2``); jit-able (a scalar array).
+
+    Taught in: book/ot/03_progot.ipynb
+    """
+    pred = check_points(pred, "pred")
+    truth = check_points(truth, "truth", min_points=2)
+    _check_same_shape(pred, truth)
+    return jnp.mean(jnp.sum((pred - truth) ** 2, axis=1)) / jnp.sum(jnp.var(truth, axis=0))
+
+
+def spread_ratio(pred: jax.Array, truth: jax.Array) -> jax.Array:
+    r"""How spread out a map's images are, relative to the true images.
+
+    .. math::
+
+        \frac{\operatorname{tr}\operatorname{Cov}(\hat T(x))}{\operatorname{tr}\operatorname{Cov}(T_0(x))}:
+
+    below one when the map shrinks towards the mean (as an entropic map with a large
+    :math:`\varepsilon` does :cite:`kassraie2024progot`). Shapes ``(n, d)`` and ``(m, d)``, each
+    with at least two points; jit-able (a scalar array).
+
+    Taught in: book/ot/03_progot.ipynb
+    """
+    pred = check_points(pred, "pred", min_points=2)
+    truth = check_points(truth, "truth", min_points=2)
+    check_same_dim(pred, truth, ("pred", "truth"))
+    return jnp.sum(jnp.var(pred, axis=0)) / jnp.sum(jnp.var(truth, axis=0))
+
+
+def _check_same_shape(pred: jax.Array, truth: jax.Array) -> None:
+    if pred.shape != truth.shape:
+        raise ValueError(
+            f"pred and truth must have the same shape (one image per point), got {pred.shape} "
+            f"and {truth.shape}."
+        )

@@ -1,4 +1,4 @@
-"""Sequential Monte Carlo: log-weights, effective sample size, resampling and a Feynman-Kac sampler.
+"""Sequential Monte Carlo: log-weights, effective sample size, resampling and Feynman-Kac kernels.
 
 A **Feynman-Kac model** :cite:`delmoral2004feynman` is a Markov chain :math:`X_0, \\dots, X_K`
 with initial law :math:`M_0` and kernels :math:`M_k(x_k \\mid x_{k-1})`, reweighted by
@@ -24,19 +24,26 @@ here, is biased low by Jensen's inequality). Everything is computed in log space
 ``logsumexp``: a weight is never exponentiated before it is normalised.
 
 The **effective sample size** of normalised weights :math:`W` is
-:math:`\\mathrm{ESS} = 1/\\sum_i (W^i)^2 \\in [1, N]`; the sampler resamples before a step when
+:math:`\\mathrm{ESS} = 1/\\sum_i (W^i)^2 \\in [1, N]`; the kernel resamples before a step when
 :math:`\\mathrm{ESS} < \\kappa N` (``ess_threshold`` :math:`\\kappa \\in (0, 1]`; 1 resamples at
-every step). Three unbiased resampling schemes (:math:`\\mathbb E[\\#\\text{copies of } i] = N W^i`)
-share one inverse-CDF search and differ in the uniforms they feed it:
+every step). A **resampler** is a plain function ``resampler(key, weights, n_samples) ->
+indices``; the three here are unbiased (:math:`\\mathbb E[\\#\\text{copies of } i] = N W^i`) and
+share one inverse-CDF search, differing in the uniforms they feed it:
 
-* multinomial: :math:`N` independent uniforms (sorted draws of the categorical law);
-* stratified: :math:`u_i = (i + U_i)/N` with independent :math:`U_i`;
-* systematic: :math:`u_i = (i + U)/N` with a single :math:`U` (lowest variance in practice).
+* :func:`multinomial`: :math:`N` independent uniforms (sorted draws of the categorical law);
+* :func:`stratified`: :math:`u_i = (i + U_i)/N` with independent :math:`U_i`;
+* :func:`systematic`: :math:`u_i = (i + U)/N` with a single :math:`U` (lowest variance in practice).
 
-The house style: the state is a NamedTuple (:class:`SMCState`), :func:`init` and :func:`step`
-are pure, :func:`run` is a ``jax.lax.scan``; the random key comes first. The ESS threshold is a
-dynamic float (a slider over it never recompiles); the number of particles and of steps are
-static.
+A particle of zero weight is never selected, for any :math:`N`: in float32 the last uniform of a
+large system can round up to 1 and the search then runs past the end, so the search maps any
+index it lands on to the nearest particle of positive weight.
+
+The house style (blackjax's shape): :func:`init` returns the state, :func:`build_kernel` closes
+over the model and the resampler and returns a pure ``kernel(key, state, inputs,
+ess_threshold) -> (state, info)``, and :func:`run` scans the kernel with ``jax.lax.scan``; the
+random key comes first. The ESS threshold is a dynamic float (a slider over it never recompiles);
+the number of particles and of steps are static. Inside ``jit`` the log-weights are guarded: a
+potential that returns NaN raises at run time.
 
 Taught in: book/diffusion/02_energy_smc.ipynb
 """
@@ -49,12 +56,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from otdiff._checks import check_in_range, check_int, is_concrete
+from otdiff._checks import (
+    check_in_range,
+    check_int,
+    check_log_weights,
+    check_weights,
+    guard_log_weights,
+    guard_simplex,
+)
 
 __all__ = [
-    "RESAMPLING",
+    "RESAMPLERS",
     "FeynmanKac",
     "SMCState",
     "SMCInfo",
@@ -68,60 +81,11 @@ __all__ = [
     "resample",
     "maybe_resample",
     "init",
-    "step",
+    "build_kernel",
     "run",
-    "check_ess_threshold",
 ]
 
-RESAMPLING = ("systematic", "stratified", "multinomial")
-
-
-# -- input checks -------------------------------------------------------------------------------
-
-
-def check_ess_threshold(ess_threshold: Any) -> Any:
-    """The ESS threshold :math:`\\kappa` must lie in ``(0, 1]`` (skipped under a transformation)."""
-    return check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
-
-
-def _check_log_weights(log_weights: Any, name: str = "log_weights") -> jax.Array:
-    arr = jnp.asarray(log_weights)
-    if arr.ndim != 1 or arr.shape[0] < 1:
-        raise ValueError(f"{name} must have shape (n,) with n >= 1, got shape {arr.shape}.")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if is_concrete(arr):
-        a = np.asarray(arr)
-        if np.any(np.isnan(a)):
-            raise ValueError(f"{name} contains NaN: every log-weight must be a number or -inf.")
-        if np.any(a == np.inf):
-            raise ValueError(f"{name} contains +inf: log-weights must be finite or -inf.")
-        if np.all(a == -np.inf):
-            raise ValueError(f"{name} are all -inf: at least one particle needs positive weight.")
-    return arr
-
-
-def _check_weights(weights: Any) -> jax.Array:
-    arr = jnp.asarray(weights)
-    if arr.ndim != 1 or arr.shape[0] < 1:
-        raise ValueError(f"weights must have shape (n,) with n >= 1, got shape {arr.shape}.")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if is_concrete(arr):
-        a = np.asarray(arr, np.float64)
-        if np.any(~np.isfinite(a)):
-            raise ValueError("weights contain NaN or infinite values.")
-        if np.any(a < 0):
-            raise ValueError("weights must be non-negative.")
-        if abs(a.sum() - 1.0) > 1e-3:
-            raise ValueError(f"weights must sum to one (within 1e-3), got a sum of {a.sum():.6g}.")
-    return arr
-
-
-def _check_method(method: str) -> str:
-    if method not in RESAMPLING:
-        raise ValueError(f"method must be one of {RESAMPLING}, got {method!r}.")
-    return method
+Resampler = Callable[[jax.Array, jax.Array, int], jax.Array]
 
 
 # -- weights --------------------------------------------------------------------------------------
@@ -153,7 +117,7 @@ def normalize_log_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]
     Raises:
         ValueError: on NaN or ``+inf`` entries, or if every weight is zero.
     """
-    return _normalize(_check_log_weights(log_weights))
+    return _normalize(check_log_weights(log_weights))
 
 
 def _ess(log_weights: jax.Array) -> jax.Array:
@@ -173,7 +137,7 @@ def ess(log_weights: jax.Array, *, relative: bool = False) -> jax.Array:
     Raises:
         ValueError: on NaN or ``+inf`` entries, or if every weight is zero.
     """
-    log_weights = _check_log_weights(log_weights)
+    log_weights = check_log_weights(log_weights)
     value = _ess(log_weights)
     return value / log_weights.shape[0] if relative else value
 
@@ -181,143 +145,143 @@ def ess(log_weights: jax.Array, *, relative: bool = False) -> jax.Array:
 # -- resampling -----------------------------------------------------------------------------------
 
 
-def _search(weights: jax.Array, u: jax.Array) -> jax.Array:
-    """Inverse CDF: for each ``u`` in [0, 1), the smallest ``i`` with ``cdf_i > u``."""
+def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """For each ``u`` in ``[0, 1]``, the smallest ``i`` with ``cdf_i > u``, never a zero weight.
+
+    ``u`` may reach 1 by float rounding (then the search returns ``n``), and a cumulative sum
+    computed in blocks need not repeat its value exactly across a zero weight; either way the
+    index found is mapped to the nearest particle of positive weight at or before it (after it,
+    for leading zeros). Integer ``cummax``/``cummin`` are exact.
+    """
+    n = weights.shape[0]
     cdf = jnp.cumsum(weights)
-    cdf = cdf / cdf[-1]  # exactly one at the end, whatever the float32 round-off
-    idx = jnp.searchsorted(cdf, u, side="right")
-    return jnp.clip(idx, 0, weights.shape[0] - 1)
+    cdf = cdf / cdf[-1]
+    idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
+    order = jnp.arange(n)
+    positive = weights > 0
+    last_positive = jax.lax.cummax(jnp.where(positive, order, -1))
+    next_positive = jax.lax.cummin(jnp.where(positive, order, n), reverse=True)
+    nearest = jnp.where(last_positive >= 0, last_positive, next_positive)
+    return nearest[idx]
 
 
-def _uniforms(key: jax.Array, method: str, num_samples: int, dtype) -> jax.Array:
-    if method == "systematic":
-        return (jnp.arange(num_samples, dtype=dtype) + jax.random.uniform(key, (), dtype)) / (
-            num_samples
+def _strata(n: int, offsets: jax.Array) -> jax.Array:
+    """:math:`u_i = (i + U_i)/n` (to float32's resolution of ``u`` near 1, about :math:`6\\times 10^{-8}`)."""
+    return (jnp.arange(n, dtype=offsets.dtype) + offsets) / n
+
+
+def _prepare(weights, n_samples) -> tuple[jax.Array, int]:
+    weights = check_weights(weights, None, "weights")
+    weights = weights.astype(jnp.promote_types(weights.dtype, jnp.float32))
+    n = weights.shape[0] if n_samples is None else n_samples
+    n = check_int(n, "n_samples", low=1)
+    return guard_simplex(weights, "weights"), n
+
+
+def multinomial(key: jax.Array, weights: jax.Array, n_samples: int | None = None) -> jax.Array:
+    """Multinomial resampling: ``n_samples`` i.i.d. draws of the categorical law ``weights``.
+
+    Args:
+        key: a JAX random key.
+        weights: ``(n,)`` probabilities (non-negative, summing to one).
+        n_samples: how many indices (static; default ``n``).
+
+    Returns:
+        ``(n_samples,)`` ancestor indices in increasing order.
+
+    Raises:
+        ValueError: for weights that are negative, non-finite or do not sum to one (at run time
+            too under ``jit``), or ``n_samples < 1``.
+    """
+    weights, n = _prepare(weights, n_samples)
+    u = jnp.sort(jax.random.uniform(key, (n,), weights.dtype))
+    return _inverse_cdf(weights, u)
+
+
+def stratified(key: jax.Array, weights: jax.Array, n_samples: int | None = None) -> jax.Array:
+    """Stratified resampling: one uniform in each stratum :math:`[i/N, (i+1)/N)`.
+
+    .. math:: u_i = (i + U_i)/N,\\quad U_i \\sim \\mathcal U[0, 1)\\ \\text{i.i.d.},\\qquad
+        a_i = \\min\\{j : \\textstyle\\sum_{l\\le j} W^l > u_i\\}.
+
+    Arguments, return value and errors as :func:`multinomial`.
+    """
+    weights, n = _prepare(weights, n_samples)
+    return _inverse_cdf(weights, _strata(n, jax.random.uniform(key, (n,), weights.dtype)))
+
+
+def systematic(key: jax.Array, weights: jax.Array, n_samples: int | None = None) -> jax.Array:
+    """Systematic resampling: one uniform shared by all strata.
+
+    .. math:: u_i = (i + U)/N,\\quad U \\sim \\mathcal U[0, 1),\\qquad
+        a_i = \\min\\{j : \\textstyle\\sum_{l\\le j} W^l > u_i\\}.
+
+    Each particle is copied :math:`\\lfloor NW^i\\rfloor` or :math:`\\lceil NW^i\\rceil` times.
+    Arguments, return value and errors as :func:`multinomial`.
+    """
+    weights, n = _prepare(weights, n_samples)
+    return _inverse_cdf(weights, _strata(n, jax.random.uniform(key, (), weights.dtype)))
+
+
+#: The resamplers by name, for widgets that choose one.
+RESAMPLERS = {"systematic": systematic, "stratified": stratified, "multinomial": multinomial}
+
+
+def _check_resampler(resampler) -> Resampler:
+    if not callable(resampler):
+        raise TypeError(
+            "resampler must be a function resampler(key, weights, n_samples) -> indices "
+            f"(e.g. otdiff.smc.systematic), got {resampler!r}."
         )
-    if method == "stratified":
-        u = jax.random.uniform(key, (num_samples,), dtype)
-        return (jnp.arange(num_samples, dtype=dtype) + u) / num_samples
-    return jnp.sort(jax.random.uniform(key, (num_samples,), dtype))
-
-
-def _indices(key, weights, num_samples, method):
-    weights = weights.astype(jnp.result_type(weights.dtype, jnp.float32))
-    return _search(weights, _uniforms(key, method, num_samples, weights.dtype))
-
-
-def _resampler(method: str):
-    def resampler(key: jax.Array, weights: jax.Array, num_samples: int | None = None) -> jax.Array:
-        weights = _check_weights(weights)
-        n = weights.shape[0] if num_samples is None else num_samples
-        n = check_int(n, "num_samples", low=1)
-        return _indices(key, weights, n, method)
-
     return resampler
 
 
-multinomial = _resampler("multinomial")
-multinomial.__name__ = multinomial.__qualname__ = "multinomial"
-multinomial.__doc__ = """Multinomial resampling: ``num_samples`` i.i.d. draws of the categorical law ``weights``.
-
-Args:
-    key: a JAX random key.
-    weights: ``(n,)`` probabilities (non-negative, summing to one).
-    num_samples: how many indices (static; default ``n``).
-
-Returns:
-    ``(num_samples,)`` ancestor indices in increasing order.
-"""
-
-stratified = _resampler("stratified")
-stratified.__name__ = stratified.__qualname__ = "stratified"
-stratified.__doc__ = """Stratified resampling: one uniform in each stratum :math:`[i/N, (i+1)/N)`.
-
-.. math:: u_i = (i + U_i)/N,\\quad U_i \\sim \\mathcal U[0, 1)\\ \\text{i.i.d.},\\qquad
-    a_i = \\min\\{j : \\textstyle\\sum_{l\\le j} W^l > u_i\\}.
-
-Arguments and return value as :func:`multinomial`.
-"""
-
-systematic = _resampler("systematic")
-systematic.__name__ = systematic.__qualname__ = "systematic"
-systematic.__doc__ = """Systematic resampling: one uniform shared by all strata.
-
-.. math:: u_i = (i + U)/N,\\quad U \\sim \\mathcal U[0, 1),\\qquad
-    a_i = \\min\\{j : \\textstyle\\sum_{l\\le j} W^l > u_i\\}.
-
-Each particle is copied :math:`\\lfloor NW^i\\rfloor` or :math:`\\lceil NW^i\\rceil` times.
-Arguments and return value as :func:`multinomial`.
-"""
-
-
 def resample_indices(
-    key: jax.Array, log_weights: jax.Array, num_samples: int | None = None, *, method="systematic"
+    key: jax.Array,
+    log_weights: jax.Array,
+    n_samples: int | None = None,
+    *,
+    resampler: Resampler = systematic,
 ) -> jax.Array:
-    """Ancestor indices drawn from (unnormalised) log-weights with the named scheme.
+    """Ancestor indices drawn from (unnormalised) log-weights with ``resampler``.
 
     Args:
         key: a JAX random key.
         log_weights: ``(n,)`` log-weights.
-        num_samples: how many indices (static; default ``n``).
-        method: ``"systematic"``, ``"stratified"`` or ``"multinomial"`` (static).
+        n_samples: how many indices (static; default ``n``).
+        resampler: :func:`systematic`, :func:`stratified`, :func:`multinomial` or any function
+            with their signature (static).
     """
-    _check_method(method)
-    log_weights = _check_log_weights(log_weights)
-    n = log_weights.shape[0] if num_samples is None else num_samples
-    n = check_int(n, "num_samples", low=1)
+    _check_resampler(resampler)
+    log_weights = check_log_weights(log_weights)
+    n = log_weights.shape[0] if n_samples is None else n_samples
+    n = check_int(n, "n_samples", low=1)
     normalized, _ = _normalize(log_weights)
-    return _indices(key, jnp.exp(normalized), n, method)
+    return resampler(key, jnp.exp(normalized), n)
 
 
 def _take(tree, idx):
     return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, idx, axis=0), tree)
 
 
-def resample(key: jax.Array, particles, log_weights: jax.Array, *, method: str = "systematic"):
+def resample(key: jax.Array, particles, log_weights: jax.Array, *, resampler=systematic):
     """Resample ``particles`` (a pytree of arrays with leading axis ``n``) by their log-weights.
 
     Returns:
         ``(particles, ancestors)``: the selected particles (equally weighted) and their indices.
     """
-    idx = resample_indices(key, log_weights, method=method)
+    idx = resample_indices(key, log_weights, resampler=resampler)
     return _take(particles, idx), idx
 
 
-def maybe_resample(
-    key: jax.Array,
-    particles,
-    log_weights: jax.Array,
-    ess_threshold: float = 0.5,
-    *,
-    method: str = "systematic",
-):
-    """Adaptive resampling: resample only when :math:`\\mathrm{ESS} < \\kappa n`.
-
-    Args:
-        key: a JAX random key.
-        particles: a pytree of arrays with leading axis ``n``.
-        log_weights: ``(n,)`` normalised log-weights.
-        ess_threshold: :math:`\\kappa \\in (0, 1]` (dynamic).
-        method: the resampling scheme (static).
-
-    Returns:
-        ``(particles, log_weights, ancestors, resampled)``; after a resampling the log-weights
-        are uniform, :math:`-\\log n`.
-    """
-    _check_method(method)
-    check_ess_threshold(ess_threshold)
-    log_weights = _check_log_weights(log_weights)
-    return _maybe_resample(key, particles, log_weights, ess_threshold, method)
-
-
-def _maybe_resample(key, particles, log_weights, ess_threshold, method):
+def _maybe_resample(key, particles, log_weights, ess_threshold, resampler):
     n = log_weights.shape[0]
     do = _ess(log_weights) < ess_threshold * n
     identity = jnp.arange(n)
 
     def yes(_):
         normalized, _lse = _normalize(log_weights)
-        return _indices(key, jnp.exp(normalized), n, method), jnp.full((n,), -math.log(n))
+        return resampler(key, jnp.exp(normalized), n), jnp.full((n,), -math.log(n))
 
     def no(_):
         return identity, log_weights
@@ -326,7 +290,34 @@ def _maybe_resample(key, particles, log_weights, ess_threshold, method):
     return _take(particles, idx), new_log_weights.astype(log_weights.dtype), idx, do
 
 
-# -- the Feynman-Kac sampler ---------------------------------------------------------------------
+def maybe_resample(
+    key: jax.Array,
+    particles,
+    log_weights: jax.Array,
+    ess_threshold: float = 0.5,
+    *,
+    resampler: Resampler = systematic,
+):
+    """Adaptive resampling: resample only when :math:`\\mathrm{ESS} < \\kappa n`.
+
+    Args:
+        key: a JAX random key.
+        particles: a pytree of arrays with leading axis ``n``.
+        log_weights: ``(n,)`` normalised log-weights.
+        ess_threshold: :math:`\\kappa \\in (0, 1]` (dynamic).
+        resampler: the resampling function (static).
+
+    Returns:
+        ``(particles, log_weights, ancestors, resampled)``; after a resampling the log-weights
+        are uniform, :math:`-\\log n`.
+    """
+    _check_resampler(resampler)
+    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
+    log_weights = check_log_weights(log_weights)
+    return _maybe_resample(key, particles, log_weights, ess_threshold, resampler)
+
+
+# -- Feynman-Kac models and their kernel ---------------------------------------------------------
 
 
 class FeynmanKac(NamedTuple):
@@ -362,7 +353,7 @@ class SMCState(NamedTuple):
 
 
 class SMCInfo(NamedTuple):
-    """What one step reports.
+    """What one kernel step reports.
 
     Attributes:
         ess: the effective sample size after the reweighting, in ``[1, n]``.
@@ -399,34 +390,23 @@ class SMCResult(NamedTuple):
 
 def _reweight(log_weights, log_g):
     """Fold ``log_g`` into normalised ``log_weights``: ``(new normalised, log increment)``."""
-    unnorm = log_weights + log_g
-    normalized, lse = _normalize(unnorm)
-    return normalized, lse
+    normalized, lse = _normalize(log_weights + log_g)
+    return guard_log_weights(normalized, "the log-weights"), lse
 
 
-def init(key: jax.Array, model: FeynmanKac, n_particles: int) -> tuple[SMCState, jax.Array]:
-    """Draw ``n_particles`` (static) from :math:`M_0` and weigh them by :math:`G_0`.
-
-    Returns:
-        ``(state, ess)``.
-    """
+def init(key: jax.Array, model: FeynmanKac, n_particles: int) -> SMCState:
+    """Draw ``n_particles`` (static) from :math:`M_0` and weigh them by :math:`G_0`."""
     n_particles = check_int(n_particles, "n_particles", low=1)
     particles, log_g = model.init(key, n_particles)
     uniform = jnp.full((n_particles,), -math.log(n_particles), jnp.result_type(log_g))
     log_weights, log_z = _reweight(uniform, log_g)
-    return SMCState(particles, log_weights, log_z), _ess(log_weights)
+    return SMCState(particles, log_weights, log_z)
 
 
-def step(
-    key: jax.Array,
-    state: SMCState,
-    model: FeynmanKac,
-    inputs: Any,
-    ess_threshold: float = 0.5,
-    *,
-    method: str = "systematic",
-) -> tuple[SMCState, SMCInfo]:
-    """One SMC step: resample if the ESS is below :math:`\\kappa n`, propagate, reweight.
+def build_kernel(model: FeynmanKac, resampler: Resampler = systematic) -> Callable:
+    """The SMC kernel of ``model``: ``kernel(key, state, inputs, ess_threshold=0.5) -> (state, info)``.
+
+    One step: resample if the ESS is below :math:`\\kappa n`, propagate, reweight,
 
     .. math::
 
@@ -435,15 +415,30 @@ def step(
         W_k^i \\propto W_{k-1}^{a^i} G_k(x_{k-1}^{a^i}, x_k^i),
 
     and :math:`\\log\\hat Z_k = \\log\\hat Z_{k-1} + \\log\\sum_i W_{k-1}^{a^i}G_k^i`.
+
+    Args:
+        model: the :class:`FeynmanKac` model (its ``step`` is the move and the potential).
+        resampler: ``resampler(key, weights, n_samples) -> indices`` (e.g. :func:`systematic`).
+
+    Returns:
+        The pure kernel; ``inputs`` is the step's slice of ``model.inputs``, ``ess_threshold``
+        :math:`\\kappa \\in (0, 1]` is dynamic.
     """
-    k_resample, k_move = jax.random.split(key)
-    particles, log_weights, ancestors, resampled = _maybe_resample(
-        k_resample, state.particles, state.log_weights, ess_threshold, method
-    )
-    particles, log_g = model.step(k_move, particles, inputs)
-    log_weights, log_increment = _reweight(log_weights, log_g)
-    new = SMCState(particles, log_weights, state.log_evidence + log_increment)
-    return new, SMCInfo(_ess(log_weights), resampled, log_increment, ancestors)
+    if not isinstance(model, FeynmanKac):
+        raise TypeError(f"model must be an otdiff.smc.FeynmanKac, got {type(model).__name__}.")
+    _check_resampler(resampler)
+
+    def kernel(key: jax.Array, state: SMCState, inputs: Any, ess_threshold: float = 0.5):
+        k_resample, k_move = jax.random.split(key)
+        particles, log_weights, ancestors, resampled = _maybe_resample(
+            k_resample, state.particles, state.log_weights, ess_threshold, resampler
+        )
+        particles, log_g = model.step(k_move, particles, inputs)
+        log_weights, log_increment = _reweight(log_weights, log_g)
+        new = SMCState(particles, log_weights, state.log_evidence + log_increment)
+        return new, SMCInfo(_ess(log_weights), resampled, log_increment, ancestors)
+
+    return kernel
 
 
 def run(
@@ -451,8 +446,8 @@ def run(
     model: FeynmanKac,
     n_particles: int,
     *,
+    resampler: Resampler = systematic,
     ess_threshold: float = 0.5,
-    method: str = "systematic",
     return_ancestors: bool = False,
 ) -> SMCResult:
     """Run the SMC sampler of a Feynman-Kac model over all its steps in one ``jax.lax.scan``.
@@ -461,9 +456,9 @@ def run(
         key: a JAX random key.
         model: the :class:`FeynmanKac` model.
         n_particles: the number of particles :math:`n` (static int >= 1).
+        resampler: the resampling function (static; default :func:`systematic`).
         ess_threshold: resample before a step when :math:`\\mathrm{ESS} < \\kappa n`,
             :math:`\\kappa \\in (0, 1]` (dynamic).
-        method: ``"systematic"``, ``"stratified"`` or ``"multinomial"`` (static).
         return_ancestors: also return the ``(K, n)`` parent indices (static).
 
     Returns:
@@ -471,38 +466,27 @@ def run(
         :math:`\\log\\hat Z`.
 
     Raises:
-        ValueError: for ``n_particles < 1``, an ``ess_threshold`` outside ``(0, 1]``, an unknown
-            ``method``, or (when called outside ``jit``) if a potential produced NaN weights.
+        ValueError: for ``n_particles < 1`` or an ``ess_threshold`` outside ``(0, 1]``; if a
+            potential produces NaN weights (at run time under ``jit``).
     """
     n_particles = check_int(n_particles, "n_particles", low=1)
-    check_ess_threshold(ess_threshold)
-    _check_method(method)
+    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
+    kernel = build_kernel(model, resampler)
     k_init, k_run = jax.random.split(key)
-    state, ess0 = init(k_init, model, n_particles)
+    state = init(k_init, model, n_particles)
     n_steps = jax.tree_util.tree_leaves(model.inputs)[0].shape[0]
     keys = jax.random.split(k_run, n_steps)
 
     def body(s, xs):
         k, inp = xs
-        s, info = step(k, s, model, inp, ess_threshold, method=method)
-        return s, info
+        return kernel(k, s, inp, ess_threshold)
 
-    state, infos = jax.lax.scan(body, state, (keys, model.inputs))
-    result = SMCResult(
-        state.particles,
-        state.log_weights,
-        state.log_evidence,
-        jnp.concatenate([ess0[None], infos.ess]),
+    final, infos = jax.lax.scan(body, state, (keys, model.inputs))
+    return SMCResult(
+        final.particles,
+        final.log_weights,
+        final.log_evidence,
+        jnp.concatenate([_ess(state.log_weights)[None], infos.ess]),
         infos.resampled,
         infos.ancestors if return_ancestors else None,
     )
-    _check_result(result)
-    return result
-
-
-def _check_result(result: SMCResult) -> None:
-    if is_concrete(result.log_weights) and bool(jnp.any(jnp.isnan(result.log_weights))):
-        raise ValueError(
-            "log_weights became NaN: a potential returned NaN (check the model's step for "
-            "inf - inf or an overflow; potentials should be computed in log space)."
-        )

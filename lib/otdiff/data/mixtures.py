@@ -92,9 +92,9 @@ class GaussianMixture(eqx.Module):
         chol = jnp.linalg.cholesky(self.covs)
         return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z), comp
 
-    def noised(self, sde, t: jax.Array) -> GaussianMixture:
-        """The exact marginal at diffusion time ``t`` of the VP ``sde`` started from this mixture."""
-        alpha, sigma = sde.alpha(t), sde.sigma(t)
+    def noised(self, process, t: jax.Array) -> GaussianMixture:
+        """The exact marginal at diffusion time ``t`` of the Gaussian ``process`` started from this mixture."""
+        alpha, sigma = process.alpha(t), process.sigma(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return GaussianMixture(
             alpha * self.means, alpha**2 * self.covs + sigma**2 * eye, self.weights
@@ -177,19 +177,19 @@ def grid(n_per_side: int = 3, spacing: float = 2.0, std: float = 0.3) -> Gaussia
     return gaussian_mixture(means, std)
 
 
-def exact_log_prob(mixture: GaussianMixture, sde):
-    """The exact noised log-density ``log_prob(x, t)`` of ``mixture`` under the VP ``sde``."""
+def exact_log_prob(mixture: GaussianMixture, process):
+    """The exact noised log-density ``log_prob(x, t)`` of ``mixture`` under the Gaussian ``process``."""
 
     def log_prob(x: jax.Array, t: jax.Array) -> jax.Array:
-        return mixture.noised(sde, t).log_prob(x)
+        return mixture.noised(process, t).log_prob(x)
 
     return log_prob
 
 
-def exact_score(mixture: GaussianMixture, sde):
+def exact_score(mixture: GaussianMixture, process):
     """The exact noised score ``score(x, t)`` :math:`= \\nabla_x\\log p_t(x)` of ``mixture``."""
 
     def score(x: jax.Array, t: jax.Array) -> jax.Array:
-        return mixture.noised(sde, t).score(x)
+        return mixture.noised(process, t).score(x)
 
     return score

@@ -102,9 +102,9 @@ class Checkerboard(eqx.Module):
         x0 = self.lows[sq] + self.side * u
         return self.alpha * x0 + self.sigma * jax.random.normal(k_z, (n, 2), self.lows.dtype)
 
-    def noised(self, sde, t: jax.Array) -> Checkerboard:
-        """The exact marginal at time ``t`` of the VP ``sde`` started from this density."""
-        a, s = sde.alpha(t), sde.sigma(t)
+    def noised(self, process, t: jax.Array) -> Checkerboard:
+        """The exact marginal at time ``t`` of the Gaussian ``process`` started from this density."""
+        a, s = process.alpha(t), process.sigma(t)
         return Checkerboard(
             self.lows, self.side, a * self.alpha, jnp.sqrt(a**2 * self.sigma**2 + s**2)
         )

@@ -1,64 +1,78 @@
-"""Score-based diffusion: the VP SDE, denoising score matching, samplers and likelihoods.
+"""Score-based diffusion: forward processes, denoising score matching, samplers and likelihoods.
 
-- :mod:`otdiff.diffusion.sde`: the VP SDE with linear and cosine schedules, closed-form marginals.
+The core:
+
+- :mod:`otdiff.diffusion.processes`: the abstract process and the linear and cosine VP schedules.
 - :mod:`otdiff.diffusion.losses`: denoising score matching, epsilon/score conversions, Tweedie.
-- :mod:`otdiff.diffusion.samplers`: reverse-SDE Euler–Maruyama (with its Gaussian kernel),
-  DDIM and the probability-flow ODE (diffrax).
+- :mod:`otdiff.diffusion.samplers`: the sampler driver and its step kernels (Euler–Maruyama with
+  its Gaussian kernel, DDIM), and the probability-flow ODE (diffrax).
 - :mod:`otdiff.diffusion.likelihood`: log-likelihoods by the instantaneous change of variables.
-- :mod:`otdiff.diffusion.networks`: Equinox noise predictors (an MLP, a small convolutional net).
-- :mod:`otdiff.diffusion.training`: a pure optax step with an EMA, data parallelism, checkpoints
-  and resumable :func:`~otdiff.diffusion.training.fit`.
+- :mod:`otdiff.diffusion.networks`: noise predictors (an MLP, a small conv net) and an energy MLP.
 
-A score is a function ``score(x, t)`` of one point ``x`` (shape ``(d,)``) and a scalar time.
+The papers built on it, each in its own module (import them by name):
+
+- :mod:`otdiff.diffusion.composition`: products, weights and background-relative composition of
+  scores and energies.
+- :mod:`otdiff.diffusion.energy`: energy distillation and the Feynman-Kac SMC model of
+  :cite:`thornton2025composition`.
+- :mod:`otdiff.diffusion.spell`: sparse repellency for shielded generation
+  :cite:`kirchhof2024spell`.
+
+Training is :func:`otdiff.train.fit` with the loss :func:`dsm_loss`. A score is a function
+``score(x, t)`` of one point ``x`` (shape ``(d,)``) and a scalar time.
 
 Taught in: book/diffusion/01_score_based.ipynb
 """
 
-from otdiff.diffusion import networks, training
+from otdiff.diffusion import networks
 from otdiff.diffusion.likelihood import DIVERGENCES, divergence, log_likelihood
 from otdiff.diffusion.losses import (
     WEIGHTINGS,
+    EpsScore,
     denoiser,
     dsm_loss,
     eps_from_score,
     score_from_eps,
     stratified_times,
 )
-from otdiff.diffusion.networks import InputScaling, ScoreConvNet, ScoreMLP, TimeEmbedding
+from otdiff.diffusion.networks import EnergyMLP, InputScaling, ScoreConvNet, ScoreMLP
+from otdiff.diffusion.processes import (
+    PROCESSES,
+    AbstractGaussianProcess,
+    AbstractProcess,
+    AbstractVP,
+    CosineVP,
+    LinearVP,
+    make_process,
+)
 from otdiff.diffusion.samplers import (
     SAMPLERS,
     SampleResult,
     batch_score,
     ddim,
+    ddim_step,
     euler_maruyama,
+    euler_maruyama_step,
     gaussian_log_prob,
     pf_ode_drift,
     probability_flow,
     reverse_kernel,
+    run_sampler,
     sample,
     time_grid,
 )
-from otdiff.diffusion.sde import SCHEDULES, VPSDE, check_times, make_sde, vp_cosine, vp_linear
-from otdiff.diffusion.training import (
-    CheckpointMismatchError,
-    CorruptCheckpointError,
-    FitResult,
-    TrainState,
-    data_parallel_mesh,
-    fit,
-    load_checkpoint,
-    save_checkpoint,
-)
 
 __all__ = [
-    "VPSDE",
-    "vp_linear",
-    "vp_cosine",
-    "make_sde",
-    "SCHEDULES",
-    "check_times",
+    "AbstractProcess",
+    "AbstractGaussianProcess",
+    "AbstractVP",
+    "LinearVP",
+    "CosineVP",
+    "PROCESSES",
+    "make_process",
     "dsm_loss",
     "WEIGHTINGS",
+    "EpsScore",
     "score_from_eps",
     "eps_from_score",
     "denoiser",
@@ -69,6 +83,9 @@ __all__ = [
     "batch_score",
     "reverse_kernel",
     "gaussian_log_prob",
+    "euler_maruyama_step",
+    "ddim_step",
+    "run_sampler",
     "euler_maruyama",
     "ddim",
     "probability_flow",
@@ -78,17 +95,8 @@ __all__ = [
     "divergence",
     "DIVERGENCES",
     "networks",
-    "training",
-    "TimeEmbedding",
     "InputScaling",
     "ScoreMLP",
     "ScoreConvNet",
-    "TrainState",
-    "FitResult",
-    "CorruptCheckpointError",
-    "CheckpointMismatchError",
-    "data_parallel_mesh",
-    "fit",
-    "save_checkpoint",
-    "load_checkpoint",
+    "EnergyMLP",
 ]

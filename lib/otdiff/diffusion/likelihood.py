@@ -1,18 +1,19 @@
 """Exact log-likelihoods of a diffusion model by the probability-flow ODE.
 
-Along the probability-flow ODE :math:`\\dot x = v(x, t)` the log-density obeys the instantaneous
+Along the probability-flow ODE :math:`\\dot x = v(x, t)`, :math:`v = f - \\tfrac12 g^2 s`
+(:meth:`otdiff.diffusion.AbstractProcess.ode_drift`), the log-density obeys the instantaneous
 change of variables, :math:`\\tfrac{d}{dt}\\log p_t(x_t) = -\\nabla\\!\\cdot v(x_t, t)`, so
 
 .. math::
 
     \\log p_{t_{\\min}}(x) = \\log p_1(x_1) + \\int_{t_{\\min}}^{1}\\nabla\\!\\cdot v(x_t, t)\\,dt,
-    \\qquad \\nabla\\!\\cdot v = -\\tfrac12\\beta(t)\\big(d + \\nabla\\!\\cdot s(x, t)\\big),
 
 integrated forwards from the data point :math:`x` at :math:`t_{\\min}` together with
-:math:`x_t`, with :math:`p_1 \\approx \\mathcal N(0, I)` :cite:`song2021scorebased`. The
-divergence is exact (the trace of the Jacobian, ``d`` forward-mode passes) or Hutchinson's
-unbiased estimate :math:`z^\\top (\\partial s/\\partial x) z` with one Rademacher ``z`` per
-point, fixed along the path (one forward-mode pass), for high dimension.
+:math:`x_t`, with :math:`p_1` the process's reference law :cite:`song2021scorebased` (for the VP
+processes :math:`\\nabla\\!\\cdot v = -\\tfrac12\\beta(t)(d + \\nabla\\!\\cdot s)`). The
+divergence of the whole velocity is exact (the trace of its Jacobian, ``d`` forward-mode passes)
+or Hutchinson's unbiased estimate :math:`z^\\top (\\partial v/\\partial x) z` with one
+Rademacher ``z`` per point, fixed along the path (one forward-mode pass), for high dimension.
 
 Taught in: book/diffusion/01_score_based.ipynb
 """
@@ -25,7 +26,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from otdiff._checks import check_in_range, check_int, check_points
+from otdiff._checks import check_choice, check_in_range, check_int, check_points
+from otdiff.diffusion.processes import AbstractProcess
 
 __all__ = ["DIVERGENCES", "log_likelihood", "divergence"]
 
@@ -42,7 +44,7 @@ def divergence(fn: Callable[[jax.Array], jax.Array], x: jax.Array, z: jax.Array 
 
 def log_likelihood(
     score: Callable[[jax.Array, jax.Array], jax.Array],
-    sde,
+    process: AbstractProcess,
     x: jax.Array,
     *,
     key: jax.Array | None = None,
@@ -56,7 +58,7 @@ def log_likelihood(
 
     Args:
         score: per-point score ``score(x, t)``.
-        sde: the :class:`~otdiff.diffusion.VPSDE`.
+        process: the forward process.
         x: the points, ``(n, d)``.
         key: required for ``method="hutchinson"`` (the probe vectors).
         method: ``"exact"`` (Jacobian trace) or ``"hutchinson"`` (static).
@@ -70,23 +72,23 @@ def log_likelihood(
     """
     x = check_points(x, "x")
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
-    if method not in DIVERGENCES:
-        raise ValueError(f"method must be one of {DIVERGENCES}, got {method!r}.")
+    check_choice(method, "method", DIVERGENCES)
     if method == "hutchinson":
         if key is None:
             raise ValueError("key is required for method='hutchinson' (the probe vectors).")
         probes = jax.random.rademacher(key, x.shape, dtype=x.dtype)
     else:
         probes = jnp.zeros_like(x)
-    n, d = x.shape
 
     def one_point(x0, probe):
         def field(t, state, args):
             y, _ = state
-            beta = sde.beta(t)
-            div_s = divergence(lambda u: score(u, t), y, None if method == "exact" else probe)
-            v = -0.5 * beta * (y + score(y, t))
-            return v, -0.5 * beta * (d + div_s)
+
+            def velocity(u):
+                return process.ode_drift(u, t, score(u, t))
+
+            div_v = divergence(velocity, y, None if method == "exact" else probe)
+            return velocity(y), div_v
 
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(field),
@@ -99,6 +101,6 @@ def log_likelihood(
             max_steps=check_int(max_steps, "max_steps", low=1),
         )
         y1, int_div = sol.ys[0][-1], sol.ys[1][-1]
-        return sde.prior_log_prob(y1) + int_div
+        return process.prior_log_prob(y1) + int_div
 
     return jax.vmap(one_point)(x, probes)

@@ -1,7 +1,7 @@
 """Denoising score matching, the score of an epsilon-predictor, and Tweedie's denoiser.
 
 For :math:`x_t = \\alpha_t x_0 + \\sigma_t\\varepsilon`, the conditional score is
-:math:`\\nabla\\log p_{t|0}(x_t\\mid x_0) = -\\varepsilon/\\sigma_t`, and (Vincent, 2011)
+:math:`\\nabla\\log p_{t|0}(x_t\\mid x_0) = -\\varepsilon/\\sigma_t`, and :cite:`vincent2011connection`
 
 .. math::
 
@@ -17,12 +17,13 @@ so regressing the noise, :math:`\\hat\\varepsilon_\\theta \\approx \\varepsilon`
     \\|\\hat\\varepsilon_\\theta(\\alpha_t x_0 + \\sigma_t\\varepsilon, t) - \\varepsilon\\|^2
 
 with :math:`w = 1` (``"eps"``, the "simple" loss of :cite:`ho2020denoising`, i.e. score matching
-weighted by :math:`\\sigma_t^2`) or :math:`w = \\beta(t)/\\sigma_t^2` (``"likelihood"``: score
+weighted by :math:`\\sigma_t^2`) or :math:`w = g(t)^2/\\sigma_t^2` (``"likelihood"``: score
 matching weighted by :math:`g(t)^2`, which bounds the negative log-likelihood
 :cite:`song2021scorebased`). Times are drawn stratified on :math:`[t_{\\min}, 1]`.
 
 Tweedie's formula gives the posterior mean of the clean point:
-:math:`\\mathbb E[X_0\\mid X_t = x] = (x + \\sigma_t^2\\nabla\\log p_t(x))/\\alpha_t`.
+:math:`\\mathbb E[X_0\\mid X_t = x] = (x + \\sigma_t^2\\nabla\\log p_t(x))/\\alpha_t`
+(:meth:`otdiff.diffusion.AbstractGaussianProcess.denoise`).
 
 Taught in: book/diffusion/01_score_based.ipynb
 """
@@ -31,14 +32,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from otdiff._checks import check_in_range, is_concrete
+from otdiff._checks import check_choice, check_in_range, check_times
+from otdiff.diffusion.processes import AbstractGaussianProcess
 
 __all__ = [
     "WEIGHTINGS",
     "dsm_loss",
+    "EpsScore",
     "score_from_eps",
     "eps_from_score",
     "denoiser",
@@ -62,68 +66,81 @@ def stratified_times(key: jax.Array, n: int, t_min: float = 1e-3) -> jax.Array:
 
 def dsm_loss(
     model: Callable[[jax.Array, jax.Array], jax.Array],
-    sde,
     key: jax.Array,
     x0: jax.Array,
+    process: AbstractGaussianProcess,
     *,
     weighting: str = "eps",
     t_min: float = 1e-3,
 ) -> jax.Array:
     """The denoising score-matching loss of an epsilon-predictor on a batch ``x0`` of shape ``(n, d)``.
 
+    Its first three arguments are those of a loss for :func:`otdiff.train.fit`: train with
+    ``jax.tree_util.Partial(dsm_loss, process=process)``.
+
     Args:
         model: ``model(x, t) -> eps_hat`` on one point ``x`` of shape ``(d,)`` (an Equinox module
             or any function; the loss is differentiable in its arrays).
-        sde: the forward :class:`~otdiff.diffusion.VPSDE`.
-        key: a JAX random key.
+        key: a JAX random key (the times and the noise).
         x0: clean data, shape ``(n, d)``.
+        process: the forward :class:`~otdiff.diffusion.AbstractGaussianProcess`.
         weighting: ``"eps"`` or ``"likelihood"`` (see the module docstring; static).
         t_min: the smallest training time, in ``(0, 1)``.
 
     Returns:
         The scalar loss (mean over the batch and the dimensions).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+    check_choice(weighting, "weighting", WEIGHTINGS)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     if x0.ndim != 2:
         raise ValueError(f"x0 must have shape (n, d), got shape {x0.shape}.")
     k_t, k_eps = jax.random.split(key)
     t = stratified_times(k_t, x0.shape[0], t_min)
-    xt, eps = sde.sample_marginal(k_eps, x0, t)
+    xt, eps = process.sample_marginal(k_eps, x0, t)
     eps_hat = jax.vmap(model)(xt, t)
     per_point = jnp.mean((eps_hat - eps) ** 2, axis=-1)
     if weighting == "likelihood":
-        per_point = per_point * sde.beta(t) / sde.sigma(t) ** 2
+        per_point = per_point * process.diffusion_squared(t) / process.sigma(t) ** 2
     return jnp.mean(per_point)
 
 
-def score_from_eps(model: Callable, sde) -> ScoreFn:
+class EpsScore(eqx.Module):
+    """The score :math:`s(x, t) = -\\hat\\varepsilon(x, t)/\\sigma_t` of an epsilon-predictor.
+
+    A module (a pytree): its weights are traced, not baked in, when it is passed to a jitted
+    function.
+
+    Attributes:
+        model: the noise predictor ``model(x, t)``.
+        process: the forward process it was trained for.
+    """
+
+    model: Callable
+    process: AbstractGaussianProcess
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        return -self.model(x, t) / self.process.sigma(t)
+
+
+def score_from_eps(model: Callable, process: AbstractGaussianProcess) -> EpsScore:
     """The score :math:`s(x, t) = -\\hat\\varepsilon(x, t)/\\sigma_t` of an epsilon-predictor."""
-
-    def score(x: jax.Array, t: jax.Array) -> jax.Array:
-        return -model(x, t) / sde.sigma(t)
-
-    return score
+    return EpsScore(model, process)
 
 
-def eps_from_score(score: ScoreFn, sde) -> Callable:
+def eps_from_score(score: ScoreFn, process: AbstractGaussianProcess) -> Callable:
     """The noise prediction :math:`\\hat\\varepsilon(x, t) = -\\sigma_t s(x, t)` of a score."""
 
     def eps(x: jax.Array, t: jax.Array) -> jax.Array:
-        return -sde.sigma(t) * score(x, t)
+        return -process.sigma(t) * score(x, t)
 
     return eps
 
 
-def denoiser(score: ScoreFn, sde) -> Callable:
+def denoiser(score: ScoreFn, process: AbstractGaussianProcess) -> Callable:
     """Tweedie's denoiser :math:`D(x, t) = (x + \\sigma_t^2 s(x, t))/\\alpha_t = \\mathbb E[X_0\\mid X_t = x]`."""
 
     def denoise(x: jax.Array, t: jax.Array) -> jax.Array:
-        if is_concrete(t):
-            from otdiff.diffusion.sde import check_times
-
-            check_times(t, "t")
-        return (x + sde.sigma(t) ** 2 * score(x, t)) / sde.alpha(t)
+        check_times(t, "t")
+        return process.denoise(x, t, score(x, t))
 
     return denoise

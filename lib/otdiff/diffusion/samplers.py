@@ -1,6 +1,6 @@
-"""Samplers of the reverse diffusion: pure, jitted functions over a score function.
+"""Samplers of the reverse diffusion: one driver, public step kernels, and the probability-flow ODE.
 
-Anderson's time reversal: if :math:`X` solves the forward SDE :math:`dX = f\\,dt + g\\,dW`
+The time reversal of :cite:`anderson1982reverse`: if :math:`X` solves the forward SDE :math:`dX = f\\,dt + g\\,dW`
 with marginals :math:`p_t`, then :math:`Y_s = X_{1-s}` solves
 
 .. math::
@@ -8,25 +8,37 @@ with marginals :math:`p_t`, then :math:`Y_s = X_{1-s}` solves
     dY = \\big[-f(Y, t) + g(t)^2\\,\\nabla\\log p_t(Y)\\big]\\,ds + g(t)\\,d\\bar W,\\qquad t = 1-s,
 
 and the **probability-flow ODE** :math:`\\dot x = f(x, t) - \\tfrac12 g(t)^2\\nabla\\log p_t(x)`
-has the same marginals :cite:`song2021scorebased`. For the VP SDE,
+has the same marginals :cite:`song2021scorebased`. The process supplies both drifts
+(:meth:`~otdiff.diffusion.AbstractProcess.reverse_drift`,
+:meth:`~otdiff.diffusion.AbstractProcess.ode_drift`); for the VP processes
 :math:`f = -\\tfrac12\\beta x`, :math:`g^2 = \\beta`.
 
-* :func:`euler_maruyama`: the reverse SDE stepped from :math:`t` to :math:`t' = t - \\Delta`,
+**The driver.** :func:`run_sampler` is one ``jax.lax.scan`` over a time grid
+:math:`t_0 = t_{\\max} > t_1 > \\dots > t_K = t_{\\min}` (:func:`time_grid`): at every step it
+calls a **step kernel** ``step(key, x, t, t_next) -> x`` on the whole batch, then an optional
+``hook(x, t_next) -> (x, aux)`` that may modify the state (SPELL's repellency does) and whose
+``aux`` comes back stacked over the steps. The step kernels are public and pure:
 
-  .. math:: x' = x + \\big[\\tfrac12\\beta(t)x + \\beta(t)s(x, t)\\big]\\Delta + \\sqrt{\\beta(t)\\Delta}\\,z,
+* :func:`euler_maruyama_step`: the reverse SDE stepped from :math:`t` to :math:`t' = t - \\Delta`,
+
+  .. math:: x' = x - b(x, t)\\,\\Delta + g(t)\\sqrt{\\Delta}\\,z,\\qquad b = f - g^2 s,
 
   a Gaussian kernel whose mean and standard deviation :func:`reverse_kernel` exposes (the SMC
-  chapter weighs particles with its log-density, :func:`gaussian_log_prob`).
-* :func:`ddim`: DDIM's update (deterministic for ``eta = 0``) through the denoiser
-  :math:`\\hat x_0 = (x - \\sigma_t\\hat\\varepsilon)/\\alpha_t`:
+  chapter weighs particles with its log-density, :func:`gaussian_log_prob`);
+* :func:`ddim_step`: DDIM's update (deterministic for ``eta = 0``) through Tweedie's denoiser
+  :math:`\\hat x_0 = (x + \\sigma_t^2 s)/\\alpha_t` and :math:`\\hat\\varepsilon = -\\sigma_t s`:
   :math:`x' = \\alpha_{t'}\\hat x_0 + \\sqrt{\\sigma_{t'}^2 - \\eta_t^2}\\,\\hat\\varepsilon + \\eta_t z`.
-* :func:`probability_flow`: the ODE, solved by diffrax (adaptive Tsit5 or fixed-step Heun).
+
+Bind a kernel's keyword arguments (``functools.partial(euler_maruyama_step, score=...,
+process=...)``) to give the driver its ``step``; a Heun step or a geodesic step on a manifold
+plugs in the same way. :func:`euler_maruyama` and :func:`ddim` are the driver with these kernels;
+:func:`probability_flow` solves the ODE with diffrax (adaptive Tsit5 or fixed-step Heun).
 
 A score is a function ``score(x, t)`` of one point ``x`` of shape ``(d,)`` and a scalar time;
-the samplers take a batch ``(n, d)`` and ``vmap`` it. The step loops are ``lax.scan``; the
-number of steps is static, every float (times, ``eta``, the schedule) dynamic. A ``hook(x, t)
--> (x, aux)`` runs on the whole batch after every step: it can modify the state (the SPELL
-chapter's repellency does) and its ``aux`` outputs come back stacked over the steps.
+the kernels take a batch ``(n, d)`` and ``vmap`` it. The number of steps is static, every float
+(times, ``eta``, the schedule) dynamic. Inside ``jit`` the time grid is guarded (``0 < t_min <
+t_max <= 1``) and so are the final samples (no NaN or infinity): a bad value raises at run time
+instead of returning NaN.
 
 Taught in: book/diffusion/01_score_based.ipynb
 """
@@ -41,7 +53,18 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from otdiff._checks import check_in_range, check_int, check_nonnegative, check_points
+from otdiff._checks import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_points,
+    guard_finite,
+    guard_in_range,
+    guard_less,
+    is_concrete,
+)
+from otdiff.diffusion.processes import AbstractGaussianProcess, AbstractProcess
 
 __all__ = [
     "SAMPLERS",
@@ -50,6 +73,9 @@ __all__ = [
     "batch_score",
     "reverse_kernel",
     "gaussian_log_prob",
+    "euler_maruyama_step",
+    "ddim_step",
+    "run_sampler",
     "euler_maruyama",
     "ddim",
     "probability_flow",
@@ -60,6 +86,7 @@ __all__ = [
 SAMPLERS = ("sde", "ddim", "ode")
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+Step = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 Hook = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
@@ -77,18 +104,30 @@ class SampleResult(NamedTuple):
     aux: Any
 
 
-def _check_times(t_min, t_max):
+def _check_interval(t_min, t_max):
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_in_range(t_max, "t_max", 0.0, 1.0, low_open=True)
-    if not isinstance(t_min, jax.core.Tracer) and not isinstance(t_max, jax.core.Tracer):
-        if float(t_min) >= float(t_max):
-            raise ValueError(f"t_min must be smaller than t_max, got {t_min!r} >= {t_max!r}.")
+    if is_concrete((t_min, t_max)) and float(t_min) >= float(t_max):
+        raise ValueError(f"t_min must be smaller than t_max, got {t_min!r} >= {t_max!r}.")
+
+
+def _guard_interval(t_min, t_max):
+    """Checked (eagerly) and guarded (under ``jit``): ``0 < t_min < t_max <= 1``."""
+    _check_interval(t_min, t_max)
+    t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    t_max = guard_in_range(t_max, "t_max", 0.0, 1.0, low_open=True)
+    return guard_less(t_min, t_max, ("t_min", "t_max"))
 
 
 def time_grid(n_steps: int, t_min: float = 1e-3, t_max: float = 1.0) -> jax.Array:
-    """``n_steps + 1`` evenly spaced times from ``t_max`` down to ``t_min`` (``n_steps`` static)."""
+    """``n_steps + 1`` evenly spaced times from ``t_max`` down to ``t_min`` (``n_steps`` static).
+
+    Raises:
+        ValueError: unless ``0 < t_min < t_max <= 1`` (at run time, too, when the times are
+            traced).
+    """
     n_steps = check_int(n_steps, "n_steps", low=1)
-    _check_times(t_min, t_max)
+    t_min, t_max = _guard_interval(t_min, t_max)
     return jnp.linspace(t_max, t_min, n_steps + 1)
 
 
@@ -97,25 +136,29 @@ def batch_score(score: ScoreFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return jax.vmap(score, in_axes=(0, None))
 
 
-def reverse_kernel(score: ScoreFn, sde, x: jax.Array, t: jax.Array, t_next: jax.Array):
+def reverse_kernel(
+    process: AbstractProcess, x: jax.Array, t: jax.Array, t_next: jax.Array, score: jax.Array
+):
     """Mean and standard deviation of one Euler–Maruyama step of the reverse SDE, ``t -> t_next``.
 
-    .. math:: x' \\sim \\mathcal N\\Big(x + \\big[\\tfrac12\\beta(t)x + \\beta(t)s(x, t)\\big]\\Delta,\\
-        \\beta(t)\\Delta\\,I\\Big),\\qquad \\Delta = t - t' > 0 .
+    .. math:: x' \\sim \\mathcal N\\Big(x - b(x, t)\\,\\Delta,\\ g(t)^2\\Delta\\,I\\Big),\\qquad
+        b = f - g^2 s,\\qquad \\Delta = t - t' > 0;
+
+    for the VP processes the mean is :math:`x + [\\tfrac12\\beta(t)x + \\beta(t)s]\\Delta`.
 
     Args:
-        score: per-point score ``score(x, t)``.
-        sde: the :class:`~otdiff.diffusion.VPSDE`.
+        process: the forward process.
         x: a batch ``(n, d)``.
         t, t_next: the current and the next (smaller) time.
+        score: the score at ``(x, t)``, shape ``(n, d)`` (e.g. ``batch_score(s)(x, t)``, or
+            :math:`-\\nabla E` of an energy).
 
     Returns:
         ``(mean, std)``: ``mean`` of shape ``(n, d)``, ``std`` a scalar.
     """
     dt = t - t_next
-    beta = sde.beta(t)
-    mean = x + (0.5 * beta * x + beta * batch_score(score)(x, t)) * dt
-    return mean, jnp.sqrt(beta * dt)
+    mean = x - process.reverse_drift(x, t, score) * dt
+    return mean, jnp.sqrt(process.diffusion_squared(t) * dt)
 
 
 def gaussian_log_prob(y: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -126,36 +169,120 @@ def gaussian_log_prob(y: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Arra
     )
 
 
+def euler_maruyama_step(
+    key: jax.Array,
+    x: jax.Array,
+    t: jax.Array,
+    t_next: jax.Array,
+    *,
+    score: ScoreFn,
+    process: AbstractProcess,
+    noise: float | jax.Array = 1.0,
+) -> jax.Array:
+    """One Euler–Maruyama step of the reverse SDE on a batch: :func:`reverse_kernel`'s mean plus
+    ``noise`` times its standard deviation times :math:`z \\sim \\mathcal N(0, I)`.
+
+    Args:
+        key: a JAX random key.
+        x: the batch ``(n, d)`` at time ``t``.
+        t, t_next: the current and the next (smaller) time.
+        score: per-point score ``score(x, t)``.
+        process: the forward process.
+        noise: a factor on the noise (dynamic; 0 returns the kernel's mean).
+    """
+    mean, std = reverse_kernel(process, x, t, t_next, batch_score(score)(x, t))
+    return mean + noise * std * jax.random.normal(key, x.shape, x.dtype)
+
+
+def ddim_step(
+    key: jax.Array,
+    x: jax.Array,
+    t: jax.Array,
+    t_next: jax.Array,
+    *,
+    score: ScoreFn,
+    process: AbstractGaussianProcess,
+    eta: float | jax.Array = 0.0,
+) -> jax.Array:
+    """One DDIM step :cite:`song2021ddim` of a Gaussian process, ``t -> t_next``.
+
+    .. math::
+
+        \\hat\\varepsilon = -\\sigma_t s(x, t),\\quad
+        \\hat x_0 = \\frac{x + \\sigma_t^2 s(x, t)}{\\alpha_t},\\quad
+        \\eta_t = \\eta\\,\\frac{\\sigma_{t'}}{\\sigma_t}\\sqrt{1 - \\frac{\\alpha_t^2}{\\alpha_{t'}^2}},\\quad
+        x' = \\alpha_{t'}\\hat x_0 + \\sqrt{\\sigma_{t'}^2 - \\eta_t^2}\\,\\hat\\varepsilon + \\eta_t z.
+
+    ``eta = 0`` is the deterministic sampler (a discretisation of the probability-flow ODE);
+    ``eta = 1`` matches DDPM's ancestral sampler. Arguments as :func:`euler_maruyama_step`.
+    """
+    s = batch_score(score)(x, t)
+    sigma, sigma_next = process.sigma(t), process.sigma(t_next)
+    a, a_next = process.alpha(t), process.alpha(t_next)
+    eps_hat = -sigma * s
+    x0_hat = process.denoise(x, t, s)
+    eta_t = eta * (sigma_next / sigma) * jnp.sqrt(jnp.clip(1.0 - (a / a_next) ** 2, 0.0))
+    z = jax.random.normal(key, x.shape, x.dtype)
+    direction = jnp.sqrt(jnp.clip(sigma_next**2 - eta_t**2, 0.0))
+    return a_next * x0_hat + direction * eps_hat + eta_t * z
+
+
 def _no_hook(x, t):
     return x, None
 
 
-def _scan_steps(step, key, x_init, ts, hook, save_trajectory):
-    n_steps = ts.shape[0] - 1
+def run_sampler(
+    key: jax.Array,
+    step: Step,
+    x_init: jax.Array,
+    times: jax.Array,
+    *,
+    hook: Hook | None = None,
+    save_trajectory: bool = False,
+) -> SampleResult:
+    """The sampler driver: ``step`` over the time grid ``times`` in one ``jax.lax.scan``.
+
+    .. math:: x_{k+1} = \\mathrm{step}(\\kappa_k, x_k, t_k, t_{k+1}),\\qquad
+        (x_{k+1}, a_k) = \\mathrm{hook}(x_{k+1}, t_{k+1}),
+
+    with the keys :math:`\\kappa_k` split from ``key``.
+
+    Args:
+        key: a JAX random key.
+        step: a step kernel ``step(key, x, t, t_next) -> x`` on the whole batch (e.g.
+            ``functools.partial(euler_maruyama_step, score=score, process=process)``).
+        x_init: the starting batch at ``times[0]``.
+        times: the grid, shape ``(n_steps + 1,)`` (e.g. :func:`time_grid`).
+        hook: optional ``hook(x, t) -> (x, aux)`` run on the batch after every step.
+        save_trajectory: also return every intermediate state (static).
+
+    Returns:
+        A :class:`SampleResult`. The final samples are guarded: NaN or infinite values raise
+        (at run time under ``jit``).
+    """
+    n_steps = times.shape[0] - 1
+    if n_steps < 1:
+        raise ValueError(f"times must hold at least two times, got shape {times.shape}.")
     keys = jax.random.split(key, n_steps)
-    is_last = jnp.arange(n_steps) == n_steps - 1
     hook = _no_hook if hook is None else hook
 
     def body(x, inputs):
-        k, t, t_next, last = inputs
-        x = step(k, x, t, t_next, last)
+        k, t, t_next = inputs
+        x = step(k, x, t, t_next)
         x, aux = hook(x, t_next)
         return x, (x if save_trajectory else None, aux)
 
-    x, (traj, aux) = jax.lax.scan(body, x_init, (keys, ts[:-1], ts[1:], is_last))
+    x, (traj, aux) = jax.lax.scan(body, x_init, (keys, times[:-1], times[1:]))
+    x = guard_finite(x, "the sampler's samples")
     if save_trajectory:
         traj = jnp.concatenate([x_init[None], traj], axis=0)
     return SampleResult(x, traj, aux)
 
 
-def _check_init(x_init):
-    return check_points(x_init, "x_init")
-
-
 def euler_maruyama(
     key: jax.Array,
     score: ScoreFn,
-    sde,
+    process: AbstractProcess,
     x_init: jax.Array,
     n_steps: int,
     *,
@@ -166,34 +293,34 @@ def euler_maruyama(
 ) -> SampleResult:
     """Sample the reverse SDE by Euler–Maruyama from ``x_init`` at ``t_max`` down to ``t_min``.
 
-    The last step adds no noise (it returns the kernel's mean), the usual choice that removes a
-    :math:`\\sqrt{\\beta\\Delta}` blur from the samples.
+    :func:`run_sampler` with :func:`euler_maruyama_step`. The last step adds no noise (it returns
+    the kernel's mean), the usual choice that removes a :math:`g\\sqrt{\\Delta}` blur from the
+    samples.
 
     Args:
         key: a JAX random key.
         score: per-point score ``score(x, t)``.
-        sde: the :class:`~otdiff.diffusion.VPSDE`.
-        x_init: the starting batch ``(n, d)``, usually ``sde.prior_sample(key, (n, d))``.
+        process: the forward process.
+        x_init: the starting batch ``(n, d)``, usually ``process.prior_sample(key, (n, d))``.
         n_steps: the number of steps (static).
         t_min, t_max: the time interval, ``0 < t_min < t_max <= 1``.
         hook: optional ``hook(x, t) -> (x, aux)`` run on the batch after every step.
         save_trajectory: also return every intermediate state (static).
     """
-    x_init = _check_init(x_init)
+    x_init = check_points(x_init, "x_init")
     ts = time_grid(n_steps, t_min, t_max)
 
-    def step(k, x, t, t_next, last):
-        mean, std = reverse_kernel(score, sde, x, t, t_next)
-        z = jax.random.normal(k, x.shape, x.dtype)
-        return mean + jnp.where(last, 0.0, std) * z
+    def step(k, x, t, t_next):
+        noise = jnp.where(t_next == ts[-1], 0.0, 1.0)
+        return euler_maruyama_step(k, x, t, t_next, score=score, process=process, noise=noise)
 
-    return _scan_steps(step, key, x_init, ts, hook, save_trajectory)
+    return run_sampler(key, step, x_init, ts, hook=hook, save_trajectory=save_trajectory)
 
 
 def ddim(
     key: jax.Array,
     score: ScoreFn,
-    sde,
+    process: AbstractGaussianProcess,
     x_init: jax.Array,
     n_steps: int,
     *,
@@ -203,57 +330,40 @@ def ddim(
     hook: Hook | None = None,
     save_trajectory: bool = False,
 ) -> SampleResult:
-    """DDIM sampling (Song, Meng and Ermon, 2021) over the VP schedule.
+    """DDIM sampling: :func:`run_sampler` with :func:`ddim_step` (no noise at the last step).
 
-    .. math::
-
-        \\hat\\varepsilon = -\\sigma_t s(x, t),\\quad
-        \\hat x_0 = \\frac{x - \\sigma_t\\hat\\varepsilon}{\\alpha_t},\\quad
-        \\eta_t = \\eta\\,\\frac{\\sigma_{t'}}{\\sigma_t}\\sqrt{1 - \\frac{\\alpha_t^2}{\\alpha_{t'}^2}},\\quad
-        x' = \\alpha_{t'}\\hat x_0 + \\sqrt{\\sigma_{t'}^2 - \\eta_t^2}\\,\\hat\\varepsilon + \\eta_t z.
-
-    ``eta = 0`` is the deterministic sampler (a discretisation of the probability-flow ODE);
-    ``eta = 1`` matches DDPM's ancestral sampler. Arguments as :func:`euler_maruyama`.
+    Arguments as :func:`euler_maruyama`, plus ``eta >= 0`` (dynamic).
     """
-    x_init = _check_init(x_init)
+    x_init = check_points(x_init, "x_init")
     check_nonnegative(eta, "eta")
     ts = time_grid(n_steps, t_min, t_max)
-    scores = batch_score(score)
 
-    def step(k, x, t, t_next, last):
-        a, s = sde.alpha(t), sde.sigma(t)
-        a_next, s_next = sde.alpha(t_next), sde.sigma(t_next)
-        eps_hat = -s * scores(x, t)
-        x0_hat = (x - s * eps_hat) / a
-        eta_t = eta * (s_next / s) * jnp.sqrt(jnp.clip(1.0 - (a / a_next) ** 2, 0.0))
-        eta_t = jnp.where(last, 0.0, eta_t)
-        z = jax.random.normal(k, x.shape, x.dtype)
-        direction = jnp.sqrt(jnp.clip(s_next**2 - eta_t**2, 0.0))
-        return a_next * x0_hat + direction * eps_hat + eta_t * z
+    def step(k, x, t, t_next):
+        eta_k = jnp.where(t_next == ts[-1], 0.0, eta)
+        return ddim_step(k, x, t, t_next, score=score, process=process, eta=eta_k)
 
-    return _scan_steps(step, key, x_init, ts, hook, save_trajectory)
+    return run_sampler(key, step, x_init, ts, hook=hook, save_trajectory=save_trajectory)
 
 
-def pf_ode_drift(score: ScoreFn, sde) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The probability-flow velocity :math:`v(x, t) = -\\tfrac12\\beta(t)\\,(x + s(x, t))` of one point."""
+def pf_ode_drift(
+    score: ScoreFn, process: AbstractProcess
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The probability-flow velocity :math:`v(x, t) = f(x, t) - \\tfrac12 g(t)^2 s(x, t)` of one point."""
 
     def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
-        return -0.5 * sde.beta(t) * (x + score(x, t))
+        return process.ode_drift(x, t, score(x, t))
 
     return velocity
 
 
 def _ode_solver(solver: str):
-    if solver == "tsit5":
-        return diffrax.Tsit5()
-    if solver == "heun":
-        return diffrax.Heun()
-    raise ValueError(f"solver must be 'tsit5' or 'heun', got {solver!r}.")
+    check_choice(solver, "solver", ("tsit5", "heun"))
+    return diffrax.Tsit5() if solver == "tsit5" else diffrax.Heun()
 
 
 def probability_flow(
     score: ScoreFn,
-    sde,
+    process: AbstractProcess,
     x_init: jax.Array,
     *,
     t_min: float = 1e-3,
@@ -269,7 +379,7 @@ def probability_flow(
 
     Args:
         score: per-point score ``score(x, t)``.
-        sde: the :class:`~otdiff.diffusion.VPSDE`.
+        process: the forward process.
         x_init: the starting batch ``(n, d)``.
         solver: ``"tsit5"`` (adaptive, tolerances ``rtol``/``atol``) or ``"heun"``.
         n_steps: fixed step count instead of adaptive steps (static; required for ``"heun"``).
@@ -279,14 +389,14 @@ def probability_flow(
     Returns:
         A :class:`SampleResult` (``aux`` holds the number of solver steps taken).
     """
-    x_init = _check_init(x_init)
-    _check_times(t_min, t_max)
-    check_positive_tol = check_in_range
-    check_positive_tol(rtol, "rtol", 0.0, 1.0, low_open=True)
-    check_positive_tol(atol, "atol", 0.0, 1.0, low_open=True)
+    x_init = check_points(x_init, "x_init")
+    check_in_range(rtol, "rtol", 0.0, 1.0, low_open=True)
+    check_in_range(atol, "atol", 0.0, 1.0, low_open=True)
+    ode_solver = _ode_solver(solver)
     if solver == "heun" and n_steps is None:
         raise ValueError("n_steps is required with solver='heun' (a fixed-step method).")
-    velocity = jax.vmap(pf_ode_drift(score, sde), in_axes=(0, None))
+    t_min, t_max = _guard_interval(t_min, t_max)
+    velocity = jax.vmap(pf_ode_drift(score, process), in_axes=(0, None))
     term = diffrax.ODETerm(lambda t, x, args: velocity(x, t))
     if n_steps is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -302,7 +412,7 @@ def probability_flow(
         saveat = diffrax.SaveAt(ts=jnp.linspace(t_max, t_min, save_trajectory))
     sol = diffrax.diffeqsolve(
         term,
-        _ode_solver(solver),
+        ode_solver,
         t0=t_max,
         t1=t_min,
         dt0=dt0,
@@ -312,14 +422,14 @@ def probability_flow(
         max_steps=check_int(max_steps, "max_steps", low=1),
     )
     ys = sol.ys
-    x = ys[-1]
+    x = guard_finite(ys[-1], "the sampler's samples")
     return SampleResult(x, ys if save_trajectory is not None else None, sol.stats["num_steps"])
 
 
 def sample(
     key: jax.Array,
     score: ScoreFn,
-    sde,
+    process: AbstractProcess,
     n_samples: int,
     dim: int,
     *,
@@ -333,16 +443,15 @@ def sample(
     """
     n_samples = check_int(n_samples, "n_samples", low=1)
     dim = check_int(dim, "dim", low=1)
+    check_choice(sampler, "sampler", SAMPLERS)
     k_init, k_run = jax.random.split(key)
-    x_init = sde.prior_sample(k_init, (n_samples, dim))
+    x_init = process.prior_sample(k_init, (n_samples, dim))
     if sampler == "sde":
-        return euler_maruyama(k_run, score, sde, x_init, n_steps, t_min=t_min, **kwargs)
+        return euler_maruyama(k_run, score, process, x_init, n_steps, t_min=t_min, **kwargs)
     if sampler == "ddim":
-        return ddim(k_run, score, sde, x_init, n_steps, t_min=t_min, **kwargs)
-    if sampler == "ode":
-        if "hook" in kwargs:
-            raise ValueError("hook is not supported by sampler='ode' (use 'sde' or 'ddim').")
-        return probability_flow(
-            score, sde, x_init, t_min=t_min, solver="heun", n_steps=n_steps, **kwargs
-        )
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+        return ddim(k_run, score, process, x_init, n_steps, t_min=t_min, **kwargs)
+    if "hook" in kwargs:
+        raise ValueError("hook is not supported by sampler='ode' (use 'sde' or 'ddim').")
+    return probability_flow(
+        score, process, x_init, t_min=t_min, solver="heun", n_steps=n_steps, **kwargs
+    )

@@ -2,7 +2,8 @@
 
 * :mod:`otdiff.optim.bloop`: the four update directions as optax transformations
   (:func:`bloop`, :func:`weighted_sum`, :func:`projected`, :func:`pcgrad`) and :func:`run`,
-  which trains a problem with any of them in one ``jax.lax.scan``.
+  which trains a problem with any of them in one ``jax.lax.scan`` (on :mod:`otdiff.train`'s
+  step and loop).
 * :mod:`otdiff.optim.problems`: the known-answer least-squares problem and the digits MLP.
 
 Taught in: book/optim/01_bloop.ipynb
@@ -13,16 +14,12 @@ from otdiff.optim.bloop import (
     METHODS,
     BloopState,
     SurgeryState,
-    TrainState,
     bloop,
-    init_train_state,
-    make_step,
     pcgrad,
     projected,
     run,
     surgery,
     tree_project,
-    tree_vdot,
     weighted_sum,
 )
 from otdiff.optim.problems import (
@@ -41,16 +38,12 @@ __all__ = [
     "METHODS",
     "BloopState",
     "SurgeryState",
-    "TrainState",
     "bloop",
-    "init_train_state",
-    "make_step",
     "pcgrad",
     "projected",
     "run",
     "surgery",
     "tree_project",
-    "tree_vdot",
     "weighted_sum",
     "DigitsProblem",
     "LeastSquaresProblem",

@@ -21,7 +21,8 @@ This module builds the update directions of four methods that tackle it from a m
   projection.
 
 Here :math:`\\pi(u; v) = u - \\frac{\\langle u, v\\rangle}{\\|v\\|^2 + \\varepsilon}\\,v`, with inner
-products summed over all leaves of the parameter pytree (:func:`tree_project`).
+products summed over all leaves of the parameter pytree (:func:`tree_project`, on
+``optax.tree_utils``).
 
 Each is an ``optax.GradientTransformationExtraArgs``: ``update`` receives the main gradient as
 ``updates`` and the auxiliary gradient as the keyword argument ``aux_grad``, and returns a
@@ -35,7 +36,13 @@ Put the surgery first in the chain: it must see raw gradients. ``lam`` and ``ema
 Python floats or JAX scalars (traced values under ``jit``/``vmap``, or hyperparameters of
 ``optax.inject_hyperparams``), so a slider that moves them never recompiles.
 
-:func:`run` trains a :mod:`otdiff.optim.problems` problem with any of the methods in one
+The EMA has a **rate** :math:`\\rho` (``ema_rate``, the weight of the new gradient, 0.01 in the
+paper), as in :cite:`hsieh2024bloop`; the book's weight averages (:mod:`otdiff.train`) have a
+**decay**, the weight of the old average: a rate :math:`\\rho` is a decay :math:`1 - \\rho`.
+
+:func:`run` trains a :mod:`otdiff.optim.problems` problem with any of the methods: the training
+step and loop are :func:`otdiff.train.make_step` and :func:`otdiff.train.run_steps` (the
+auxiliary gradient reaches the surgery through the step's ``extra_grads``), all in one jitted
 ``jax.lax.scan``.
 
 Taught in: book/optim/01_bloop.ipynb
@@ -50,24 +57,28 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from optax.tree_utils import tree_add_scale, tree_vdot
 
-from otdiff._checks import check_in_range, check_int, check_nonnegative, check_positive
+from otdiff import train
+from otdiff._checks import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 
 __all__ = [
     "METHODS",
     "DEFAULT_EPS",
     "BloopState",
     "SurgeryState",
-    "tree_vdot",
     "tree_project",
     "bloop",
     "weighted_sum",
     "projected",
     "pcgrad",
     "surgery",
-    "TrainState",
-    "init_train_state",
-    "make_step",
     "run",
 ]
 
@@ -104,21 +115,6 @@ class SurgeryState(NamedTuple):
 # -- pytree algebra --------------------------------------------------------------------------
 
 
-def tree_vdot(u: PyTree, v: PyTree) -> jax.Array:
-    """The inner product :math:`\\langle u, v\\rangle` summed over all leaves (float32 or wider)."""
-    leaves_u = jax.tree_util.tree_leaves(u)
-    leaves_v = jax.tree_util.tree_leaves(v)
-    total = jnp.zeros((), jnp.result_type(jnp.float32, *leaves_u, *leaves_v))
-    for x, y in zip(leaves_u, leaves_v, strict=True):
-        total = total + jnp.sum(x.astype(total.dtype) * y.astype(total.dtype))
-    return total
-
-
-def _axpy(alpha: jax.Array, x: PyTree, y: PyTree) -> PyTree:
-    """``alpha * x + y`` leaf by leaf, in the dtype of ``y``."""
-    return jax.tree_util.tree_map(lambda a, b: (alpha * a + b).astype(b.dtype), x, y)
-
-
 def tree_project(u: PyTree, v: PyTree, eps: float | jax.Array = DEFAULT_EPS) -> PyTree:
     """The component of ``u`` orthogonal to ``v``: :math:`\\pi(u; v)`.
 
@@ -136,22 +132,16 @@ def tree_project(u: PyTree, v: PyTree, eps: float | jax.Array = DEFAULT_EPS) -> 
         / (\\|v\\|^2+\\varepsilon)`, zero up to the guard.
     """
     coef = tree_vdot(u, v) / (tree_vdot(v, v) + eps)
-    return _axpy(-coef, v, u)
+    return tree_add_scale(u, -coef, v)
 
 
 # -- checks ----------------------------------------------------------------------------------
 
 
-def _check_lam(lam):
-    return check_nonnegative(lam, "lam")
-
-
-def _check_eps(eps):
-    return check_positive(eps, "eps")
-
-
-def _check_ema_rate(ema_rate):
-    return check_in_range(ema_rate, "ema_rate", 0.0, 1.0, low_open=True)
+def _check_hyperparameters(lam=0.0, ema_rate=1.0, eps=DEFAULT_EPS) -> None:
+    check_nonnegative(lam, "lam")
+    check_in_range(ema_rate, "ema_rate", 0.0, 1.0, low_open=True)
+    check_positive(eps, "eps")
 
 
 def _check_aux(updates: PyTree, aux_grad: PyTree, name: str) -> None:
@@ -188,37 +178,40 @@ def _count_init() -> jax.Array:
 
 
 def _sum_direction(g, a, lam):
-    return _axpy(lam, a, g)
+    return tree_add_scale(g, lam, a)
 
 
 def _projected_direction(g, a, lam, eps):
-    return _axpy(lam, tree_project(a, g, eps), g)
+    return tree_add_scale(g, lam, tree_project(a, g, eps))
 
 
 def _pcgrad_direction(g, a, lam, eps):
     conflict = lam * tree_vdot(g, a) < 0  # no conflict with a zero auxiliary task
-    surgery_dir = _axpy(lam, tree_project(a, g, eps), tree_project(g, a, eps))
-    plain = _axpy(lam, a, g)
-    return jax.tree_util.tree_map(lambda s, p: jnp.where(conflict, s, p), surgery_dir, plain)
+    surgery_dir = tree_add_scale(tree_project(g, a, eps), lam, tree_project(a, g, eps))
+    plain = tree_add_scale(g, lam, a)
+    return optax.tree_utils.tree_where(conflict, surgery_dir, plain)
 
 
 def _bloop_direction(g, a, state: BloopState, lam, ema_rate, eps):
     """``g + lam * pi(a; m_hat)`` with the bias-corrected EMA of the past main gradients."""
     rate = jnp.asarray(ema_rate, jnp.float32)
     started = state.count > 0
-    # 1 - (1 - rate)^t, accurate for tiny rates too (1 - 1e-8 is 1 in float32)
+    # The bias correction 1 - (1 - rate)^t, as -expm1(t * log1p(-rate)). Not optax's
+    # tree_bias_correction(m, 1 - rate, t): that computes 1 - decay^t with decay = 1 - rate, and
+    # in float32 1 - 1e-8 == 1, so for rates below about 6e-8 it divides by zero (and loses
+    # most digits for small rates); log1p/expm1 keep every digit at any rate in (0, 1].
     log_decay = jnp.log1p(-rate) * state.count.astype(jnp.float32)
     correction = jnp.where(started, -jnp.expm1(jnp.where(started, log_decay, -1.0)), 1.0)
     ema_hat = jax.tree_util.tree_map(
         lambda m: jnp.where(started, m / correction.astype(m.dtype), jnp.zeros_like(m)),
         state.ema,
     )
-    return _axpy(lam, tree_project(a, ema_hat, eps), g)
+    return tree_add_scale(g, lam, tree_project(a, ema_hat, eps))
 
 
 def _ema_update(ema, g, ema_rate):
-    rate = jnp.asarray(ema_rate, jnp.float32)
-    return jax.tree_util.tree_map(lambda m, x: (m + rate * (x - m)).astype(m.dtype), ema, g)
+    """:math:`m \\leftarrow (1 - \\rho)m + \\rho g` (``optax.incremental_update`` with step ``rate``)."""
+    return optax.incremental_update(g, ema, jnp.asarray(ema_rate, jnp.float32))
 
 
 # -- the four directions ---------------------------------------------------------------------
@@ -280,9 +273,7 @@ def bloop(
 
     Taught in: book/optim/01_bloop.ipynb
     """
-    _check_lam(lam)
-    _check_ema_rate(ema_rate)
-    _check_eps(eps)
+    _check_hyperparameters(lam, ema_rate, eps)
 
     def init_fn(params):
         return BloopState(ema=optax.tree_utils.tree_zeros_like(params), count=_count_init())
@@ -334,7 +325,7 @@ def weighted_sum(lam: float | jax.Array = 0.1) -> optax.GradientTransformationEx
 
     Taught in: book/optim/01_bloop.ipynb
     """
-    _check_lam(lam)
+    _check_hyperparameters(lam)
 
     return _stateless("weighted_sum", lambda g, a: _sum_direction(g, a, lam))
 
@@ -367,8 +358,7 @@ def projected(
 
     Taught in: book/optim/01_bloop.ipynb
     """
-    _check_lam(lam)
-    _check_eps(eps)
+    _check_hyperparameters(lam, eps=eps)
 
     return _stateless("projected", lambda g, a: _projected_direction(g, a, lam, eps))
 
@@ -406,8 +396,7 @@ def pcgrad(
 
     Taught in: book/optim/01_bloop.ipynb
     """
-    _check_lam(lam)
-    _check_eps(eps)
+    _check_hyperparameters(lam, eps=eps)
 
     return _stateless("pcgrad", lambda g, a: _pcgrad_direction(g, a, lam, eps))
 
@@ -427,8 +416,7 @@ def surgery(
 
     Taught in: book/optim/01_bloop.ipynb
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    check_choice(method, "method", METHODS)
     if method == "sum":
         return weighted_sum(lam)
     if method == "project":
@@ -466,22 +454,12 @@ def _switched_surgery(index, lam, ema_rate, eps) -> optax.GradientTransformation
 # -- training --------------------------------------------------------------------------------
 
 
-class TrainState(NamedTuple):
-    """Parameters and optimiser state of a :func:`run`."""
-
-    params: PyTree
-    opt_state: PyTree
-
-
 def _optimizer(optimizer: str | optax.GradientTransformation, learning_rate) -> Any:
     if isinstance(optimizer, str):
-        if optimizer == "sgd":
-            return optax.sgd(learning_rate)
-        if optimizer == "adam":
-            return optax.adam(learning_rate)
-        raise ValueError(
-            f"optimizer must be 'sgd', 'adam' or an optax transformation, got {optimizer!r}."
+        check_choice(
+            optimizer, "optimizer ('sgd', 'adam' or an optax transformation)", ("sgd", "adam")
         )
+        return optax.sgd(learning_rate) if optimizer == "sgd" else optax.adam(learning_rate)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             f"optimizer must be 'sgd', 'adam' or an optax GradientTransformation, got {optimizer!r}."
@@ -489,39 +467,9 @@ def _optimizer(optimizer: str | optax.GradientTransformation, learning_rate) -> 
     return optimizer
 
 
-def init_train_state(params: PyTree, tx: optax.GradientTransformation) -> TrainState:
-    """The state at step 0: ``params`` and ``tx.init(params)``."""
-    return TrainState(params=params, opt_state=tx.init(params))
-
-
-def make_step(problem: Any, tx: optax.GradientTransformation, batch_size: int) -> Callable:
-    """A pure training step ``step(key, state) -> (state, info)`` for ``problem``.
-
-    The step draws a mini-batch of ``batch_size`` examples with ``problem.sample_batch``,
-    computes the main and auxiliary gradients on it, and applies ``tx`` (which receives the
-    auxiliary gradient as ``aux_grad``). ``info`` holds the mini-batch losses.
-
-    Args:
-        problem: an object with ``sample_batch(key, batch_size)``, ``main_loss(params, batch)``
-            and ``aux_loss(params, batch)`` (see :mod:`otdiff.optim.problems`).
-        tx: typically ``optax.chain(surgery(...), optimiser)``.
-        batch_size: the mini-batch size (static).
-    """
-
-    def step(key, state: TrainState):
-        batch = problem.sample_batch(key, batch_size)
-        main, g_main = jax.value_and_grad(problem.main_loss)(state.params, batch)
-        aux, g_aux = jax.value_and_grad(problem.aux_loss)(state.params, batch)
-        updates, opt_state = tx.update(g_main, state.opt_state, state.params, aux_grad=g_aux)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state), {"batch_main_loss": main, "batch_aux_loss": aux}
-
-    return step
-
-
 @partial(
     jax.jit,
-    static_argnames=("optimizer", "num_steps", "batch_size", "record_every"),
+    static_argnames=("optimizer", "n_steps", "batch_size", "record_every"),
 )
 def _run(
     key,
@@ -534,7 +482,7 @@ def _run(
     method_index,
     *,
     optimizer,
-    num_steps,
+    n_steps,
     batch_size,
     record_every,
 ):
@@ -543,21 +491,24 @@ def _run(
     key, init_key = jax.random.split(key)
     if params is None:
         params = problem.init_params(init_key)
-    step = make_step(problem, tx, batch_size)
-    state = init_train_state(params, tx)
-    n_records = num_steps // record_every
+    step = train.make_step(
+        lambda p, k, batch: problem.main_loss(p, batch),
+        tx,
+        sample_batch=lambda k, prob: prob.sample_batch(k, batch_size),
+        ema_decay=None,
+        extra_grads={"aux_grad": lambda p, k, batch: problem.aux_loss(p, batch)},
+    )
+    state = train.init(params, tx, ema=False)
 
-    def block(state, keys):
-        state, _ = jax.lax.scan(lambda s, k: step(k, s), state, keys)
+    def block(state, _):
+        state, _ = train.run_steps(step, key, state, problem, record_every)
         return state, problem.evaluate(state.params)
 
-    keys = jax.random.split(key, num_steps)
-    keys = keys.reshape(n_records, record_every, *keys.shape[1:])
-    state, rest = jax.lax.scan(block, state, keys)
+    state, rest = jax.lax.scan(block, state, None, length=n_steps // record_every)
     history = jax.tree_util.tree_map(
         lambda first, later: jnp.concatenate([first[None], later]), problem.evaluate(params), rest
     )
-    history["step"] = jnp.arange(n_records + 1) * record_every
+    history["step"] = jnp.arange(n_steps // record_every + 1) * record_every
     return state.params, history
 
 
@@ -571,7 +522,7 @@ def run(
     eps: float | jax.Array = DEFAULT_EPS,
     optimizer: str | optax.GradientTransformation = "sgd",
     learning_rate: float | jax.Array = 0.01,
-    num_steps: int = 1000,
+    n_steps: int = 1000,
     batch_size: int = 16,
     record_every: int = 100,
     params: PyTree | None = None,
@@ -581,6 +532,8 @@ def run(
     Each step draws a mini-batch, computes :math:`g_t = \\nabla L^{b}_{\\rm main}` and
     :math:`a_t = \\nabla L^{b}_{\\rm aux}`, forms the direction of ``method`` (:func:`surgery`) and
     feeds it to the optimiser: ``optax.chain(surgery(method, lam, ema_rate, eps), optimizer)``.
+    The step is :func:`otdiff.train.make_step` (its ``extra_grads`` carry :math:`a_t`), the loop
+    :func:`otdiff.train.run_steps`: step :math:`n` uses the key ``fold_in(key, n)``.
 
     The function is pure: the same key gives the same result. ``lam``, ``ema_rate``, ``eps`` and
     ``learning_rate`` are dynamic (a float or a JAX scalar; changing them does not recompile, and
@@ -600,14 +553,14 @@ def run(
         optimizer: ``"sgd"``, ``"adam"`` (both with ``learning_rate``) or any optax
             transformation (static; hashed by identity, so build it once).
         learning_rate: the step size of ``"sgd"``/``"adam"`` (> 0).
-        num_steps: the number of optimisation steps (static), a multiple of ``record_every``.
+        n_steps: the number of optimisation steps (static), a multiple of ``record_every``.
         batch_size: the mini-batch size (static; sets shapes).
         record_every: evaluate ``problem.evaluate`` every this many steps (static).
         params: the initial parameters (default ``problem.init_params(key)``).
 
     Returns:
         ``(params, history)``: the final parameters and a dict of arrays of length
-        ``num_steps // record_every + 1`` (step 0 included): every entry of
+        ``n_steps // record_every + 1`` (step 0 included): every entry of
         ``problem.evaluate`` and ``"step"``.
 
     Raises:
@@ -615,18 +568,15 @@ def run(
 
     Taught in: book/optim/01_bloop.ipynb
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    _check_lam(lam)
-    _check_ema_rate(ema_rate)
-    _check_eps(eps)
+    check_choice(method, "method", METHODS)
+    _check_hyperparameters(lam, ema_rate, eps)
     check_positive(learning_rate, "learning_rate")
-    num_steps = check_int(num_steps, "num_steps", low=1)
+    n_steps = check_int(n_steps, "n_steps", low=1)
     batch_size = check_int(batch_size, "batch_size", low=1)
-    record_every = check_int(record_every, "record_every", low=1, high=num_steps)
-    if num_steps % record_every:
+    record_every = check_int(record_every, "record_every", low=1, high=n_steps)
+    if n_steps % record_every:
         raise ValueError(
-            f"num_steps must be a multiple of record_every, got {num_steps} and {record_every}."
+            f"n_steps must be a multiple of record_every, got {n_steps} and {record_every}."
         )
     _optimizer(optimizer, 1.0)  # validates the choice
     f = jnp.float32
@@ -640,7 +590,7 @@ def run(
         jnp.asarray(learning_rate, f),
         jnp.asarray(METHODS.index(method), jnp.int32),
         optimizer=optimizer,
-        num_steps=num_steps,
+        n_steps=n_steps,
         batch_size=batch_size,
         record_every=record_every,
     )

@@ -1,53 +1,38 @@
-"""Optimal transport: entropic OT with Sinkhorn (built on ott-jax), data-dependent starts, ProgOT, exact references,
-multi-marginal OT and the multi-marginal matching gap (``otdiff.ot.m3g`` holds its encoder, training and evaluation).
+"""Optimal transport: entropic OT with Sinkhorn over any ott-jax cost, data-dependent starts, ProgOT.
+
+- :mod:`otdiff.ot.sinkhorn`: the one Sinkhorn path (:func:`solve`, :func:`sweep_epsilon`), the
+  entropic map, costs and scales, exact references;
+- :mod:`otdiff.ot.initializers`: data-dependent starts (Gaussian, sorting, mixture, subsample);
+- :mod:`otdiff.ot.progot`: progressive entropic OT (state, init, step, run, out-of-sample map);
+- :mod:`otdiff.ot.multimarginal`: multi-marginal entropic OT over ott-jax's ``MMSinkhorn``, and
+  :mod:`otdiff.ot.m3g`: the multi-marginal matching gap :cite:`piran2024m3g` (import both by name).
+
+Test problems with known answers live in :mod:`otdiff.data` (``gaussian_clouds``,
+``mixture_clouds``, ``known_map``, ``known_map_problem``); map errors in :mod:`otdiff.metrics`.
 
 Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
 book/ot/05_m3g.ipynb.
 """
 
-from otdiff.ot import m3g, multimarginal
 from otdiff.ot.initializers import (
     INITIALIZERS,
     GaussianInitializer,
     GaussianMixtureInitializer,
-    InitializedSolve,
     SortingInitializer,
-    gaussian_clouds,
-    initial_potential,
     make_initializer,
-    mixture_clouds,
-    solve_core_with_initializer,
-    solve_with_initializer,
-)
-from otdiff.ot.m3g import (
-    M3GOutput,
-    circular_variance,
-    circular_variance_tensor,
-    m3g_core,
-    m3g_loss,
-    matching_gap,
-)
-from otdiff.ot.multimarginal import (
-    MAX_TENSOR_ENTRIES,
-    MultiMarginalOutput,
-    check_tensor_size,
-    cost_tensor,
-    solve_multimarginal,
-    solve_multimarginal_core,
-    tensor_marginals,
 )
 from otdiff.ot.progot import (
     ALPHA_SCHEDULES,
     ProgOTOutput,
+    ProgOTState,
     alpha_schedule,
-    default_epsilon,
+    displace,
     elapsed_times,
-    entropic_map,
     epsilon_schedule,
-    known_map,
-    known_map_problem,
     progot,
     progot_core,
+    progot_init,
+    progot_step,
     select_end_epsilon,
     transport,
 )
@@ -55,6 +40,8 @@ from otdiff.ot.sinkhorn import (
     AssignmentOutput,
     SinkhornOutput,
     cost_matrix,
+    default_epsilon,
+    entropic_map,
     exact_ot_cost,
     mean_cost,
     relative_epsilon,
@@ -67,49 +54,30 @@ __all__ = [
     "INITIALIZERS",
     "GaussianInitializer",
     "GaussianMixtureInitializer",
-    "InitializedSolve",
     "SortingInitializer",
-    "gaussian_clouds",
-    "initial_potential",
     "make_initializer",
-    "mixture_clouds",
-    "solve_core_with_initializer",
-    "solve_with_initializer",
     "ALPHA_SCHEDULES",
     "ProgOTOutput",
+    "ProgOTState",
     "alpha_schedule",
-    "default_epsilon",
+    "displace",
     "elapsed_times",
-    "entropic_map",
     "epsilon_schedule",
-    "known_map",
-    "known_map_problem",
     "progot",
     "progot_core",
+    "progot_init",
+    "progot_step",
     "select_end_epsilon",
     "transport",
     "AssignmentOutput",
     "SinkhornOutput",
     "cost_matrix",
+    "default_epsilon",
+    "entropic_map",
     "exact_ot_cost",
     "mean_cost",
     "relative_epsilon",
     "solve",
     "solve_core",
     "sweep_epsilon",
-    "m3g",
-    "multimarginal",
-    "M3GOutput",
-    "circular_variance",
-    "circular_variance_tensor",
-    "matching_gap",
-    "m3g_core",
-    "m3g_loss",
-    "MAX_TENSOR_ENTRIES",
-    "MultiMarginalOutput",
-    "check_tensor_size",
-    "cost_tensor",
-    "solve_multimarginal",
-    "solve_multimarginal_core",
-    "tensor_marginals",
 ]

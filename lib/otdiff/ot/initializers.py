@@ -1,4 +1,4 @@
-r"""Data-dependent starts for the Sinkhorn algorithm {cite}`thornton2023sinkhorninit`.
+r"""Data-dependent starts for the Sinkhorn algorithm :cite:`thornton2023sinkhorninit`.
 
 Sinkhorn's iterations are block coordinate ascent on a concave dual: any start converges to the
 same optimum, but a start close to the optimal potential :math:`f^\star` converges in fewer
@@ -6,8 +6,9 @@ iterations. The closed-form *unregularised* potential of a simpler problem (the 
 Gaussians, two Gaussian mixtures, a subsample) is such a start. With implicit differentiation the
 gradients of the solution do not depend on the start.
 
-This module wraps ott-jax's initializers {cite}`cuturi2022ott` and adds what a reader needs and
-ott-jax 0.6 lacks:
+A start is an ott-jax initializer :cite:`cuturi2022ott`; pass it to :func:`otdiff.ot.solve`
+(``initializer=...``), or build it by name with :func:`make_initializer`. This module adds what a
+reader needs and ott-jax 0.6 lacks:
 
 * :class:`GaussianInitializer`: ott-jax's Gaussian (Bures) start, which *refuses* any cost but the
   squared Euclidean one (ott-jax's silently assumes it);
@@ -15,29 +16,27 @@ ott-jax 0.6 lacks:
   DualSort on the sorted problem and puts the potential back in the caller's order (ott-jax's
   needs sorted inputs), with a stopping tolerance relative to the scale of the cost;
 * :class:`GaussianMixtureInitializer`: a start built from Gaussian mixtures fitted to both clouds
-  (absent from ott-jax; a heuristic of this book, see its docstring);
-* :func:`solve_with_initializer`: one Sinkhorn solve from a chosen start, reporting iterations,
-  marginal error, cost and wall time.
+  (absent from ott-jax; a heuristic of this book, see its docstring).
 
-All potentials follow ott-jax's convention (see :class:`otdiff.ot.SinkhornOutput`) and the cost is
-ott-jax's squared Euclidean cost :math:`C_{ij} = \|x_i - y_j\|^2` (no factor 1/2).
+All potentials follow ott-jax's convention (see :class:`otdiff.ot.SinkhornOutput`); the closed
+forms hold for ott-jax's squared Euclidean cost :math:`C_{ij} = \|x_i - y_j\|^2` (no factor 1/2).
 
 Taught in: book/ot/02_sinkhorn_init.ipynb.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ott.geometry import costs, geometry, pointcloud
 from ott.initializers.linear import initializers as ott_init
+from ott.math import matrix_square_root
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
+from ott.tools.gaussian_mixture import linalg
 
 from otdiff import _checks
 
@@ -47,15 +46,9 @@ __all__ = [
     "SortingInitializer",
     "GaussianMixtureInitializer",
     "make_initializer",
-    "initial_potential",
-    "InitializedSolve",
-    "solve_core_with_initializer",
-    "solve_with_initializer",
-    "gaussian_clouds",
-    "mixture_clouds",
 ]
 
-#: The names :func:`make_initializer` and :func:`solve_with_initializer` accept.
+#: The names :func:`make_initializer` accepts.
 INITIALIZERS = ("zero", "gaussian", "sorting", "subsample", "gmm")
 
 
@@ -93,7 +86,7 @@ class GaussianInitializer(ott_init.GaussianInitializer):
 
     the gradient of :math:`\varphi(x) = \tfrac12 x^\top A x + (m_b - A m_a)^\top x`; for the cost
     :math:`\|x - y\|^2` the Kantorovich potential is :math:`f(x) = \|x\|^2 - 2\varphi(x)`,
-    returned centred {cite}`thornton2023sinkhorninit`. Computed by ott-jax's
+    returned centred :cite:`thornton2023sinkhorninit`. Computed by ott-jax's
     ``GaussianInitializer``; this subclass raises a ``ValueError`` for any other cost (for which
     the formula is wrong), where ott-jax's silently returns it.
 
@@ -120,7 +113,7 @@ class SortingInitializer(ott_init.DefaultInitializer):
 
         f_i \leftarrow \min_j \big(C_{ij} - C_{jj} + f_j\big),
 
-    run from :math:`f = 0` {cite}`thornton2023sinkhorninit`. This class sorts ``x`` and ``y``,
+    run from :math:`f = 0` :cite:`thornton2023sinkhorninit`. This class sorts ``x`` and ``y``,
     runs ott-jax's DualSort sweep on the sorted problem and returns :math:`f`, centred, in the
     caller's order (ott-jax's ``SortingInitializer`` assumes sorted inputs).
 
@@ -146,6 +139,22 @@ class SortingInitializer(ott_init.DefaultInitializer):
         self.rtol = rtol
         self.max_iter = _checks.check_int(max_iter, "max_iter", low=1)
         self.vectorized_update = bool(vectorized_update)
+
+    def check_problem(self, x, y, a, b) -> None:
+        """Refuse, before solving, a problem this start cannot begin (called by ``solve``)."""
+        if x.shape[1] != 1:
+            raise ValueError(
+                f"the sorting start needs 1-D points (shape (n, 1)), got dimension {x.shape[1]}."
+            )
+        n = x.shape[0]
+        if y.shape[0] != n:
+            raise ValueError(
+                f"the sorting start needs as many points in x as in y, got {n} and {y.shape[0]}."
+            )
+        if _checks.is_concrete((a, b)) and not (
+            np.allclose(np.asarray(a), 1 / n) and np.allclose(np.asarray(b), 1 / n)
+        ):
+            raise ValueError("the sorting start needs uniform weights a and b.")
 
     def init_fu(self, ot_prob, lse_mode, rng=None):  # noqa: D102
         geom = _require_pointcloud(ot_prob, "SortingInitializer")
@@ -216,19 +225,35 @@ def _fit_gmm(key, x, w, n_components: int, n_steps: int):
     return means, covs, logpi, jnp.exp(log_resp(means, covs, logpi))
 
 
-def _sqrtm_psd(m):
-    vals, vecs = jnp.linalg.eigh(m)
-    return (vecs * jnp.sqrt(jnp.clip(vals, 0.0))) @ vecs.T
+def _gaussian_pair(mean_a, cov_a, mean_b, cov_b, x):
+    r""":math:`W_2^2` between two Gaussians, and the Kantorovich potential at the points ``x``.
 
+    With :math:`R = \Sigma_a^{1/2}` and :math:`M = (R\Sigma_b R)^{1/2}` :cite:`dowson1982frechet`,
 
-def _bures(mean_a, cov_a, mean_b, cov_b):
-    """W_2^2 between two Gaussians and the matrix A of the Brenier map (eigh-based)."""
-    root_a = _sqrtm_psd(cov_a)
-    vals, vecs = jnp.linalg.eigh(cov_a)
-    inv_root_a = (vecs / jnp.sqrt(jnp.clip(vals, 1e-30))) @ vecs.T
-    middle = _sqrtm_psd(root_a @ cov_b @ root_a)
+    .. math::
+
+        W_2^2 = \|m_a - m_b\|^2 + \operatorname{tr}(\Sigma_a + \Sigma_b - 2M), \qquad
+        A = R^{-1} M R^{-1}, \qquad
+        f(x) = \|x\|^2 - x^\top A x - 2 (m_b - A m_a)^\top x,
+
+    the potential for the cost :math:`\|x - y\|^2`, up to a constant. The matrix functions are
+    ott-jax's, as in its ``ScaleTriL.gaussian_map``: :math:`R^{\pm 1}` by eigendecomposition
+    (``gaussian_mixture.linalg.matrix_powers``) and :math:`M` by Newton-Schulz iterations
+    (``matrix_square_root.sqrtm_only``), which stay accurate for a nearly singular
+    :math:`R\Sigma_b R`. (ott-jax 0.6's ``costs.Bures`` passes the dimension as the tolerance of
+    its square root, which loses accuracy as the dimension grows and fails in one dimension;
+    building ott-jax's ``Gaussian`` objects gives the same numbers but triples the compile time.)
+    """
+    root, inv_root = linalg.matrix_powers(cov_a, (0.5, -0.5))
+    middle = matrix_square_root.sqrtm_only(root @ cov_b @ root)
     w2 = jnp.sum((mean_a - mean_b) ** 2) + jnp.trace(cov_a + cov_b - 2 * middle)
-    return w2, inv_root_a @ middle @ inv_root_a
+    brenier = inv_root @ middle @ inv_root
+    potential = (
+        jnp.sum(x**2, axis=1)
+        - jnp.einsum("ni,ij,nj->n", x, brenier, x)
+        - 2 * x @ (mean_b - brenier @ mean_a)
+    )
+    return w2, potential
 
 
 @jax.tree_util.register_pytree_node_class
@@ -237,9 +262,10 @@ class GaussianMixtureInitializer(ott_init.DefaultInitializer):
 
     1. Fit mixtures :math:`\sum_k \pi_k \mathcal N(m_k, \Sigma_k)` to the source and
        :math:`\sum_l \pi'_l \mathcal N(m'_l, \Sigma'_l)` to the target (weighted EM,
-       ``n_components`` each).
+       ``n_components`` each, from a farthest-point start whose first centre is drawn with the
+       solver's key).
     2. Transport the components as atoms, with the cost :math:`W_{kl} = W_2^2` between
-       components (the GMM-OT construction of Delon and Desolneux): a small OT problem whose
+       components (the GMM-OT construction of :cite:`delon2020gmm`): a small OT problem whose
        plan :math:`w_{kl}` and source potential :math:`u_k` are computed by Sinkhorn, at the
        problem's own :math:`\varepsilon` (``entropic_match=True``, the default) or at
        :math:`10^{-2}` times the mean of :math:`W` (``False``).
@@ -252,8 +278,8 @@ class GaussianMixtureInitializer(ott_init.DefaultInitializer):
         f(x) = \sum_k \gamma_k(x) \sum_l \frac{w_{kl}}{\pi_k}
             \Big(f_{kl}(x) - \mathbb E_{k}[f_{kl}] + u_k\Big).
 
-    With one component it is the Gaussian start. It is a heuristic of this book in the spirit of
-    {cite}`thornton2023sinkhorninit` (whose GMM start we could not check against the paper's
+    The matrix square roots are ott-jax's. With one component it is the Gaussian start. It is a heuristic of this book in the spirit of
+    :cite:`thornton2023sinkhorninit` (whose GMM start we could not check against the paper's
     text): squared Euclidean cost only. Measured in the chapter: about 2x fewer iterations than
     the zero start on well-separated mixtures at large :math:`\varepsilon`, but no better than
     the single-Gaussian start at small :math:`\varepsilon` (the constants between components
@@ -267,6 +293,9 @@ class GaussianMixtureInitializer(ott_init.DefaultInitializer):
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
 
+    #: It draws random numbers (the EM start): ``solve`` then requires a ``key``.
+    needs_key = True
+
     def __init__(self, n_components: int = 3, n_steps: int = 50, entropic_match: bool = True):
         super().__init__()
         self.entropic_match = bool(entropic_match)
@@ -276,13 +305,14 @@ class GaussianMixtureInitializer(ott_init.DefaultInitializer):
     def init_fu(self, ot_prob, lse_mode, rng=None):  # noqa: D102
         geom = _require_pointcloud(ot_prob, "GaussianMixtureInitializer")
         _require_sqeuclidean(geom, "GaussianMixtureInitializer")
-        rng = jax.random.key(0) if rng is None else rng
         kx, ky = jax.random.split(rng)
         x, y, a, b = geom.x, geom.y, ot_prob.a, ot_prob.b
         mx, cx, lpx, gamma = _fit_gmm(kx, x, a, self.n_components, self.n_steps)
         my, cy, lpy, _ = _fit_gmm(ky, y, b, self.n_components, self.n_steps)
-        pairs = jax.vmap(jax.vmap(_bures, (None, None, 0, 0)), (0, 0, None, None))
-        w2, maps = pairs(mx, cx, my, cy)  # (K, L) and the (K, L, d, d) Brenier matrices
+        pairs = jax.vmap(
+            jax.vmap(_gaussian_pair, (None, None, 0, 0, None)), (0, 0, None, None, None)
+        )
+        w2, f_kl = pairs(mx, cx, my, cy, x)  # (K, L) and the potentials f_kl(x), (K, L, n)
         eps_small = geom.epsilon if self.entropic_match else 1e-2 * jnp.mean(w2) + 1e-12
         small = linear_problem.LinearProblem(
             geometry.Geometry(cost_matrix=w2, epsilon=eps_small), a=jnp.exp(lpx), b=jnp.exp(lpy)
@@ -290,13 +320,6 @@ class GaussianMixtureInitializer(ott_init.DefaultInitializer):
         out = ott_sinkhorn.Sinkhorn(threshold=1e-4, max_iterations=1000)(small)
         plan = out.matrix / jnp.exp(lpx)[:, None]  # rows sum to one: w_kl / pi_k
         u = out.f - eps_small * lpx  # the textbook (unshifted) dual potential
-        # f_kl(x) = ||x||^2 - x^T A_kl x - 2 (m_l - A_kl m_k)^T x: Kantorovich potential, (K, L, n)
-        shift = my[None, :, :] - jnp.einsum("klij,kj->kli", maps, mx)
-        f_kl = (
-            jnp.sum(x**2, axis=1)[None, None, :]
-            - jnp.einsum("ni,klij,nj->kln", x, maps, x)
-            - 2 * jnp.einsum("kli,ni->kln", shift, x)
-        )
         resp = gamma * a[:, None]  # (n, K)
         mean_k = jnp.einsum("kln,nk->kl", f_kl, resp) / (jnp.sum(resp, axis=0)[:, None] + 1e-12)
         f_kl = f_kl - mean_k[:, :, None] + u[:, None, None]
@@ -320,7 +343,8 @@ def make_initializer(name: str, **options: Any) -> ott_init.SinkhornInitializer:
     ``rtol``, ``max_iter``); ``"subsample"``: ott-jax's ``SubsampleInitializer`` (option
     ``subsample_n``, default 100: solve on that many resampled points, then extend the potential
     by the entropic c-transform); ``"gmm"``: :class:`GaussianMixtureInitializer` (options
-    ``n_components``, ``n_steps``).
+    ``n_components``, ``n_steps``). The subsample and mixture starts draw random numbers:
+    :func:`otdiff.ot.solve` then needs a ``key``.
 
     Taught in: book/ot/02_sinkhorn_init.ipynb.
     """
@@ -336,262 +360,3 @@ def make_initializer(name: str, **options: Any) -> ott_init.SinkhornInitializer:
         size = _checks.check_int(options.pop("subsample_n", 100), "subsample_n", low=1)
         return ott_init.SubsampleInitializer(size, **options)
     return GaussianMixtureInitializer(**options)
-
-
-def initial_potential(
-    x: Any,
-    y: Any,
-    epsilon: Any,
-    initializer: str = "gaussian",
-    a=None,
-    b=None,
-    *,
-    key=None,
-    **options,
-) -> jax.Array:
-    """The start :math:`f^{(0)}` that ``initializer`` gives for the problem (checked inputs).
-
-    Taught in: book/ot/02_sinkhorn_init.ipynb.
-    """
-    x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
-    _checks.check_positive(epsilon, "epsilon")
-    _check_init_name(initializer, x, y, a, b)
-    init = make_initializer(initializer, **options)
-    prob = linear_problem.LinearProblem(
-        pointcloud.PointCloud(x, y, epsilon=jnp.asarray(epsilon, x.dtype)), a=a, b=b
-    )
-    key = jax.random.key(0) if key is None else key
-    return init(prob, lse_mode=True, rng=key)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# One solve from a chosen start
-# --------------------------------------------------------------------------------------------
-
-
-class InitializedSolve(NamedTuple):
-    r"""What :func:`solve_with_initializer` returns.
-
-    Attributes:
-        f0: the start :math:`f^{(0)}` the initializer gave (``g`` starts anywhere: the first
-            update overwrites it), shape ``(n,)``.
-        f, g: the potentials at the end (ott-jax's convention), shapes ``(n,)`` and ``(m,)``.
-        reg_ot_cost: ott-jax's ``reg_ot_cost`` (the dual objective: :math:`\mathrm{OT}_\varepsilon`).
-        marginal_error: :math:`\|P\mathbf 1 - a\|_1 + \|P^\top\mathbf 1 - b\|_1` at the end.
-        n_iterations: Sinkhorn iterations run (a multiple of ``inner_iterations``).
-        errors: the column error every ``inner_iterations`` iterations, ``-1`` after the stop.
-        converged: whether the error went below ``threshold``.
-        epsilon: the absolute regularisation used.
-        wall_time: seconds of a timed call after compilation (``nan`` from the core).
-        first_call_time: seconds of the first call, compilation included (``nan`` from the core).
-    """
-
-    f0: jax.Array
-    f: jax.Array
-    g: jax.Array
-    reg_ot_cost: jax.Array
-    marginal_error: jax.Array
-    n_iterations: jax.Array
-    errors: jax.Array
-    converged: jax.Array
-    epsilon: jax.Array
-    wall_time: Any = float("nan")
-    first_call_time: Any = float("nan")
-
-
-@functools.partial(
-    jax.jit, static_argnames=("initializer", "options", "max_iterations", "inner_iterations")
-)
-def solve_core_with_initializer(
-    x: jax.Array,
-    y: jax.Array,
-    a: jax.Array,
-    b: jax.Array,
-    epsilon: jax.Array,
-    threshold: jax.Array,
-    key: jax.Array,
-    *,
-    initializer: str = "zero",
-    options: tuple = (),
-    max_iterations: int = 2000,
-    inner_iterations: int = 1,
-) -> InitializedSolve:
-    r"""The jitted, unchecked core of :func:`solve_with_initializer`.
-
-    ``epsilon`` and ``threshold`` are dynamic (vmap over them works); ``initializer`` (a name
-    of :data:`INITIALIZERS`), ``options`` (a tuple of ``(name, value)`` pairs) and the iteration
-    counts are static. Gradients use ott-jax's implicit differentiation: they flow through the
-    optimality conditions at the solution, not through the iterations or the start.
-
-    Taught in: book/ot/02_sinkhorn_init.ipynb.
-    """
-    geom = pointcloud.PointCloud(x, y, epsilon=epsilon)
-    problem = linear_problem.LinearProblem(geom, a=a, b=b)
-    f0, g0 = make_initializer(initializer, **dict(options))(problem, lse_mode=True, rng=key)
-    solver = ott_sinkhorn.Sinkhorn(
-        threshold=threshold, max_iterations=max_iterations, inner_iterations=inner_iterations
-    )
-    out = solver(problem, init=(f0, g0))
-    coupling = out.matrix
-    marginal_error = jnp.sum(jnp.abs(coupling.sum(axis=1) - a)) + jnp.sum(
-        jnp.abs(coupling.sum(axis=0) - b)
-    )
-    return InitializedSolve(
-        f0=f0,
-        f=out.f,
-        g=out.g,
-        reg_ot_cost=out.reg_ot_cost,
-        marginal_error=marginal_error,
-        n_iterations=out.n_iters,
-        errors=out.errors,
-        converged=out.converged,
-        epsilon=jnp.asarray(geom.epsilon),
-    )
-
-
-def _check_init_name(initializer, x, y, a, b) -> None:
-    if initializer not in INITIALIZERS:
-        raise ValueError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}.")
-    if initializer == "sorting":
-        if x.shape[1] != 1:
-            raise ValueError(
-                f"initializer='sorting' needs 1-D points (shape (n, 1)), got dimension {x.shape[1]}."
-            )
-        n = x.shape[0]
-        if y.shape[0] != n:
-            raise ValueError(
-                f"initializer='sorting' needs as many points in x as in y, got {n} and "
-                f"{y.shape[0]}."
-            )
-        if _checks.is_concrete((a, b)) and not (
-            np.allclose(np.asarray(a), 1 / n) and np.allclose(np.asarray(b), 1 / n)
-        ):
-            raise ValueError("initializer='sorting' needs uniform weights a and b.")
-
-
-def solve_with_initializer(
-    x: Any,
-    y: Any,
-    epsilon: Any,
-    initializer: str = "zero",
-    a: Any = None,
-    b: Any = None,
-    *,
-    key: jax.Array | None = None,
-    threshold: float = 1e-3,
-    max_iterations: int = 2000,
-    inner_iterations: int = 1,
-    time_it: bool = True,
-    **options: Any,
-) -> InitializedSolve:
-    r"""Log-domain Sinkhorn from the start ``initializer``; iterations, error, cost, wall time.
-
-    Runs ott-jax's Sinkhorn {cite}`cuturi2022ott` on :math:`C_{ij} = \|x_i - y_j\|^2` from
-    :math:`f^{(0)}` given by ``initializer`` {cite}`thornton2023sinkhorninit`, alternating
-
-    .. math::
-
-        g_j \leftarrow \varepsilon \log b_j
-            - \varepsilon \log \sum_i e^{(f_i - C_{ij})/\varepsilon}, \qquad
-        f_i \leftarrow \varepsilon \log a_i
-            - \varepsilon \log \sum_j e^{(g_j - C_{ij})/\varepsilon},
-
-    until the column error :math:`\|P^\top\mathbf 1 - b\|_1` is below ``threshold``, checked
-    every ``inner_iterations`` (default 1: exact iteration counts; ott-jax's default is 10).
-
-    With ``time_it`` (default) it calls the jitted core twice, and reports the time of the first
-    call (compilation included) and of the second; the results are those of the second.
-
-    Args:
-        x, y: source and target points, shapes ``(n, d)`` and ``(m, d)``, finite, ``n, m >= 1``.
-        epsilon: the absolute regularisation, > 0 (see :func:`otdiff.ot.relative_epsilon`).
-        initializer: one of :data:`INITIALIZERS` (``"sorting"`` needs ``d == 1``, ``n == m``
-            and uniform weights).
-        a, b: weights (``None``: uniform), non-negative, summing to one.
-        key: a JAX random key for the subsample and GMM starts (default ``key(0)``).
-        threshold: the stopping tolerance, > 0.
-        max_iterations, inner_iterations: ints >= 1, the first a multiple of the second.
-        time_it: time the call (two calls) or not (one call, times ``nan``).
-        **options: passed to :func:`make_initializer`.
-
-    Returns:
-        An :class:`InitializedSolve`.
-
-    Raises:
-        ValueError, TypeError: naming the argument and the accepted range.
-
-    Taught in: book/ot/02_sinkhorn_init.ipynb.
-    """
-    x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
-    _checks.check_positive(epsilon, "epsilon")
-    _checks.check_positive(threshold, "threshold")
-    max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
-    _check_init_name(initializer, x, y, a, b)
-    make_initializer(initializer, **dict(options))  # checks the options
-    key = jax.random.key(0) if key is None else key
-    args = (
-        x,
-        y,
-        a,
-        b,
-        jnp.asarray(epsilon, x.dtype),
-        jnp.asarray(threshold, x.dtype),
-        key,
-    )
-    kwargs = dict(
-        initializer=initializer,
-        options=tuple(sorted(options.items())),
-        max_iterations=max_iterations,
-        inner_iterations=inner_iterations,
-    )
-    start = time.perf_counter()
-    out = jax.block_until_ready(solve_core_with_initializer(*args, **kwargs))
-    first = time.perf_counter() - start
-    if not time_it:
-        return out
-    start = time.perf_counter()
-    out = jax.block_until_ready(solve_core_with_initializer(*args, **kwargs))
-    return out._replace(wall_time=time.perf_counter() - start, first_call_time=first)
-
-
-# --------------------------------------------------------------------------------------------
-# Test problems
-# --------------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames=("n", "d"))
-def gaussian_clouds(key: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array]:
-    r"""Two anisotropic Gaussian clouds of ``n`` points in dimension ``d`` (static).
-
-    :math:`x_i \sim \mathcal N(0, AA^\top)` and :math:`y_j \sim \mathcal N(\mathbf 1, BB^\top)`
-    with random :math:`A, B` (standard normal entries divided by :math:`\sqrt d`).
-
-    Taught in: book/ot/02_sinkhorn_init.ipynb.
-    """
-    ka, kb, kx, ky = jax.random.split(key, 4)
-    A = jax.random.normal(ka, (d, d)) / jnp.sqrt(d)
-    B = jax.random.normal(kb, (d, d)) / jnp.sqrt(d)
-    x = jax.random.normal(kx, (n, d)) @ A.T
-    y = 1.0 + jax.random.normal(ky, (n, d)) @ B.T
-    return x, y
-
-
-@functools.partial(jax.jit, static_argnames=("n", "d", "n_clusters"))
-def mixture_clouds(
-    key: jax.Array, n: int, d: int, n_clusters: int = 3
-) -> tuple[jax.Array, jax.Array]:
-    r"""Two mixtures of ``n_clusters`` well-separated Gaussian clusters, ``n`` points each.
-
-    Cluster centres are drawn uniformly in :math:`[-2, 2]^d` (source) and :math:`[-1, 3]^d`
-    (target), each cluster an isotropic Gaussian of standard deviation 0.25 and equal mass.
-
-    Taught in: book/ot/02_sinkhorn_init.ipynb.
-    """
-    kc, kd, kx, ky, ks = jax.random.split(key, 5)
-    cx = jax.random.uniform(kc, (n_clusters, d), minval=-2.0, maxval=2.0)
-    cy = jax.random.uniform(kd, (n_clusters, d), minval=-1.0, maxval=3.0)
-    lx = jnp.arange(n) % n_clusters
-    ly = jax.random.permutation(ks, lx)
-    x = cx[lx] + 0.25 * jax.random.normal(kx, (n, d))
-    y = cy[ly] + 0.25 * jax.random.normal(ky, (n, d))
-    return x, y

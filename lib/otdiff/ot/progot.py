@@ -1,4 +1,4 @@
-r"""Progressive entropic optimal transport (ProgOT) {cite}`kassraie2024progot`.
+r"""Progressive entropic optimal transport (ProgOT) :cite:`kassraie2024progot`.
 
 One entropic OT solve from the source :math:`X` straight to the target :math:`Y` must trade
 off bias (a large :math:`\varepsilon` blurs the map towards the mean) against speed and
@@ -10,25 +10,33 @@ the displacement into :math:`K` steps along an estimated McCann interpolation. W
 .. math::
 
     (f_k, g_k) = \mathrm{Sinkhorn}\big(x^{(k)}, Y; \varepsilon_k, \tau_k\big), \qquad
-    x^{(k+1)} = (1 - \alpha_k)\, x^{(k)} + \alpha_k\, T_k\big(x^{(k)}\big),
+    x^{(k+1)} = S_k\big(x^{(k)}\big) = (1 - \alpha_k)\, x^{(k)} + \alpha_k\, T_k\big(x^{(k)}\big),
 
-where :math:`T_k` is the entropic map of step :math:`k` (see :func:`entropic_map`), and starts
-step :math:`k + 1` from :math:`((1 - \alpha_k) f_k, (1 - \alpha_k) g_k)`. After :math:`k`
+where :math:`T_k` is the entropic map of step :math:`k` (:func:`otdiff.ot.entropic_map`), and
+starts step :math:`k + 1` from :math:`((1 - \alpha_k) f_k, (1 - \alpha_k) g_k)`. After :math:`k`
 steps the points have covered the fraction :math:`t_k = 1 - \prod_{j < k}(1 - \alpha_j)` of
 the way (:func:`elapsed_times`). The outputs are the coupling of the last step (its rows are the
 original points) and the out-of-sample map :math:`T_{\mathrm{Prog}} = S_{K-1} \circ \dots \circ
-S_0` with :math:`S_k(z) = (1 - \alpha_k) z + \alpha_k T_k(z)` (:func:`transport`).
+S_0` (:func:`transport`).
 
-*Why not ott-jax's ``ProgOT``.* ott-jax 0.6 ships ``ott.tools.progot``, whose schedules this
-module reproduces (:func:`alpha_schedule`, :func:`epsilon_schedule`). Its fitting loop, however,
-computes :math:`x^{(k+1)} = (1 - \alpha_k) x^{(0)} + \alpha_k T_k(x^{(k)})`, from the
-*original* points (``x`` where ``state.x`` was meant, since ott-jax PR #650), while its
-``transport`` replays the recursion above; the fitted potentials and the map disagree. Here
-the loop follows the paper, is one ``jax.lax.scan`` under ``jit``, takes per-step
-``epsilons`` and ``thresholds`` as dynamic arrays (no recompilation when they change) and
-records the trajectory :math:`x^{(0)}, \dots, x^{(K)}`.
+The algorithm in the house style: a state (:class:`ProgOTState`: the current points and the
+warm start), :func:`progot_init`, a pure :func:`progot_step` (one Sinkhorn solve, then
+:func:`displace`), and the run :func:`progot_core`, one ``jax.lax.scan`` of the step. The
+out-of-sample map replays :func:`displace` with the fitted potentials: fit and map share one
+update.
 
-Conventions as in :mod:`otdiff.ot.sinkhorn`: the cost is :math:`\|x - y\|^2` (no factor 1/2),
+*Why not ott-jax's ``ProgOT``.* ott-jax 0.6 ships ``ott.tools.progot``, whose step-size schedule
+this module uses (``get_alpha_schedule``) and whose :math:`\varepsilon` schedule it reproduces
+(:func:`epsilon_schedule`). Its fitting loop, however, computes
+:math:`x^{(k+1)} = (1 - \alpha_k) x^{(0)} + \alpha_k T_k(x^{(k)})`, from the *original* points
+(``x`` where ``state.x`` was meant, since ott-jax PR #650), while its ``transport`` replays the
+recursion above; the fitted potentials and the map disagree. Here the loop follows the paper,
+takes per-step ``epsilons`` and ``thresholds`` as dynamic arrays (no recompilation when they
+change) and records the trajectory :math:`x^{(0)}, \dots, x^{(K)}`.
+
+Conventions as in :mod:`otdiff.ot.sinkhorn`: the cost is ott-jax's ``cost_fn`` (default the
+squared Euclidean :math:`\|x - y\|^2`, no factor 1/2; the paper covers translation-invariant
+costs :math:`h(x - y)`, for which the step is :math:`z - \alpha_k\nabla h^*(\nabla f_k(z))`),
 ``epsilon`` is absolute, potentials follow ott-jax.
 
 Taught in: book/ot/03_progot.ipynb.
@@ -41,31 +49,54 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from ott.geometry import pointcloud
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn as ott_sinkhorn
+from ott.geometry import costs
+from ott.tools import progot as ott_progot
 
 from otdiff import _checks
+from otdiff.ot.sinkhorn import (
+    SinkhornOutput,
+    _check_chunk_size,
+    _check_cost_fn,
+    _geometry,
+    _marginal_error,
+    _sinkhorn,
+    _transport_cost,
+    default_epsilon,
+    entropic_map,
+)
 
 __all__ = [
     "ALPHA_SCHEDULES",
+    "ProgOTState",
     "ProgOTOutput",
     "alpha_schedule",
     "elapsed_times",
     "epsilon_schedule",
-    "default_epsilon",
-    "entropic_map",
     "select_end_epsilon",
-    "progot",
+    "displace",
+    "progot_init",
+    "progot_step",
     "progot_core",
+    "progot",
     "transport",
-    "known_map_problem",
-    "known_map",
 ]
 
 #: The step-size schedules :func:`alpha_schedule` accepts (ott-jax's names).
 ALPHA_SCHEDULES = ("lin", "exp", "quad")
+
+
+class ProgOTState(NamedTuple):
+    r"""The state between two ProgOT steps.
+
+    Attributes:
+        x: the current points :math:`x^{(k)}`, shape ``(n, d)``.
+        f, g: the potentials the next Sinkhorn solve starts from, shapes ``(n,)`` and ``(m,)``
+            (:math:`(1 - \alpha_{k-1}) f_{k-1}` with warm starts, zero at first).
+    """
+
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
 
 
 class ProgOTOutput(NamedTuple):
@@ -75,8 +106,8 @@ class ProgOTOutput(NamedTuple):
         xs: the trajectory :math:`x^{(0)}, \dots, x^{(K)}`, shape ``(K + 1, n, d)``;
             ``xs[0]`` is the source and ``xs[k + 1]`` the points after step ``k``.
         f: the source potential of every step (ott-jax's convention), shape ``(K, n)``.
-        g: the target potential of every step, shape ``(K, m)``; with ``y``, ``epsilons``
-            and ``alphas`` it defines the out-of-sample map (:func:`transport`).
+        g: the target potential of every step, shape ``(K, m)``; with ``y``, ``epsilons``,
+            ``alphas`` and ``cost_fn`` it defines the out-of-sample map (:func:`transport`).
         y: the target points, shape ``(m, d)``.
         alphas: the step sizes, shape ``(K,)``.
         epsilons: the regularisation of every step, shape ``(K,)``.
@@ -84,12 +115,14 @@ class ProgOTOutput(NamedTuple):
         n_iterations: the Sinkhorn iterations of every step, shape ``(K,)``.
         converged: whether every step reached its tolerance, shape ``(K,)``.
         reg_ot_cost: ott-jax's ``reg_ot_cost`` of every step, shape ``(K,)``.
-        coupling: the coupling :math:`P` of the last step, between :math:`x^{(K-1)}` and
-            :math:`Y`; its row ``i`` is the original point ``x[i]``. Shape ``(n, m)``.
-        transport_cost: :math:`\sum_{ij} P_{ij}\|x_i - y_j\|^2` for the *original* points:
-            the cost of the coupling as a plan between :math:`X` and :math:`Y`.
+        transport_cost: :math:`\sum_{ij} P_{ij}\, c(x_i, y_j)` for the last step's coupling
+            :math:`P` (between :math:`x^{(K-1)}` and :math:`Y`) and the *original* points: the
+            cost of the coupling as a plan between :math:`X` and :math:`Y`.
         marginal_error: :math:`\|P\mathbf 1 - a\|_1 + \|P^\top\mathbf 1 - b\|_1` of the last
             step's coupling.
+        cost_fn: the cost (an ott-jax ``CostFn``).
+        coupling: the last step's coupling :math:`P`, whose row ``i`` is the original point
+            ``x[i]``, shape ``(n, m)``, when asked for (``return_coupling=True``); else ``None``.
     """
 
     xs: jax.Array
@@ -102,12 +135,13 @@ class ProgOTOutput(NamedTuple):
     n_iterations: jax.Array
     converged: jax.Array
     reg_ot_cost: jax.Array
-    coupling: jax.Array
     transport_cost: jax.Array
     marginal_error: jax.Array
+    cost_fn: costs.CostFn
+    coupling: jax.Array | None = None
 
     @property
-    def num_steps(self) -> int:
+    def n_steps(self) -> int:
         """The number of steps :math:`K`."""
         return self.alphas.shape[-1]
 
@@ -122,11 +156,12 @@ class ProgOTOutput(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-def alpha_schedule(kind: str, num_steps: int) -> jax.Array:
+def alpha_schedule(kind: str, n_steps: int) -> jax.Array:
     r"""The step sizes :math:`(\alpha_0, \dots, \alpha_{K-1})` of a named schedule.
 
-    With :math:`t_k = 1 - \prod_{j < k}(1 - \alpha_j)` the fraction of the way covered after
-    :math:`k` steps ({cite}`kassraie2024progot`, Section 4; ott-jax's ``get_alpha_schedule``):
+    ott-jax's ``get_alpha_schedule`` :cite:`cuturi2022ott`. With
+    :math:`t_k = 1 - \prod_{j < k}(1 - \alpha_j)` the fraction of the way covered after
+    :math:`k` steps (:cite:`kassraie2024progot`, Section 4):
 
     * ``"lin"``, constant speed: :math:`\alpha_k = 1/(K - k)`, so :math:`t_k = k/K`: every step
       moves the points the same distance, and the last one (:math:`\alpha_{K-1} = 1`) lands on
@@ -139,26 +174,20 @@ def alpha_schedule(kind: str, num_steps: int) -> jax.Array:
 
     Args:
         kind: one of :data:`ALPHA_SCHEDULES`.
-        num_steps: :math:`K`, an int >= 1. Static.
+        n_steps: :math:`K`, an int >= 1. Static.
 
     Returns:
         A float array of shape ``(K,)`` with entries in :math:`(0, 1]`.
 
     Raises:
-        ValueError, TypeError: for an unknown ``kind`` or ``num_steps < 1``.
+        ValueError, TypeError: for an unknown ``kind`` or ``n_steps < 1``.
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    num_steps = _checks.check_int(num_steps, "num_steps", low=1)
+    n_steps = _checks.check_int(n_steps, "n_steps", low=1)
     if kind not in ALPHA_SCHEDULES:
         raise ValueError(f"kind must be one of {ALPHA_SCHEDULES}, got {kind!r}.")
-    k = np.arange(num_steps, dtype=np.float64)
-    if kind == "lin":
-        alphas = 1.0 / (num_steps - k)
-    elif kind == "exp":
-        alphas = np.full(num_steps, np.exp(-1.0))
-    else:
-        alphas = (2.0 * k + 3.0) / ((num_steps + 1.0) ** 2 - (k + 1.0) ** 2)
+    alphas = ott_progot.get_alpha_schedule(kind, num_steps=n_steps)
     return jnp.asarray(alphas, dtype=jnp.result_type(float))
 
 
@@ -180,12 +209,16 @@ def elapsed_times(alphas: Any) -> jax.Array:
     return jnp.concatenate([jnp.zeros((1,), remaining.dtype), 1.0 - remaining])
 
 
+def _check_alphas(alphas: Any) -> jax.Array:
+    return _checks.check_positive_vector(alphas, "alphas", high=1.0)
+
+
 def epsilon_schedule(
     alphas: Any, epsilon_start: Any, epsilon_end: Any, *, kind: str = "paper"
 ) -> jax.Array:
     r"""The regularisation :math:`\varepsilon_k` of every step, tied to the time it starts at.
 
-    ``kind="paper"`` is the rule of {cite}`kassraie2024progot` (their Algorithm 4, ott-jax's
+    ``kind="paper"`` is the rule of :cite:`kassraie2024progot` (their Algorithm 4, ott-jax's
     ``get_epsilon_schedule``): step :math:`k` starts at time :math:`t_k` (:func:`elapsed_times`)
     and uses
 
@@ -236,78 +269,105 @@ def epsilon_schedule(
     raise ValueError(f"kind must be 'paper' or 'geometric', got {kind!r}.")
 
 
-def default_epsilon(x: Any, y: Any) -> jax.Array:
-    r"""ott-jax's default regularisation: :math:`0.05 \times` the std of :math:`\|x_i - y_j\|^2`.
+# --------------------------------------------------------------------------------------------
+# State, init, step, run
+# --------------------------------------------------------------------------------------------
 
-    The value a ``PointCloud(x, y)`` uses when given no ``epsilon``; the paper's schedules are
-    multiples of it.
+
+def displace(
+    z: jax.Array,
+    y: jax.Array,
+    g: jax.Array,
+    epsilon: jax.Array,
+    alpha: jax.Array,
+    cost_fn: costs.CostFn | None = None,
+) -> jax.Array:
+    r"""One ProgOT displacement :math:`S_k(z) = (1 - \alpha_k)\, z + \alpha_k\, T_k(z)`.
+
+    :math:`T_k` is the entropic map of the potential ``g`` computed at ``epsilon``
+    (:func:`otdiff.ot.entropic_map`): a step of size :math:`\alpha_k` along the estimated McCann
+    interpolation :cite:`kassraie2024progot,mccann1997convexity`. The fit (:func:`progot_step`)
+    and the out-of-sample map (:func:`transport`) both move points with it. Pure and jit-able.
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    x = _checks.check_points(x, "x")
-    y = _checks.check_points(y, "y")
-    _checks.check_same_dim(x, y)
-    return jnp.asarray(pointcloud.PointCloud(x, y).epsilon)
+    return (1.0 - alpha) * z + alpha * entropic_map(z, y, g, epsilon, cost_fn)
 
 
-# --------------------------------------------------------------------------------------------
-# The entropic map
-# --------------------------------------------------------------------------------------------
+def progot_init(x: jax.Array, y: jax.Array) -> ProgOTState:
+    """The state before the first step: the source points, and a zero start.
+
+    Taught in: book/ot/03_progot.ipynb.
+    """
+    return ProgOTState(
+        x=x, f=jnp.zeros((x.shape[0],), x.dtype), g=jnp.zeros((y.shape[0],), x.dtype)
+    )
 
 
-def _entropic_map(z, y, g, epsilon):
-    cost = pointcloud.PointCloud(z, y).cost_matrix
-    weights = jax.nn.softmax((g[None, :] - cost) / epsilon, axis=1)
-    return weights @ y
-
-
-def entropic_map(z: Any, y: Any, g: Any, epsilon: Any) -> jax.Array:
-    r"""The entropic map :math:`T_\varepsilon` of a Sinkhorn solution, at new points ``z``.
-
-    For the cost :math:`\|x - y\|^2` the entropic potential extends to any point by the soft
-    :math:`c`-transform :math:`f(z) = -\varepsilon\log\sum_j e^{(g_j - \|z - y_j\|^2)/\varepsilon}`,
-    and :math:`T_\varepsilon(z) = z - \tfrac12\nabla f(z)` (the entropic map estimator of
-    Pooladian and Niles-Weed, 2021):
+def progot_step(
+    state: ProgOTState,
+    alpha: jax.Array,
+    epsilon: jax.Array,
+    threshold: jax.Array,
+    *,
+    y: jax.Array,
+    a: jax.Array,
+    b: jax.Array,
+    cost_fn: costs.CostFn | None = None,
+    warm_start: bool = True,
+    max_iterations: int = 2000,
+    inner_iterations: int = 10,
+    chunk_size: int | None = None,
+) -> tuple[ProgOTState, SinkhornOutput]:
+    r"""One ProgOT step: solve entropic OT from the current points, then move them.
 
     .. math::
 
-        T_\varepsilon(z) = \sum_j w_j(z)\, y_j, \qquad
-        w(z) = \mathrm{softmax}_j\Big(\frac{g_j - \|z - y_j\|^2}{\varepsilon}\Big),
+        (f_k, g_k) = \mathrm{Sinkhorn}\big(x^{(k)}, Y; \varepsilon_k, \tau_k\big)
+            \text{ from } (f, g) \text{ of the state}, \qquad
+        x^{(k+1)} = S_k\big(x^{(k)}\big) \ \text{(:func:`displace`)},
 
-    the barycentric projection of the conditional law of the coupling. At a training point
-    ``x[i]`` it equals :math:`\sum_j P_{ij} y_j / a_i` (exactly, once the row marginal is met).
-    ``g`` follows ott-jax's convention (it includes :math:`\varepsilon\log b_j`), so the
-    weights of the target need not be passed. Pure and jit-able; nothing is checked.
-
-    Args:
-        z: points to map, shape ``(k, d)``.
-        y: the target points, shape ``(m, d)``.
-        g: the target potential, shape ``(m,)``.
-        epsilon: the regularisation the potential was computed with.
+    and the next start :math:`((1 - \alpha_k) f_k, (1 - \alpha_k) g_k)` (``warm_start``, as in
+    ott-jax) or zero :cite:`kassraie2024progot`. Pure and unchecked; ``alpha``, ``epsilon``
+    and ``threshold`` are dynamic scalars; the keywords after ``cost_fn`` are static.
 
     Returns:
-        :math:`T_\varepsilon(z)`, shape ``(k, d)``.
+        ``(state, info)``: the next :class:`ProgOTState`, and the step's Sinkhorn solution (a
+        :class:`otdiff.ot.SinkhornOutput`).
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    return _entropic_map(jnp.asarray(z), jnp.asarray(y), jnp.asarray(g), epsilon)
-
-
-# --------------------------------------------------------------------------------------------
-# The pure core
-# --------------------------------------------------------------------------------------------
-
-
-def _sinkhorn(x, y, a, b, epsilon, threshold, init, max_iterations, inner_iterations):
-    geom = pointcloud.PointCloud(x, y, epsilon=epsilon)
-    problem = linear_problem.LinearProblem(geom, a=a, b=b)
-    solver = ott_sinkhorn.Sinkhorn(
-        threshold=threshold, max_iterations=max_iterations, inner_iterations=inner_iterations
+    out = _sinkhorn(
+        state.x,
+        y,
+        a,
+        b,
+        epsilon,
+        threshold,
+        cost_fn=cost_fn,
+        init=(state.f, state.g),
+        max_iterations=max_iterations,
+        inner_iterations=inner_iterations,
+        chunk_size=chunk_size,
     )
-    return solver(problem, init=init)
+    x_next = displace(state.x, y, out.g, epsilon, alpha, cost_fn)
+    if warm_start:
+        f_next, g_next = (1.0 - alpha) * out.f, (1.0 - alpha) * out.g
+    else:
+        f_next, g_next = jnp.zeros_like(out.f), jnp.zeros_like(out.g)
+    return ProgOTState(x_next, f_next, g_next), out
 
 
-@functools.partial(jax.jit, static_argnames=("max_iterations", "inner_iterations", "warm_start"))
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "max_iterations",
+        "inner_iterations",
+        "warm_start",
+        "chunk_size",
+        "return_coupling",
+    ),
+)
 def progot_core(
     x: jax.Array,
     y: jax.Array,
@@ -317,107 +377,63 @@ def progot_core(
     epsilons: jax.Array,
     thresholds: jax.Array,
     *,
+    cost_fn: costs.CostFn | None = None,
     max_iterations: int = 2000,
     inner_iterations: int = 10,
     warm_start: bool = True,
+    chunk_size: int | None = None,
+    return_coupling: bool = False,
 ) -> ProgOTOutput:
-    r"""The jitted, unchecked core of :func:`progot`: one ``jax.lax.scan`` over the steps.
+    r"""The run: :func:`progot_init`, then :func:`progot_step` in one ``jax.lax.scan``. Jitted.
 
     ``alphas``, ``epsilons`` and ``thresholds`` are dynamic arrays of shape ``(K,)`` (the
     number of steps is their static length): new values never recompile, and the core can be
-    vmapped over them. Each step runs ott-jax's Sinkhorn {cite}`cuturi2022ott`, warm-started
-    (``warm_start=True``) from :math:`((1 - \alpha_{k-1}) f_{k-1}, (1 - \alpha_{k-1}) g_{k-1})`
-    as in ott-jax, or from zero.
-
-    Nothing is checked here: pass arrays of one floating dtype, weights that sum to one and
-    ``max_iterations`` a multiple of ``inner_iterations``, or call :func:`progot`.
+    vmapped over them. Each step runs ott-jax's Sinkhorn :cite:`cuturi2022ott` through the one
+    Sinkhorn path of :mod:`otdiff.ot.sinkhorn`, with its run-time guards; the rest is unchecked:
+    pass arrays of one floating dtype and ``max_iterations`` a multiple of ``inner_iterations``,
+    or call :func:`progot`.
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    n, m = x.shape[0], y.shape[0]
+    cost_fn = costs.SqEuclidean() if cost_fn is None else cost_fn
 
-    def step(carry, inputs):
-        xk, f_init, g_init = carry
-        alpha, epsilon, threshold = inputs
-        out = _sinkhorn(
-            xk, y, a, b, epsilon, threshold, (f_init, g_init), max_iterations, inner_iterations
+    def step(state, inputs):
+        state_next, out = progot_step(
+            state,
+            *inputs,
+            y=y,
+            a=a,
+            b=b,
+            cost_fn=cost_fn,
+            warm_start=warm_start,
+            max_iterations=max_iterations,
+            inner_iterations=inner_iterations,
+            chunk_size=chunk_size,
         )
-        x_next = (1.0 - alpha) * xk + alpha * _entropic_map(xk, y, out.g, epsilon)
-        if warm_start:
-            f_next, g_next = (1.0 - alpha) * out.f, (1.0 - alpha) * out.g
-        else:
-            f_next, g_next = jnp.zeros_like(out.f), jnp.zeros_like(out.g)
-        info = (xk, x_next, out.f, out.g, out.n_iters, out.converged, out.reg_ot_cost)
-        return (x_next, f_next, g_next), info
+        return state_next, (state.x, state_next.x, out)
 
-    zeros = (jnp.zeros((n,), x.dtype), jnp.zeros((m,), x.dtype))
-    _, (starts, nexts, f, g, n_iters, converged, reg_cost) = jax.lax.scan(
-        step, (x, *zeros), (alphas, epsilons, thresholds)
+    _, (starts, nexts, steps) = jax.lax.scan(
+        step, progot_init(x, y), (alphas, epsilons, thresholds)
     )
-    xs = jnp.concatenate([x[None], nexts], axis=0)
-    last = starts[-1]  # x^(K-1): the last step couples it with y
-    cost_last = pointcloud.PointCloud(last, y).cost_matrix
-    coupling = jnp.exp((f[-1][:, None] + g[-1][None, :] - cost_last) / epsilons[-1])
-    marginal_error = jnp.sum(jnp.abs(coupling.sum(axis=1) - a)) + jnp.sum(
-        jnp.abs(coupling.sum(axis=0) - b)
-    )
-    transport_cost = jnp.sum(coupling * pointcloud.PointCloud(x, y).cost_matrix)
+    f, g = steps.f, steps.g
+    # The last step coupled x^(K-1) with y; its rows are the original points.
+    last = _geometry(starts[-1], y, epsilons[-1], cost_fn, chunk_size)
     return ProgOTOutput(
-        xs=xs,
+        xs=jnp.concatenate([x[None], nexts], axis=0),
         f=f,
         g=g,
         y=y,
         alphas=alphas,
         epsilons=epsilons,
         thresholds=thresholds,
-        n_iterations=n_iters,
-        converged=converged,
-        reg_ot_cost=reg_cost,
-        coupling=coupling,
-        transport_cost=transport_cost,
-        marginal_error=marginal_error,
+        n_iterations=steps.n_iterations,
+        converged=steps.converged,
+        reg_ot_cost=steps.reg_ot_cost,
+        transport_cost=_transport_cost(last, f[-1], g[-1], x_cost=x),
+        marginal_error=_marginal_error(last, f[-1], g[-1], a, b),
+        cost_fn=cost_fn,
+        coupling=last.transport_from_potentials(f[-1], g[-1]) if return_coupling else None,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Checks
-# --------------------------------------------------------------------------------------------
-
-
-def _check_alphas(alphas: Any) -> jax.Array:
-    try:
-        arr = jnp.asarray(alphas)
-    except Exception:
-        raise TypeError(f"alphas must be a 1-D array of step sizes, got {alphas!r}.") from None
-    if arr.ndim != 1:
-        raise ValueError(f"alphas must be a 1-D array of shape (K,), got shape {arr.shape}.")
-    if arr.shape[0] < 1:
-        raise ValueError("alphas must hold at least one step (K >= 1), got an empty array.")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if _checks.is_concrete(arr):
-        values = np.asarray(arr)
-        if not np.all(np.isfinite(values) & (values > 0) & (values <= 1)):
-            raise ValueError(f"alphas must all lie in (0, 1], got {values}.")
-    return arr
-
-
-def _check_per_step(value: Any, name: str, num_steps: int, dtype) -> jax.Array:
-    arr = jnp.asarray(value)
-    if arr.ndim == 0:
-        arr = jnp.full((num_steps,), arr)
-    if arr.shape != (num_steps,):
-        raise ValueError(
-            f"{name} must be a scalar or have shape ({num_steps},) (one per step), "
-            f"got shape {arr.shape}."
-        )
-    if not jnp.issubdtype(arr.dtype, jnp.number):
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
-    if _checks.is_concrete(arr):
-        values = np.asarray(arr)
-        if not np.all(np.isfinite(values) & (values > 0)):
-            raise ValueError(f"{name} must all be finite numbers > 0, got {values}.")
-    return arr.astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,7 +447,8 @@ def progot(
     a: Any = None,
     b: Any = None,
     *,
-    num_steps: int = 8,
+    cost_fn: costs.CostFn | None = None,
+    n_steps: int = 8,
     alphas: Any = "lin",
     epsilons: Any = None,
     epsilon_start: Any = None,
@@ -441,8 +458,10 @@ def progot(
     max_iterations: int = 2000,
     inner_iterations: int = 10,
     warm_start: bool = True,
+    chunk_size: int | None = None,
+    return_coupling: bool = False,
 ) -> ProgOTOutput:
-    r"""Progressive entropic OT {cite}`kassraie2024progot` from ``x`` to ``y``.
+    r"""Progressive entropic OT :cite:`kassraie2024progot` from ``x`` to ``y``.
 
     For :math:`k = 0, \dots, K-1`: solve entropic OT between the current points and the
     target at :math:`\varepsilon_k` to tolerance :math:`\tau_k`, then move the points the
@@ -458,50 +477,52 @@ def progot(
         x: source points, shape ``(n, d)``, finite.
         y: target points, shape ``(m, d)``, finite, same ``d``.
         a, b: weights (``None``: uniform), non-negative, summing to one.
-        num_steps: :math:`K`, an int >= 1, used when ``alphas`` is a schedule name. Static.
+        cost_fn: an ott-jax cost function (a registered pytree; ``None``: squared Euclidean).
+            The entropic map of a translation-invariant cost needs its ``h_legendre``.
+        n_steps: :math:`K`, an int >= 1, used when ``alphas`` is a schedule name. Static.
         alphas: a name of :data:`ALPHA_SCHEDULES` (see :func:`alpha_schedule`) or an array of
             shape ``(K,)`` with entries in :math:`(0, 1]`. Dynamic (its length is static).
         epsilons: the absolute regularisation of every step, shape ``(K,)``, each > 0; or
             ``None`` for :func:`epsilon_schedule` from ``epsilon_start`` (default:
-            :func:`default_epsilon` of ``(x, y)``) to ``epsilon_end`` (default:
-            :func:`default_epsilon` of ``(y, y)``, the paper's rule with scale one) of kind
-            ``epsilon_kind``. Dynamic.
+            :func:`otdiff.ot.default_epsilon` of ``(x, y)``) to ``epsilon_end`` (default:
+            :func:`otdiff.ot.default_epsilon` of ``(y, y)``, the paper's rule with scale one)
+            of kind ``epsilon_kind``. Dynamic.
         epsilon_start, epsilon_end: see ``epsilons``; finite and > 0.
         epsilon_kind: ``"paper"`` or ``"geometric"`` (see :func:`epsilon_schedule`).
         threshold: the stopping tolerance on Sinkhorn's marginal error, a scalar or one per
             step, each > 0. Dynamic.
-        max_iterations, inner_iterations: Sinkhorn's loop sizes per step (as in
-            :func:`otdiff.ot.solve`). Static.
+        max_iterations, inner_iterations, chunk_size: Sinkhorn's loop sizes and memory mode per
+            step (as in :func:`otdiff.ot.solve`). Static.
         warm_start: start each step from the previous step's scaled potentials. Static.
+        return_coupling: also return the last step's :math:`n \times m` coupling. Static.
 
     Returns:
         A :class:`ProgOTOutput`; map new points with :func:`transport`.
 
     Raises:
-        ValueError, TypeError: naming the argument and the accepted range (``num_steps < 1``,
+        ValueError, TypeError: naming the argument and the accepted range (``n_steps < 1``,
         ``alphas`` outside :math:`(0, 1]`, ``epsilons`` or ``threshold`` <= 0, mismatched
-        lengths, bad points or weights).
+        lengths, bad points, weights or cost).
 
     Taught in: book/ot/03_progot.ipynb.
     """
     x, y, a, b = _checks.check_weighted_clouds(x, y, a, b)
+    cost_fn = _check_cost_fn(cost_fn)
     dtype = x.dtype
     if isinstance(alphas, str):
-        alphas = alpha_schedule(alphas, num_steps)
+        alphas = alpha_schedule(alphas, n_steps)
     alphas = _check_alphas(alphas).astype(dtype)
     k = alphas.shape[0]
     if epsilons is None:
         for value, name in ((epsilon_start, "epsilon_start"), (epsilon_end, "epsilon_end")):
             if value is not None:
                 _checks.check_positive(value, name)
-        start = default_epsilon(x, y) if epsilon_start is None else epsilon_start
-        end = default_epsilon(y, y) if epsilon_end is None else epsilon_end
+        start = default_epsilon(x, y, cost_fn) if epsilon_start is None else epsilon_start
+        end = default_epsilon(y, y, cost_fn) if epsilon_end is None else epsilon_end
         epsilons = epsilon_schedule(alphas, start, end, kind=epsilon_kind)
-    epsilons = _check_per_step(epsilons, "epsilons", k, dtype)
-    thresholds = _check_per_step(threshold, "threshold", k, dtype)
+    epsilons = _checks.check_positive_vector(epsilons, "epsilons", length=k).astype(dtype)
+    thresholds = _checks.check_positive_vector(threshold, "threshold", length=k).astype(dtype)
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
-    if not isinstance(warm_start, bool | np.bool_):
-        raise TypeError(f"warm_start must be a bool, got {warm_start!r}.")
     return progot_core(
         x,
         y,
@@ -510,32 +531,35 @@ def progot(
         alphas,
         epsilons,
         thresholds,
+        cost_fn=cost_fn,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
-        warm_start=bool(warm_start),
+        warm_start=_checks.check_bool(warm_start, "warm_start"),
+        chunk_size=_check_chunk_size(chunk_size),
+        return_coupling=_checks.check_bool(return_coupling, "return_coupling"),
     )
 
 
 def transport(
-    output: ProgOTOutput, z: Any, *, num_steps: int | None = None, return_path: bool = False
+    output: ProgOTOutput, z: Any, *, n_steps: int | None = None, return_path: bool = False
 ) -> jax.Array:
     r"""The ProgOT map :math:`T_{\mathrm{Prog}} = S_{K-1}\circ\dots\circ S_0` at new points.
 
-    Replays the fitted steps on ``z``: :math:`z^{(0)} = z` and
+    Replays the fitted steps on ``z`` with :func:`displace`: :math:`z^{(0)} = z` and
 
     .. math::
 
         z^{(k+1)} = (1 - \alpha_k)\, z^{(k)} + \alpha_k\, T_k\big(z^{(k)}\big),
 
-    with :math:`T_k` the entropic map of step :math:`k` (:func:`entropic_map` with
-    ``output.g[k]`` and ``output.epsilons[k]``). On the training points it retraces
-    ``output.xs``. This is the estimator whose consistency {cite}`kassraie2024progot` prove.
-    Jit-able (``num_steps`` is static).
+    with :math:`T_k` the entropic map of step :math:`k` (``output.g[k]``, ``output.epsilons[k]``
+    and ``output.cost_fn``). On the training points it retraces ``output.xs``. This is the
+    estimator whose consistency :cite:`kassraie2024progot` prove. Jit-able (``n_steps`` is
+    static).
 
     Args:
         output: a :class:`ProgOTOutput`.
         z: points to map, shape ``(k, d)``, finite, the dimension of the fit.
-        num_steps: replay only the first ``num_steps`` steps (default: all), an int in
+        n_steps: replay only the first ``n_steps`` steps (default: all), an int in
             ``[1, K]``. Static.
         return_path: also return every intermediate :math:`z^{(k)}`.
 
@@ -548,12 +572,12 @@ def transport(
     z = _checks.check_points(z, "z")
     _checks.check_same_dim(z, output.y, ("z", "the fitted target"))
     k_max = output.alphas.shape[-1]
-    k = k_max if num_steps is None else _checks.check_int(num_steps, "num_steps", low=1, high=k_max)
+    k = k_max if n_steps is None else _checks.check_int(n_steps, "n_steps", low=1, high=k_max)
     z = z.astype(output.y.dtype)
 
     def step(zk, inputs):
         alpha, epsilon, g = inputs
-        z_next = (1.0 - alpha) * zk + alpha * _entropic_map(zk, output.y, g, epsilon)
+        z_next = displace(zk, output.y, g, epsilon, alpha, output.cost_fn)
         return z_next, z_next
 
     final, path = jax.lax.scan(step, z, (output.alphas[:k], output.epsilons[:k], output.g[:k]))
@@ -563,12 +587,22 @@ def transport(
 
 
 @functools.partial(jax.jit, static_argnames=("max_iterations", "inner_iterations"))
-def _self_map_errors(y, b, y_eval, epsilons, threshold, *, max_iterations, inner_iterations):
-    zeros = (jnp.zeros_like(b), jnp.zeros_like(b))
-
+def _self_map_errors(
+    y, b, y_eval, epsilons, threshold, cost_fn, *, max_iterations, inner_iterations
+):
     def error(epsilon):
-        out = _sinkhorn(y, y, b, b, epsilon, threshold, zeros, max_iterations, inner_iterations)
-        return jnp.linalg.norm(y_eval - _entropic_map(y_eval, y, out.g, epsilon))
+        out = _sinkhorn(
+            y,
+            y,
+            b,
+            b,
+            epsilon,
+            threshold,
+            cost_fn=cost_fn,
+            max_iterations=max_iterations,
+            inner_iterations=inner_iterations,
+        )
+        return jnp.linalg.norm(y_eval - entropic_map(y_eval, y, out.g, epsilon, cost_fn))
 
     return jax.lax.map(error, epsilons)
 
@@ -579,6 +613,7 @@ def select_end_epsilon(
     scales: Any = (0.5, 0.25, 0.125, 0.0625, 0.03125),
     b: Any = None,
     *,
+    cost_fn: costs.CostFn | None = None,
     threshold: float = 1e-3,
     max_iterations: int = 2000,
     inner_iterations: int = 10,
@@ -587,9 +622,9 @@ def select_end_epsilon(
 
     For each scale :math:`s` of the grid, solve entropic OT from the target to itself at
     :math:`\varepsilon = s\,\bar\varepsilon_{YY}` (:math:`\bar\varepsilon_{YY}` =
-    :func:`default_epsilon` of ``(y, y)``) and measure how far its entropic map moves held-out
-    target points, :math:`\|y_{\mathrm{eval}} - T_\varepsilon(y_{\mathrm{eval}})\|`; return
-    the :math:`\varepsilon` of the smallest error {cite}`kassraie2024progot`. A small
+    :func:`otdiff.ot.default_epsilon` of ``(y, y)``) and measure how far its entropic map moves
+    held-out target points, :math:`\|y_{\mathrm{eval}} - T_\varepsilon(y_{\mathrm{eval}})\|`;
+    return the :math:`\varepsilon` of the smallest error :cite:`kassraie2024progot`. A small
     :math:`\varepsilon` overfits the samples of ``y`` (held-out points are snapped to their
     nearest neighbours), a large one shrinks everything towards the mean: the best self-map sits
     in between, and sets the scale at which the target is resolved.
@@ -599,6 +634,7 @@ def select_end_epsilon(
         y_eval: held-out target points, shape ``(k, d)``.
         scales: a non-empty 1-D grid of scales > 0.
         b: target weights (``None``: uniform).
+        cost_fn: the cost (``None``: squared Euclidean).
         threshold, max_iterations, inner_iterations: Sinkhorn's settings.
 
     Returns:
@@ -608,72 +644,19 @@ def select_end_epsilon(
     Taught in: book/ot/03_progot.ipynb.
     """
     y, y_eval, b, _ = _checks.check_weighted_clouds(y, y_eval, b, None)
-    scales = jnp.asarray(scales, dtype=y.dtype)
-    if scales.ndim != 1 or scales.shape[0] < 1:
-        raise ValueError(f"scales must be a non-empty 1-D array, got shape {scales.shape}.")
-    if _checks.is_concrete(scales) and not bool(jnp.all(jnp.isfinite(scales) & (scales > 0))):
-        raise ValueError(f"scales must all be finite numbers > 0, got {np.asarray(scales)}.")
+    cost_fn = _check_cost_fn(cost_fn)
+    scales = _checks.check_positive_vector(scales, "scales").astype(y.dtype)
     _checks.check_positive(threshold, "threshold")
     max_iterations, inner_iterations = _checks.check_iterations(max_iterations, inner_iterations)
-    epsilons = scales * default_epsilon(y, y)
+    epsilons = scales * default_epsilon(y, y, cost_fn)
     errors = _self_map_errors(
         y,
         b,
         y_eval,
         epsilons,
         jnp.asarray(threshold, y.dtype),
+        cost_fn,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
     )
     return epsilons[jnp.argmin(errors)], errors
-
-
-# --------------------------------------------------------------------------------------------
-# A test problem with a known transport map
-# --------------------------------------------------------------------------------------------
-
-
-def known_map(x: Any, jump: float = 4.0, width: float = 0.25, shift: float = 1.0) -> jax.Array:
-    r"""A transport map known in closed form: the gradient of a convex potential.
-
-    .. math::
-
-        T_0(x) = \nabla\varphi(x) = x + \text{jump}\,\tanh(x_1/\text{width})\, e_1
-            + \text{shift}\,\mathbf 1,
-        \qquad
-        \varphi(x) = \tfrac12\|x\|^2 + \text{jump}\cdot\text{width}\,
-            \log\cosh(x_1/\text{width}) + \text{shift}\,\mathbf 1^\top x.
-
-    :math:`\varphi` is convex (:math:`\log\cosh` is), so by Brenier's theorem :math:`T_0` is the
-    optimal map for the squared Euclidean cost from any source law with a density to its image.
-    It pulls a Gaussian apart along the first axis into two lobes about ``2 * jump`` apart,
-    joined by a thin bridge: an entropic map with too large an :math:`\varepsilon` averages the
-    two lobes and pulls points towards the mean. The other coordinates are only shifted.
-
-    Taught in: book/ot/03_progot.ipynb.
-    """
-    x = jnp.asarray(x)
-    e1 = jnp.zeros(x.shape[-1], x.dtype).at[0].set(1.0)
-    return x + jump * jnp.tanh(x[..., :1] / width) * e1 + shift
-
-
-@functools.partial(jax.jit, static_argnames=("n", "d", "n_test"))
-def known_map_problem(
-    key: jax.Array, n: int, d: int, n_test: int = 500
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    r"""Samples for map estimation with the exact answer :func:`known_map` (sizes static).
-
-    Source :math:`x \sim \mathcal N(0, I_d)` (``n`` points), target :math:`y = T_0(x')` for an
-    *independent* sample :math:`x'` (``n`` points: the pairing is not given), and ``n_test``
-    fresh source points with their exact images.
-
-    Returns:
-        ``(x, y, x_test, y_test)`` with ``y_test = known_map(x_test)``.
-
-    Taught in: book/ot/03_progot.ipynb.
-    """
-    kx, ky, kt = jax.random.split(key, 3)
-    x = jax.random.normal(kx, (n, d))
-    y = known_map(jax.random.normal(ky, (n, d)))
-    x_test = jax.random.normal(kt, (n_test, d))
-    return x, y, x_test, known_map(x_test)

@@ -1,5 +1,6 @@
-"""Tests of otdiff.diffusion.networks and otdiff.diffusion.training: networks, the pure step,
-the EMA, chunking, checkpoints (format, corruption, resume) and the data-parallel step."""
+"""Tests of otdiff.train and otdiff.checkpoint: the pure step from any loss, the EMA, chunking,
+extra gradients, checkpoints (format, corruption, resume) and the data-parallel step; and of the
+networks of otdiff.nn and otdiff.diffusion.networks."""
 
 from __future__ import annotations
 
@@ -16,27 +17,35 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from otdiff.diffusion import vp_linear
-from otdiff.diffusion.networks import InputScaling, ScoreConvNet, ScoreMLP, TimeEmbedding
-from otdiff.diffusion.training import (
-    CheckpointMismatchError,
-    CorruptCheckpointError,
+from otdiff import train
+from otdiff.checkpoint import CheckpointMismatchError, CorruptCheckpointError
+from otdiff.checkpoint import load as load_checkpoint
+from otdiff.checkpoint import read_metadata as read_checkpoint_metadata
+from otdiff.checkpoint import save as save_checkpoint
+from otdiff.diffusion import (
+    CosineVP,
+    EnergyMLP,
+    InputScaling,
+    LinearVP,
+    ScoreConvNet,
+    ScoreMLP,
+    dsm_loss,
+)
+from otdiff.nn import TimeConvNet, TimeEmbedding, TimeMLP
+from otdiff.train import (
     TrainState,
     data_parallel_mesh,
     ema_update,
     fit,
-    init_train_state,
-    load_checkpoint,
+    make_chunk,
     make_optimizer,
-    make_train_chunk,
-    make_train_step,
-    read_checkpoint_metadata,
-    save_checkpoint,
-    split_model,
+    make_step,
+    split,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SDE = vp_linear()
+PROCESS = LinearVP()
+DSM = jax.tree_util.Partial(dsm_loss, process=PROCESS)
 
 
 def flat(tree):
@@ -66,31 +75,42 @@ def test_score_mlp_shapes_vmap_and_jit():
     assert not np.allclose(model(x[0], 0.1), model(x[0], 0.9))
 
 
+def test_score_and_energy_networks_share_the_time_mlp():
+    """ScoreMLP and EnergyMLP are one TimeMLP each, with a vector or a scalar head."""
+    key = jax.random.key(0)
+    score_net = ScoreMLP(2, hidden=(8, 8), embed_dim=8, key=key)
+    energy_net = EnergyMLP(2, hidden=(8, 8), embed_dim=8, key=key)
+    direct = TimeMLP(2, 2, hidden=(8, 8), embed_dim=8, key=key)
+    np.testing.assert_array_equal(score_net(jnp.ones(2), 0.3), direct(jnp.ones(2), 0.3))
+    assert energy_net(jnp.ones(2), 0.3).shape == ()
+    # same key, same hidden layers: only the heads differ
+    np.testing.assert_array_equal(energy_net.net.layers[0].weight, direct.layers[0].weight)
+
+
 def test_score_convnet_shapes():
     model = ScoreConvNet(channels=8, n_blocks=1, embed_dim=8, groups=4, key=jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (4, 64))
     out = jax.vmap(model)(x, jnp.full((4,), 0.5))
     assert out.shape == (4, 64)
     assert np.all(np.isfinite(out))
+    assert isinstance(model.net, TimeConvNet)
 
 
-def test_time_embedding_and_scaling():
+@pytest.mark.parametrize("process", [LinearVP(), CosineVP()], ids=["linear", "cosine"])
+def test_time_embedding_and_scaling(process):
     emb = TimeEmbedding(8, key=jax.random.key(0))
     assert emb(0.3).shape == (8,)
-    # the input scaling is 1/sqrt(alpha^2 v + sigma^2)
-    scale = InputScaling(2.0)
+    # the input scaling is 1/sqrt(alpha^2 v + sigma^2), read from the process (either schedule)
+    scale = InputScaling(2.0, process)
     t = 0.4
-    a2 = float(SDE.alpha(t)) ** 2
+    a2 = float(process.alpha(t)) ** 2
     np.testing.assert_allclose(scale(t), 1 / np.sqrt(a2 * 4.0 + 1 - a2), rtol=1e-5)
-    m = ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0), data_std=2.0, sde=SDE)
+    m = ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0), data_std=2.0, process=process)
     assert m(jnp.ones(2), 0.5).shape == (2,)
-    # the schedule numbers of the scaling are not trainable
-    params, _ = split_model(m)
-    assert len(jax.tree_util.tree_leaves(params)) == len(
-        jax.tree_util.tree_leaves(
-            split_model(ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0)))[0]
-        )
-    )
+    # the process in the scaling is not trainable
+    params, _ = split(m)
+    plain = split(ScoreMLP(2, hidden=(8,), embed_dim=8, key=jax.random.key(0)))[0]
+    assert len(jax.tree_util.tree_leaves(params)) == len(jax.tree_util.tree_leaves(plain))
 
 
 @pytest.mark.parametrize(
@@ -100,7 +120,9 @@ def test_time_embedding_and_scaling():
         (lambda: ScoreMLP(0, key=jax.random.key(0)), "dim"),
         (lambda: ScoreMLP(2, hidden=(), key=jax.random.key(0)), "hidden"),
         (lambda: ScoreConvNet(channels=6, groups=4, key=jax.random.key(0)), "groups"),
-        (lambda: ScoreMLP(2, key=jax.random.key(0), data_std=-1.0), "data_std"),
+        (lambda: ScoreMLP(2, key=jax.random.key(0), data_std=-1.0, process=PROCESS), "data_std"),
+        (lambda: ScoreMLP(2, key=jax.random.key(0), data_std=1.0), "process is required"),
+        (lambda: EnergyMLP(2, key=jax.random.key(0), noise_scaled=True), "process is required"),
     ],
 )
 def test_network_bad_arguments(build, match):
@@ -127,41 +149,93 @@ def test_ema_update_rule():
         np.testing.assert_allclose(out["w"], rho * np.ones(3), rtol=1e-6)
 
 
+def test_ema_warm_up_forgets_the_initial_weights_and_is_float32_safe():
+    """Why the warm-up: with decay 0.999 a plain EMA still holds 82% of the random initial weights
+    after 200 steps, the warmed-up one under 5%. And why not an Adam-style bias correction: with a
+    decay that rounds to 1 in float32, optax's 1 - decay^k is exactly 0 (division by zero), while
+    the warm-up stays finite."""
+    init, params = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+
+    def run(update):
+        return jax.lax.fori_loop(0, 200, lambda k, e: update(e, k), init)["w"][0]
+
+    warm = run(lambda e, k: ema_update(e, params, k, 0.999))
+    plain = run(lambda e, k: optax.incremental_update(params, e, 1 - 0.999))
+    assert float(warm) < 0.05 and float(plain) > 0.8
+    decay = np.float32(1 - 1e-9)
+    assert decay == 1.0
+    bias_corrected = optax.tree_utils.tree_bias_correction({"w": jnp.ones(3)}, decay, 5)
+    assert not np.all(np.isfinite(bias_corrected["w"]))
+    assert np.all(np.isfinite(ema_update(init, params, 5, decay)["w"]))
+
+
 def test_train_step_is_pure_and_learns(data):
     model = tiny_mlp()
     opt = make_optimizer(1e-2, 200, warmup_steps=10)
-    state = init_train_state(model, opt)
-    _, static = split_model(model)
+    params, static = split(model)
+    state = train.init(params, opt)
     assert isinstance(state, TrainState) and int(state.step) == 0
     np.testing.assert_array_equal(flat(state.ema_params), flat(state.params))
-    step = jax.jit(make_train_step(static, SDE, opt, batch_size=32, ema_decay=0.9))
+    step = jax.jit(make_step(DSM, opt, static=static, batch_size=32, ema_decay=0.9))
     key = jax.random.key(3)
-    s1, l1 = step(key, state, data)
-    s1b, l1b = step(key, state, data)
-    assert float(l1) == float(l1b)
+    s1, i1 = step(key, state, data)
+    s1b, i1b = step(key, state, data)
+    assert float(i1["loss"]) == float(i1b["loss"])
     np.testing.assert_array_equal(flat(s1.params), flat(s1b.params))
     assert int(s1.step) == 1
     # the EMA moved by (1 - rho_0) = 0.9 of the way towards the new weights
     np.testing.assert_allclose(
         flat(s1.ema_params), 0.1 * flat(state.params) + 0.9 * flat(s1.params), rtol=1e-5, atol=1e-7
     )
-    chunk = make_train_chunk(make_train_step(static, SDE, opt, batch_size=64), 200)
-    _, losses = chunk(key, state, data)
+    chunk = make_chunk(make_step(DSM, opt, static=static, batch_size=64), 200)
+    _, infos = chunk(key, state, data)
+    losses = np.asarray(infos["loss"])
     assert np.mean(losses[-50:]) < 0.9 * np.mean(losses[:20])
 
 
 def test_chunking_does_not_change_the_keys(data):
     model = tiny_mlp()
     opt = make_optimizer(1e-2, 20)
-    state = init_train_state(model, opt)
-    step = make_train_step(split_model(model)[1], SDE, opt, batch_size=16)
+    params, static = split(model)
+    state = train.init(params, opt)
+    step = make_step(DSM, opt, static=static, batch_size=16)
     key = jax.random.key(4)
-    whole, l_whole = make_train_chunk(step, 6)(key, state, data)
-    half = make_train_chunk(step, 3)
-    s, l_a = half(key, state, data)
-    s, l_b = half(key, s, data)
-    np.testing.assert_allclose(np.concatenate([l_a, l_b]), l_whole, rtol=1e-6)
+    whole, i_whole = make_chunk(step, 6)(key, state, data)
+    half = make_chunk(step, 3)
+    s, i_a = half(key, state, data)
+    s, i_b = half(key, s, data)
+    np.testing.assert_allclose(
+        np.concatenate([i_a["loss"], i_b["loss"]]), i_whole["loss"], rtol=1e-6
+    )
     np.testing.assert_allclose(flat(s.params), flat(whole.params), rtol=1e-6, atol=1e-7)
+
+
+def test_any_loss_any_pytree_and_extra_gradients():
+    """A least-squares loss on a plain pytree, with an extra gradient handed to the optimiser."""
+    x = jax.random.normal(jax.random.key(0), (64, 3))
+    data = {"x": x, "y": x @ jnp.array([1.0, -2.0, 0.5])}
+
+    def loss(params, key, batch):
+        return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+
+    def penalty(params, key, batch):
+        return jnp.sum(params["w"] ** 2)
+
+    seen = []
+
+    def update_fn(updates, state, params=None, *, penalty_grad):
+        seen.append(jax.tree_util.tree_structure(penalty_grad))
+        return jax.tree_util.tree_map(lambda g: -0.1 * g, updates), state
+
+    tx = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update_fn)
+    step = make_step(loss, tx, batch_size=8, ema_decay=None, extra_grads={"penalty_grad": penalty})
+    state = train.init({"w": jnp.zeros(3)}, tx, ema=False)
+    state, infos = train.run_steps(step, jax.random.key(1), state, data, 300)
+    np.testing.assert_allclose(state.params["w"], [1.0, -2.0, 0.5], atol=1e-2)
+    assert state.ema_params is None and set(infos) == {"loss", "penalty_grad"}
+    # the extra gradient reached the update, with the parameters' structure
+    assert seen == [jax.tree_util.tree_structure(state.params)]
+    np.testing.assert_allclose(infos["penalty_grad"][-1], 1.0 + 4.0 + 0.25, rtol=1e-2)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -225,7 +299,7 @@ class Interrupt(Exception):
 def test_fit_resumes_bit_for_bit(tmp_path, data):
     kwargs = dict(n_steps=30, batch_size=32, learning_rate=5e-3, chunk_size=10, ema_decay=0.99)
     key = jax.random.key(7)
-    full = fit(key, tiny_mlp(), data, SDE, **kwargs)
+    full = fit(key, tiny_mlp(), data, DSM, **kwargs)
     assert full.losses.shape == (30,) and np.all(np.isfinite(full.losses))
 
     ckpt = tmp_path / "run.ckpt"
@@ -238,43 +312,51 @@ def test_fit_resumes_bit_for_bit(tmp_path, data):
 
     with pytest.raises(Interrupt):
         fit(
-            key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, callback=interrupt_after_two, **kwargs
+            key, tiny_mlp(), data, DSM, checkpoint_path=ckpt, callback=interrupt_after_two, **kwargs
         )
     assert [s for s, _ in seen] == [10, 20]
     assert read_checkpoint_metadata(ckpt)["step"] == 20
-    resumed = fit(key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+    resumed = fit(key, tiny_mlp(), data, DSM, checkpoint_path=ckpt, **kwargs)
     np.testing.assert_array_equal(flat(resumed.state.params), flat(full.state.params))
     np.testing.assert_array_equal(flat(resumed.state.ema_params), flat(full.state.ema_params))
     np.testing.assert_array_equal(resumed.losses, full.losses)
     assert int(resumed.state.step) == 30
     # the EMA model differs from the last weights and both are usable modules
-    assert not np.array_equal(
-        flat(split_model(resumed.ema_model)[0]), flat(split_model(resumed.model)[0])
-    )
+    assert not np.array_equal(flat(split(resumed.ema_model)[0]), flat(split(resumed.model)[0]))
     assert resumed.ema_model(jnp.zeros(2), 0.5).shape == (2,)
 
     # a finished checkpoint returns at once with the same weights
-    again = fit(key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+    again = fit(key, tiny_mlp(), data, DSM, checkpoint_path=ckpt, **kwargs)
     np.testing.assert_array_equal(flat(again.state.params), flat(full.state.params))
-    # a checkpoint of another run is refused
+    # a checkpoint of another run (key, or the loss's process) is refused
     with pytest.raises(CheckpointMismatchError, match="different training run"):
-        fit(jax.random.key(8), tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+        fit(jax.random.key(8), tiny_mlp(), data, DSM, checkpoint_path=ckpt, **kwargs)
+    other_loss = jax.tree_util.Partial(dsm_loss, process=LinearVP(0.2, 10.0))
+    with pytest.raises(CheckpointMismatchError, match="different training run"):
+        fit(key, tiny_mlp(), data, other_loss, checkpoint_path=ckpt, **kwargs)
     # a damaged one names the file
     ckpt.write_bytes(ckpt.read_bytes()[:-10])
     with pytest.raises(CorruptCheckpointError, match="run.ckpt"):
-        fit(key, tiny_mlp(), data, SDE, checkpoint_path=ckpt, **kwargs)
+        fit(key, tiny_mlp(), data, DSM, checkpoint_path=ckpt, **kwargs)
 
 
 @pytest.mark.parametrize(
     "change, exc, match",
     [
-        (dict(data=np.ones(5, np.float32)), ValueError, "data"),
+        (dict(data=np.ones(5, np.float32)), ValueError, "x0 must have shape"),
         (dict(data=np.full((8, 2), np.nan, np.float32)), ValueError, "NaN"),
+        (dict(data=np.ones((0, 2), np.float32)), ValueError, "leading axis"),
         (dict(n_steps=0), ValueError, "n_steps"),
         (dict(batch_size=2.5), TypeError, "batch_size"),
         (dict(learning_rate=-1.0), ValueError, "learning_rate"),
         (dict(ema_decay=1.0), ValueError, "ema_decay"),
-        (dict(weighting="l1"), ValueError, "weighting"),
+        (
+            dict(loss=jax.tree_util.Partial(dsm_loss, process=PROCESS, weighting="l1")),
+            ValueError,
+            "weighting",
+        ),
+        (dict(loss=lambda m, k, b: jnp.ones(2)), ValueError, "scalar"),
+        (dict(loss="dsm"), TypeError, "loss"),
         (dict(chunk_size=0), ValueError, "chunk_size"),
         (dict(data=np.ones((8, 3), np.float32)), ValueError, "shape"),
         (dict(mesh="cpu"), TypeError, "mesh"),
@@ -283,23 +365,23 @@ def test_fit_resumes_bit_for_bit(tmp_path, data):
 )
 def test_fit_bad_arguments(data, change, exc, match):
     kwargs = dict(n_steps=5, batch_size=8)
-    args = {"data": data}
+    args = {"data": data, "loss": DSM}
     for k in list(change):
-        (args if k == "data" else kwargs)[k] = change[k]
+        (args if k in args else kwargs)[k] = change[k]
     with pytest.raises(exc, match=match):
-        fit(jax.random.key(0), tiny_mlp(), args["data"], SDE, **kwargs)
+        fit(jax.random.key(0), tiny_mlp(), args["data"], args["loss"], **kwargs)
 
 
 def test_mesh_on_one_device(data):
     mesh = data_parallel_mesh()
     assert mesh.axis_names == ("data",)
     res = fit(
-        jax.random.key(0), tiny_mlp(), data, SDE, n_steps=4, batch_size=8, chunk_size=4, mesh=mesh
+        jax.random.key(0), tiny_mlp(), data, DSM, n_steps=4, batch_size=8, chunk_size=4, mesh=mesh
     )
     assert np.all(np.isfinite(res.losses))
     # any optax optimiser can replace the default one
     sgd = fit(
-        jax.random.key(0), tiny_mlp(), data, SDE, n_steps=4, batch_size=8, optimizer=optax.sgd(1e-2)
+        jax.random.key(0), tiny_mlp(), data, DSM, n_steps=4, batch_size=8, optimizer=optax.sgd(1e-2)
     )
     assert np.all(np.isfinite(sgd.losses)) and int(sgd.state.step) == 4
     with pytest.raises(ValueError, match="at least one device"):

@@ -31,10 +31,11 @@ Two reference sets:
   excluded), plus an optional bank of earlier batches' samples passed as ``protected``
   (:func:`sample_batches` keeps that bank across batches).
 
-:func:`repellency_hook` returns a ``hook(x, t) -> (x, SpellInfo)`` for the core samplers
-(:func:`otdiff.diffusion.euler_maruyama`, :func:`otdiff.diffusion.ddim`), which run it after every
-step: the samplers are not copied. ``radius`` and ``strength`` are dynamic (a slider move never
-recompiles); ``mode`` and ``chunk_size`` are static. The hook records, at every step, which
+:func:`repellency_hook` returns a ``hook(x, t) -> (x, SpellInfo)`` for the sampler driver
+(:func:`otdiff.diffusion.run_sampler`, through :func:`otdiff.diffusion.euler_maruyama` or
+:func:`otdiff.diffusion.ddim`), which runs it after every step: the samplers are not copied. ``radius`` and ``strength`` are dynamic (a slider move never
+recompiles; under ``jit`` a negative value raises at run time); ``mode`` and ``chunk_size`` are
+static. The hook records, at every step, which
 trajectories were corrected (:class:`SpellInfo`). Each block of the protected set picks one of
 three branches with ``jax.lax.switch`` (no candidate, a few candidates, many); under ``jax.vmap``
 a switch evaluates all its branches, so vmapping SPELL over many batches costs more per block
@@ -52,8 +53,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from otdiff._checks import check_int, check_nonnegative, check_points
+from otdiff._checks import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_mask,
+    check_nonnegative,
+    check_points,
+    check_same_dim,
+    guard_nonnegative,
+)
 from otdiff.diffusion.losses import denoiser
+from otdiff.diffusion.processes import AbstractGaussianProcess
 from otdiff.diffusion.samplers import SampleResult, ddim, euler_maruyama
 
 __all__ = [
@@ -115,19 +126,12 @@ class SpellInfo(NamedTuple):
 # checks (outside jit; shapes are static, so they also work while tracing)
 
 
-def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    return mode
-
-
 def _check_chunk(chunk_size) -> int | None:
-    if chunk_size is None:
-        return None
-    return check_int(chunk_size, "chunk_size", low=1)
+    return None if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
 
 
-def _check_protected(protected, name: str = "protected") -> jax.Array:
+def _check_protected(protected, name: str = "protected", *, dim: int | None = None) -> jax.Array:
+    """A non-empty ``(K, d)`` protected set (with ``d == dim`` when ``dim`` is given)."""
     try:
         arr = jnp.asarray(protected)
     except Exception:
@@ -137,26 +141,10 @@ def _check_protected(protected, name: str = "protected") -> jax.Array:
             f"{name} is empty (shape {arr.shape}): give at least one protected point, or use "
             "mode='dynamic' with protected=None to repel only the other members of the batch."
         )
-    return check_points(arr, name)
-
-
-def _check_mask(mask, k: int) -> jax.Array | None:
-    if mask is None:
-        return None
-    mask = jnp.asarray(mask)
-    if mask.shape != (k,):
-        raise ValueError(
-            f"protected_mask must have shape ({k},) to match protected, got {mask.shape}."
-        )
-    return mask.astype(bool)
-
-
-def _check_dims(x: jax.Array, protected: jax.Array, x_name: str = "x0_hat") -> None:
-    if x.shape[-1] != protected.shape[-1]:
-        raise ValueError(
-            f"{x_name} and protected must have the same dimension, got {x.shape[-1]} and "
-            f"{protected.shape[-1]}."
-        )
+    arr = check_points(arr, name)
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} must have dimension dim={dim}, got shape {arr.shape}.")
+    return arr
 
 
 def _check_radius_strength(radius, strength) -> None:
@@ -249,7 +237,7 @@ def _within_batch(x, radius):
 
 
 def _repel(x, protected, mask, radius, *, mode, chunk_size):
-    radius = jnp.asarray(radius, x.dtype)
+    radius = guard_nonnegative(jnp.asarray(radius, x.dtype), "radius")
     n = x.shape[0]
     delta = jnp.zeros_like(x)
     count = jnp.zeros((n,), jnp.int32)
@@ -308,9 +296,9 @@ def repellency(
     """
     x0_hat = check_points(x0_hat, "x0_hat")
     protected = _check_protected(protected)
-    _check_dims(x0_hat, protected)
+    check_same_dim(x0_hat, protected, ("x0_hat", "protected"))
     check_nonnegative(radius, "radius")
-    mask = _check_mask(protected_mask, protected.shape[0])
+    mask = check_mask(protected_mask, protected.shape[0], "protected_mask")
     chunk_size = _check_chunk(chunk_size)
     return _repel_jit(x0_hat, protected, mask, radius, mode="static", chunk_size=chunk_size)
 
@@ -335,7 +323,7 @@ def batch_repellency(x0_hat: jax.Array, radius: float) -> Repellency:
 
 def repellency_hook(
     score: Callable,
-    sde,
+    process: AbstractGaussianProcess,
     protected: jax.Array | None = None,
     *,
     radius: float,
@@ -360,7 +348,7 @@ def repellency_hook(
 
     Args:
         score: per-point score ``score(x, t)``.
-        sde: the :class:`~otdiff.diffusion.VPSDE`.
+        process: the forward :class:`~otdiff.diffusion.AbstractGaussianProcess`.
         protected: ``(K, d)`` the protected set. Required in ``"static"`` mode; optional in
             ``"dynamic"`` mode (earlier batches' samples).
         radius: the shield radius ``r >= 0`` (dynamic; ``0`` switches the term off).
@@ -371,13 +359,13 @@ def repellency_hook(
         protected_mask: optional ``(K,)`` booleans marking the valid rows of ``protected``.
 
     Returns:
-        ``hook(x, t) -> (x, SpellInfo)`` for :func:`otdiff.diffusion.euler_maruyama` or
-        :func:`otdiff.diffusion.ddim` (their ``aux`` is then a :class:`SpellInfo` stacked over the
-        steps).
+        ``hook(x, t) -> (x, SpellInfo)`` for :func:`otdiff.diffusion.run_sampler` (or
+        :func:`otdiff.diffusion.euler_maruyama`, :func:`otdiff.diffusion.ddim`; their ``aux`` is
+        then a :class:`SpellInfo` stacked over the steps).
 
     Taught in: book/diffusion/03_spell.ipynb
     """
-    mode = _check_mode(mode)
+    check_choice(mode, "mode", MODES)
     _check_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     if protected is None:
@@ -388,15 +376,16 @@ def repellency_hook(
         mask = None
     else:
         protected = _check_protected(protected)
-        mask = _check_mask(protected_mask, protected.shape[0])
-    denoise = jax.vmap(denoiser(score, sde), in_axes=(0, None))
+        mask = check_mask(protected_mask, protected.shape[0], "protected_mask")
+    denoise = jax.vmap(denoiser(score, process), in_axes=(0, None))
 
     def hook(x: jax.Array, t: jax.Array):
         if protected is not None:
-            _check_dims(x, protected, "the sampler's state")
+            check_same_dim(x, protected, ("the sampler's state", "protected"))
         x0_hat = denoise(x, t)
         rep = _repel(x0_hat, protected, mask, radius, mode=mode, chunk_size=chunk_size)
-        correction = jnp.asarray(strength, x.dtype) * rep.delta
+        strength_ = guard_nonnegative(jnp.asarray(strength, x.dtype), "strength")
+        correction = strength_ * rep.delta
         active = rep.n_active > 0
         info = SpellInfo(
             t=jnp.asarray(t),
@@ -410,36 +399,23 @@ def repellency_hook(
     return hook
 
 
-def _run_sampler(sampler, key, score, sde, x_init, n_steps, hook, t_min, save_trajectory):
-    if sampler == "sde":
-        return euler_maruyama(
-            key,
-            score,
-            sde,
-            x_init,
-            n_steps,
-            t_min=t_min,
-            hook=hook,
-            save_trajectory=save_trajectory,
-        )
-    return ddim(
-        key, score, sde, x_init, n_steps, t_min=t_min, hook=hook, save_trajectory=save_trajectory
-    )
+def _run_sampler(sampler, key, score, process, x_init, n_steps, hook, t_min, save_trajectory):
+    run = euler_maruyama if sampler == "sde" else ddim
+    return run(
+        key, score, process, x_init, n_steps, t_min=t_min, hook=hook,
+        save_trajectory=save_trajectory,
+    )  # fmt: skip
 
 
 def _check_sampler(sampler: str) -> str:
-    if sampler not in SAMPLERS:
-        raise ValueError(
-            f"sampler must be one of {SAMPLERS} (the samplers with a step hook), got {sampler!r}."
-        )
-    return sampler
+    return check_choice(sampler, "sampler (the samplers with a step hook)", SAMPLERS)
 
 
 @eqx.filter_jit
 def _sample(
     key,
     score,
-    sde,
+    process,
     protected,
     mask,
     radius,
@@ -454,10 +430,10 @@ def _sample(
     save_trajectory,
 ):
     k_init, k_run = jax.random.split(key)
-    x_init = sde.prior_sample(k_init, (n_samples, dim))
+    x_init = process.prior_sample(k_init, (n_samples, dim))
     hook = repellency_hook(
         score,
-        sde,
+        process,
         protected,
         radius=radius,
         strength=strength,
@@ -465,13 +441,15 @@ def _sample(
         chunk_size=chunk_size,
         protected_mask=mask,
     )
-    return _run_sampler(sampler, k_run, score, sde, x_init, n_steps, hook, t_min, save_trajectory)
+    return _run_sampler(
+        sampler, k_run, score, process, x_init, n_steps, hook, t_min, save_trajectory
+    )
 
 
 def sample(
     key: jax.Array,
     score: Callable,
-    sde,
+    process: AbstractGaussianProcess,
     n_samples: int,
     dim: int,
     *,
@@ -502,25 +480,22 @@ def sample(
     n_samples = check_int(n_samples, "n_samples", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
-    mode = _check_mode(mode)
+    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    check_choice(mode, "mode", MODES)
     sampler = _check_sampler(sampler)
     _check_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     mask = None
     if protected is not None:
-        protected = _check_protected(protected)
-        if protected.shape[1] != dim:
-            raise ValueError(
-                f"protected must have dimension dim={dim}, got shape {protected.shape}."
-            )
-        mask = _check_mask(protected_mask, protected.shape[0])
+        protected = _check_protected(protected, dim=dim)
+        mask = check_mask(protected_mask, protected.shape[0], "protected_mask")
     elif mode == "static":
         raise ValueError("protected is required in mode='static'.")
     dtype = jnp.result_type(float)
     return _sample(
         key,
         score,
-        sde,
+        process,
         protected,
         mask,
         jnp.asarray(radius, dtype),
@@ -540,7 +515,7 @@ def sample(
 def _sample_batches(
     key,
     score,
-    sde,
+    process,
     protected,
     radius,
     strength,
@@ -565,10 +540,10 @@ def _sample_batches(
         bank, valid = carry
         key, i = inputs
         k_init, k_run = jax.random.split(key)
-        x_init = sde.prior_sample(k_init, (batch_size, dim))
+        x_init = process.prior_sample(k_init, (batch_size, dim))
         hook = repellency_hook(
             score,
-            sde,
+            process,
             bank,
             radius=radius,
             strength=strength,
@@ -576,7 +551,7 @@ def _sample_batches(
             chunk_size=chunk_size,
             protected_mask=valid,
         )
-        res = _run_sampler(sampler, k_run, score, sde, x_init, n_steps, hook, t_min, False)
+        res = _run_sampler(sampler, k_run, score, process, x_init, n_steps, hook, t_min, False)
         start = offset + i * batch_size
         bank = jax.lax.dynamic_update_slice(bank, res.x, (start, 0))
         valid = jax.lax.dynamic_update_slice(valid, jnp.ones((batch_size,), bool), (start,))
@@ -590,7 +565,7 @@ def _sample_batches(
 def sample_batches(
     key: jax.Array,
     score: Callable,
-    sde,
+    process: AbstractGaussianProcess,
     n_batches: int,
     batch_size: int,
     dim: int,
@@ -626,20 +601,17 @@ def sample_batches(
     batch_size = check_int(batch_size, "batch_size", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
+    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     sampler = _check_sampler(sampler)
     _check_radius_strength(radius, strength)
     chunk_size = _check_chunk(chunk_size)
     if protected is not None:
-        protected = _check_protected(protected)
-        if protected.shape[1] != dim:
-            raise ValueError(
-                f"protected must have dimension dim={dim}, got shape {protected.shape}."
-            )
+        protected = _check_protected(protected, dim=dim)
     dtype = jnp.result_type(float)
     return _sample_batches(
         key,
         score,
-        sde,
+        process,
         protected,
         jnp.asarray(radius, dtype),
         jnp.asarray(strength, dtype),
@@ -666,7 +638,7 @@ def nearest_distance(
     """
     x = check_points(x, "x")
     protected = _check_protected(protected)
-    _check_dims(x, protected, "x")
+    check_same_dim(x, protected, ("x", "protected"))
     chunk_size = _check_chunk(chunk_size)
     return _repel_jit(x, protected, None, 0.0, mode="static", chunk_size=chunk_size).nearest
 

@@ -2,7 +2,7 @@
 
 **Diffusion as a sequence of energy-based models.** Write the noised marginals of a diffusion as
 :math:`p_t(x) = e^{-E_t(x)}/Z_t`; the score is then :math:`\\nabla\\log p_t = -\\nabla_x E_t`.
-An energy model learns a scalar :math:`E_\\theta(x, t)` (:class:`EnergyMLP`) and uses
+An energy model learns a scalar :math:`E_\\theta(x, t)` (:class:`otdiff.diffusion.EnergyMLP`) and uses
 :math:`-\\nabla_x E_\\theta` as its score (:func:`energy_score`). Unlike a score, an energy can
 *weigh* a point, not only push it: that is what SMC needs :cite:`thornton2025composition`.
 
@@ -21,12 +21,13 @@ At each :math:`t` its minimiser over all energies is the *conservative part* of
 :math:`s_\\phi` by :math:`-\\nabla E^\\star` leaves the marginals of the diffusion unchanged.
 
 **Feynman-Kac model** (:func:`fk_model`, :func:`smc_sample`). For a combined energy
-:math:`\\bar E(x, t) = \\sum_j w_j E_j(x, t)` (a product :math:`\\prod_j p_j^{w_j}`; one energy
-with :math:`w = \\beta` is low-temperature sampling :math:`p^\\beta`), take the intermediate targets
+:math:`\\bar E(x, t) = \\sum_j w_j E_j(x, t)` (a product :math:`\\prod_j p_j^{w_j}`, built by
+:func:`otdiff.diffusion.composition.product`; one energy with :math:`w = \\beta` is
+low-temperature sampling :math:`p^\\beta`, :func:`low_temperature_smc`), take the intermediate targets
 :math:`\\pi_k \\propto e^{-\\bar E(\\cdot, t_k)}` on the grid :math:`t_K = t_{\\max} > \\dots >
 t_0 = t_{\\min}`, the proposal :math:`M_k` one Euler-Maruyama step of the reverse SDE with the
-combined score :math:`-\\nabla\\bar E`, and as backward kernel :math:`L_k` the exact forward
-transition of the VP SDE. The potentials are
+combined score :math:`-\\nabla\\bar E` (:func:`otdiff.diffusion.reverse_kernel`), and as backward
+kernel :math:`L_k` the exact forward transition of the VP process. The potentials are
 
 .. math::
 
@@ -43,7 +44,10 @@ costs one ``value_and_grad`` of the energy (the gradient drives the next proposa
 weighs): about one extra backward pass over plain sampling.
 
 Temperatures, composition weights, ``t_min``, ``t_stop`` and the ESS threshold are dynamic
-(a slider never recompiles); the number of particles, steps and the dimension are static.
+(a slider never recompiles; under ``jit`` a temperature <= 0, a negative ``t_stop`` or a threshold
+outside ``(0, 1]`` raises at run time); the number of particles, steps and the dimension are
+static. The tempered SMC of blackjax is a different algorithm (it anneals a static target by
+MCMC moves); :func:`low_temperature_smc` follows the diffusion.
 
 Taught in: book/diffusion/02_energy_smc.ipynb
 """
@@ -56,236 +60,91 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-from otdiff import smc
+from otdiff import smc, train
 from otdiff._checks import (
     check_in_range,
     check_int,
     check_nonnegative,
     check_points,
     check_positive,
-    is_concrete,
+    guard_in_range,
+    guard_nonnegative,
+    guard_positive,
 )
+from otdiff.diffusion.composition import product
 from otdiff.diffusion.losses import stratified_times
-from otdiff.diffusion.networks import InputScaling, TimeEmbedding, time_mlp_apply, time_mlp_layers
-from otdiff.diffusion.samplers import gaussian_log_prob, time_grid
+from otdiff.diffusion.processes import AbstractGaussianProcess, AbstractVP
+from otdiff.diffusion.samplers import gaussian_log_prob, reverse_kernel, time_grid
 
 __all__ = [
-    "EnergyMLP",
     "MixtureEnergy",
-    "ComposedEnergy",
+    "EnergyScore",
     "EnergyParticles",
     "EnergySMCResult",
     "DistilResult",
     "energy_score",
-    "compose",
-    "combined_score",
     "distillation_loss",
     "distil",
     "relative_score_error",
     "fk_model",
     "smc_sample",
-    "tempered_smc",
+    "low_temperature_smc",
     "product_smc",
-    "check_temperature",
-    "check_composition_weights",
 ]
 
 EnergyFn = Callable[[jax.Array, jax.Array], jax.Array]
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-# -- checks ---------------------------------------------------------------------------------------
-
-
-def check_temperature(beta: Any, name: str = "beta") -> Any:
-    """An inverse temperature :math:`\\beta` must be a finite number > 0."""
-    return check_positive(beta, name)
-
-
-def check_composition_weights(weights: Any, n: int) -> jax.Array:
-    """Composition weights: shape ``(n,)``, finite, non-negative, not all zero."""
-    arr = jnp.asarray(weights, dtype=jnp.result_type(float))
-    if arr.shape != (n,):
-        raise ValueError(f"weights must have shape ({n},), one per energy, got {arr.shape}.")
-    if is_concrete(arr):
-        a = np.asarray(arr)
-        if not np.all(np.isfinite(a)) or np.any(a < 0) or not np.any(a > 0):
-            raise ValueError(f"weights must be finite, >= 0 and not all zero, got {a.tolist()}.")
-    return arr
-
-
-# -- energy models --------------------------------------------------------------------------------
-
-
-class EnergyMLP(eqx.Module):
-    """A scalar energy :math:`E_\\theta(x, t)` for points of dimension ``dim``.
-
-    .. math::
-
-        E_\\theta(x, t) = \\tfrac12\\,c_t^2\\|x\\|^2 + f_\\theta(c_t x, t),\\qquad
-        c_t = \\big(\\alpha_t^2 v + \\sigma_t^2\\big)^{-1/2},
-
-    with :math:`f_\\theta` a SiLU MLP with a scalar output (smooth activations: the score is its
-    gradient, and a ReLU network's gradient is piecewise constant). With ``data_std``
-    (:math:`\\sqrt v`), the first term is the energy of the Gaussian with the data's variance noised
-    to time :math:`t` (the right tails), and the network sees inputs of unit scale; without it
-    :math:`c_t = 1` and the quadratic term is dropped. With ``noise_scaled`` the network term is
-    divided by :math:`\\sigma_t` (so that :math:`\\sigma_t\\nabla E_\\theta`, a noise prediction,
-    is of order one); on the chapter's 2-D mixtures this amplified the errors of the energy
-    offsets between separated modes at small :math:`t`, so it is off by default.
-
-    Args:
-        dim: the data dimension (static).
-        hidden: hidden widths (static).
-        embed_dim: the size of the time embedding (static).
-        key: a JAX random key.
-        data_std: per-coordinate standard deviation of the data, or ``None``.
-        sde: the VP SDE (used by the scaling, and for :math:`\\sigma_t`; default ``vp_linear()``).
-        noise_scaled: divide the network term by :math:`\\sigma_t` (static).
-    """
-
-    dim: int = eqx.field(static=True)
-    embedding: TimeEmbedding
-    layers: tuple[eqx.nn.Linear, ...]
-    time_projections: tuple[eqx.nn.Linear, ...]
-    output: eqx.nn.Linear
-    scaling: InputScaling | None
-    beta_min: float = eqx.field(static=True)
-    beta_max: float = eqx.field(static=True)
-    noise_scaled: bool = eqx.field(static=True)
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        hidden: Sequence[int] = (128, 128, 128),
-        embed_dim: int = 32,
-        key: jax.Array,
-        data_std: float | None = None,
-        sde=None,
-        noise_scaled: bool = False,
-    ):
-        dim = check_int(dim, "dim", low=1)
-        self.noise_scaled = bool(noise_scaled)
-        if sde is not None and getattr(sde, "kind", None) != "linear":
-            raise ValueError("EnergyMLP supports the linear VP schedule only (sde.kind).")
-        self.beta_min = 0.1 if sde is None else float(sde.beta_min)
-        self.beta_max = 20.0 if sde is None else float(sde.beta_max)
-        self.dim = dim
-        self.embedding, self.layers, self.time_projections, self.output = time_mlp_layers(
-            dim, hidden, embed_dim, "scalar", key=key
-        )
-        self.scaling = (
-            None if data_std is None else InputScaling(data_std, self.beta_min, self.beta_max)
-        )
-
-    def _sigma(self, t):
-        b = self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-        return jnp.sqrt(-jnp.expm1(-b))
-
-    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        """The energy (a scalar) at one point ``x`` of shape ``(dim,)`` and a scalar time ``t``."""
-        if x.shape != (self.dim,):
-            raise ValueError(
-                f"EnergyMLP expects one point of shape ({self.dim},), got {x.shape}; vmap over a batch."
-            )
-        base = 0.0
-        if self.scaling is not None:
-            x = x * self.scaling(t)
-            base = 0.5 * jnp.sum(x**2)
-        out = time_mlp_apply(self, x, t)
-        return base + (out / self._sigma(t) if self.noise_scaled else out)
+# -- energies and their scores --------------------------------------------------------------------
 
 
 class MixtureEnergy(eqx.Module):
-    """The exact energy :math:`E_t = -\\log p_t` of a Gaussian mixture noised by a VP SDE.
+    """The exact energy :math:`E_t = -\\log p_t` of a Gaussian mixture noised by a Gaussian process.
 
     The analytic counterpart of a distilled energy (normalised: :math:`Z_t = 1`).
 
     Attributes:
         mixture: an :class:`otdiff.data.GaussianMixture`.
-        sde: the :class:`otdiff.diffusion.VPSDE`.
+        process: the forward :class:`~otdiff.diffusion.AbstractGaussianProcess`.
     """
 
     mixture: Any
-    sde: Any
+    process: AbstractGaussianProcess
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        return -self.mixture.noised(self.sde, t).log_prob(x)
+        return -self.mixture.noised(self.process, t).log_prob(x)
 
 
-class ComposedEnergy(eqx.Module):
-    """:math:`\\bar E(x, t) = \\sum_j w_j E_j(x, t)`: the energy of :math:`\\prod_j p_j^{w_j}`.
+class EnergyScore(eqx.Module):
+    """The score of an energy model, :math:`s(x, t) = -\\nabla_x E(x, t)` (per point).
 
     Attributes:
-        energies: a tuple of per-point energies ``E_j(x, t)`` (Equinox modules or functions).
-        weights: ``(J,)`` weights (dynamic).
+        energy: the energy ``E(x, t)`` (a module or a function).
     """
 
-    energies: tuple
-    weights: jax.Array
+    energy: EnergyFn
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        values = jnp.stack([e(x, t) for e in self.energies])
-        return jnp.sum(self.weights * values)
+        return -jax.grad(self.energy)(x, t)
 
 
-def compose(energies: EnergyFn | Sequence[EnergyFn], weights=None) -> ComposedEnergy:
-    """Combine energies with weights (default: all ones, the product of the densities).
-
-    A single energy with weight :math:`\\beta` is the tempered density :math:`p^\\beta`.
-
-    Raises:
-        ValueError: for weights of the wrong shape, negative, non-finite or all zero.
-    """
-    energies = (energies,) if callable(energies) else tuple(energies)
-    if not energies or not all(callable(e) for e in energies):
-        raise TypeError("energies must be a callable or a non-empty sequence of callables.")
-    if weights is None:
-        weights = jnp.ones((len(energies),))
-    weights = jnp.atleast_1d(jnp.asarray(weights, dtype=jnp.result_type(float)))
-    return ComposedEnergy(energies, check_composition_weights(weights, len(energies)))
-
-
-def energy_score(energy: EnergyFn) -> ScoreFn:
-    """The score of an energy model, :math:`s(x, t) = -\\nabla_x E(x, t)` (per point)."""
-    grad = jax.grad(energy)
-
-    def score(x: jax.Array, t: jax.Array) -> jax.Array:
-        return -grad(x, t)
-
-    return score
-
-
-def combined_score(scores: ScoreFn | Sequence[ScoreFn], weights=None) -> ScoreFn:
-    """The *naive* composed score :math:`\\sum_j w_j s_j(x, t)` (what score-only models can do).
-
-    It is the score of :math:`\\prod_j p_{j,t}^{w_j}` at every :math:`t`, which is *not* the
-    noised version of :math:`\\prod_j p_{j,0}^{w_j}`: sampling the reverse SDE with it is biased.
-    """
-    scores = (scores,) if callable(scores) else tuple(scores)
-    if weights is None:
-        weights = jnp.ones((len(scores),))
-    weights = jnp.atleast_1d(jnp.asarray(weights, dtype=jnp.result_type(float)))
-    weights = check_composition_weights(weights, len(scores))
-
-    def score(x: jax.Array, t: jax.Array) -> jax.Array:
-        return sum(w * s(x, t) for w, s in zip(weights, scores, strict=True))
-
-    return score
+def energy_score(energy: EnergyFn) -> EnergyScore:
+    """The score :math:`s(x, t) = -\\nabla_x E(x, t)` of an energy (a module: its weights are traced)."""
+    if not callable(energy):
+        raise TypeError(f"energy must be a function E(x, t), got {energy!r}.")
+    return EnergyScore(energy)
 
 
 # -- distillation ---------------------------------------------------------------------------------
 
 
-def _noised_batch(key, sde, x0, t_min, off_support, box):
+def _noised_batch(key, process, x0, t_min, off_support, box):
     n, d = x0.shape
     k_t, k_eps, k_box = jax.random.split(key, 3)
     t = stratified_times(k_t, n, t_min)
-    xt, _ = sde.sample_marginal(k_eps, x0, t)
+    xt, _ = process.sample_marginal(k_eps, x0, t)
     n_off = int(round(off_support * n))
     if n_off:
         if box is None:  # interpolate: noised points on segments between two data points
@@ -293,7 +152,7 @@ def _noised_batch(key, sde, x0, t_min, off_support, box):
             lam = jax.random.uniform(k_lam, (n_off, 1), xt.dtype)
             partner = x0[jax.random.permutation(k_perm, n)[:n_off]]
             mid = lam * x0[:n_off] + (1.0 - lam) * partner
-            moved, _ = sde.sample_marginal(k_noise, mid, t[:n_off])
+            moved, _ = process.sample_marginal(k_noise, mid, t[:n_off])
         else:  # uniform points in the box [-box, box]^d
             moved = jax.random.uniform(k_box, (n_off, d), xt.dtype, -1.0, 1.0) * box
         xt = xt.at[:n_off].set(moved)
@@ -302,10 +161,10 @@ def _noised_batch(key, sde, x0, t_min, off_support, box):
 
 def distillation_loss(
     energy: EnergyFn,
-    teacher: ScoreFn,
-    sde,
     key: jax.Array,
     x0: jax.Array,
+    teacher: ScoreFn,
+    process: AbstractGaussianProcess,
     *,
     t_min: float = 1e-3,
     off_support: float = 0.0,
@@ -318,14 +177,15 @@ def distillation_loss(
 
     with stratified times on :math:`[t_{\\min}, 1]` and :math:`x_{t_i}` drawn from the forward
     marginal of the data point :math:`x_0^i`. Its minimiser is the :math:`L^2(p_t)` projection of
-    the teacher onto gradient fields (module docstring).
+    the teacher onto gradient fields (module docstring). Its first three arguments are those of
+    a loss for :func:`otdiff.train.fit` (see :func:`distil`).
 
     Args:
         energy: the energy ``E(x, t)`` on one point (an Equinox module; differentiable in its arrays).
-        teacher: the pretrained score ``s(x, t)`` on one point.
-        sde: the VP SDE.
         key: a JAX random key.
         x0: clean data, ``(n, d)``.
+        teacher: the pretrained score ``s(x, t)`` on one point.
+        process: the forward process.
         t_min: the smallest time, in ``(0, 1)``.
         off_support: the fraction of the batch (static, in ``[0, 1)``) replaced by points off
             the data's support, so that the gradient is also fitted between separated modes
@@ -341,10 +201,10 @@ def distillation_loss(
         check_positive(box, "box")
     if x0.ndim != 2:
         raise ValueError(f"x0 must have shape (n, d), got shape {x0.shape}.")
-    xt, t = _noised_batch(key, sde, x0, t_min, off_support, box)
+    xt, t = _noised_batch(key, process, x0, t_min, off_support, box)
     grad_e = jax.vmap(jax.grad(energy))(xt, t)
     target = jax.vmap(teacher)(xt, t)
-    sigma2 = sde.sigma(t)[:, None] ** 2
+    sigma2 = process.sigma(t)[:, None] ** 2
     return jnp.mean(sigma2 * (grad_e + target) ** 2)
 
 
@@ -352,7 +212,7 @@ class DistilResult(NamedTuple):
     """What :func:`distil` returns: the trained ``energy`` and the loss of every step."""
 
     energy: Any
-    losses: jax.Array
+    losses: Any
 
 
 def distil(
@@ -360,7 +220,7 @@ def distil(
     energy,
     teacher: ScoreFn,
     data: jax.Array,
-    sde,
+    process: AbstractGaussianProcess,
     *,
     n_steps: int,
     batch_size: int = 256,
@@ -369,72 +229,47 @@ def distil(
     off_support: float = 0.0,
     box: float | None = None,
 ) -> DistilResult:
-    """Train an energy model by distillation from a teacher score, in one jitted ``lax.scan``.
+    """Train an energy model by distillation from a teacher score, with :func:`otdiff.train.fit`.
 
     Adam with gradient clipping, a short warm-up and a cosine decay
-    (:func:`otdiff.diffusion.training.make_optimizer`); mini-batches of ``data`` drawn with
-    replacement; the loss is :func:`distillation_loss`.
+    (:func:`otdiff.train.make_optimizer`), mini-batches of ``data`` drawn with replacement, the
+    loss :func:`distillation_loss`, all ``n_steps`` in one compiled chunk; the last weights are
+    returned (no EMA).
 
     Args:
         key: a JAX random key.
         energy: the initial energy model (an Equinox module).
-        teacher: the teacher score ``s(x, t)`` on one point (a function or module; not trained).
+        teacher: the teacher score ``s(x, t)`` on one point (a module such as
+            :func:`otdiff.diffusion.score_from_eps`'s, or a function; not trained).
         data: the clean training points, ``(N, d)``.
-        sde: the VP SDE.
+        process: the forward process.
         n_steps: the number of Adam steps (static).
         batch_size: the mini-batch size (static).
         learning_rate: the peak learning rate (> 0).
         t_min, off_support, box: as :func:`distillation_loss`.
     """
-    from otdiff.diffusion.training import make_optimizer
-
     n_steps = check_int(n_steps, "n_steps", low=1)
-    batch_size = check_int(batch_size, "batch_size", low=1)
-    check_positive(learning_rate, "learning_rate")
+    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_in_range(off_support, "off_support", 0.0, 1.0, high_open=True)
+    if box is not None:
+        check_positive(box, "box")
     data = check_points(data, "data")
-    optimizer = make_optimizer(learning_rate, n_steps)
-    params, static = eqx.partition(energy, eqx.is_inexact_array)
-    teacher_params, teacher_static = eqx.partition(teacher, eqx.is_array)
-
-    @jax.jit
-    def train(key, params, teacher_params, data):
-        teach = eqx.combine(teacher_params, teacher_static)
-
-        def loss_fn(p, k, batch):
-            return distillation_loss(
-                eqx.combine(p, static),
-                teach,
-                sde,
-                k,
-                batch,
-                t_min=t_min,
-                off_support=off_support,
-                box=box,
-            )
-
-        def body(carry, k):
-            p, opt_state = carry
-            k_idx, k_loss = jax.random.split(k)
-            batch = data[jax.random.randint(k_idx, (batch_size,), 0, data.shape[0])]
-            loss, grads = jax.value_and_grad(loss_fn)(p, k_loss, batch)
-            updates, opt_state = optimizer.update(grads, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state), loss
-
-        (p, _), losses = jax.lax.scan(
-            body, (params, optimizer.init(params)), jax.random.split(key, n_steps)
-        )
-        return p, losses
-
-    params, losses = train(key, params, teacher_params, data)
-    return DistilResult(eqx.combine(params, static), losses)
+    loss = jax.tree_util.Partial(
+        distillation_loss, teacher=teacher, process=process, t_min=float(t_min),
+        off_support=float(off_support), box=None if box is None else float(box),
+    )  # fmt: skip
+    result = train.fit(
+        key, energy, data, loss, n_steps=n_steps, batch_size=batch_size,
+        learning_rate=learning_rate, ema_decay=None, chunk_size=n_steps,
+    )  # fmt: skip
+    return DistilResult(result.model, result.losses)
 
 
 def relative_score_error(
+    key: jax.Array,
     score: ScoreFn,
     reference: ScoreFn,
-    sde,
-    key: jax.Array,
+    process: AbstractGaussianProcess,
     x0: jax.Array,
     *,
     t_min: float = 1e-3,
@@ -448,10 +283,11 @@ def relative_score_error(
     relative error of the implied noise predictions :math:`-\\sigma_t s` on noised data.
     """
     x0 = check_points(x0, "x0")
-    xt, t = _noised_batch(key, sde, x0, t_min, 0.0, None)
+    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    xt, t = _noised_batch(key, process, x0, t_min, 0.0, None)
     a = jax.vmap(score)(xt, t)
     b = jax.vmap(reference)(xt, t)
-    w = sde.sigma(t)[:, None] ** 2
+    w = process.sigma(t)[:, None] ** 2
     return jnp.sqrt(jnp.sum(w * (a - b) ** 2) / jnp.sum(w * b**2))
 
 
@@ -474,7 +310,7 @@ class EnergyParticles(NamedTuple):
 
 def fk_model(
     energy: EnergyFn,
-    sde,
+    process: AbstractVP,
     dim: int,
     n_steps: int,
     *,
@@ -492,12 +328,13 @@ def fk_model(
 
     (:func:`otdiff.diffusion.reverse_kernel` with that score), the exact forward kernel
     :math:`L_k(x\\mid x') = \\mathcal N(x; \\tfrac{\\alpha_{t_k}}{\\alpha_{t_{k-1}}}x',
-    (1 - \\tfrac{\\alpha_{t_k}^2}{\\alpha_{t_{k-1}}^2})I)` (``sde.transition``) as backward
+    (1 - \\tfrac{\\alpha_{t_k}^2}{\\alpha_{t_{k-1}}^2})I)` (``process.transition``) as backward
     kernel, and the potentials of the module docstring (all in log space).
 
     Args:
-        energy: the combined energy :math:`\\bar E(x, t)` on one point (see :func:`compose`).
-        sde: the VP SDE.
+        energy: the combined energy :math:`\\bar E(x, t)` on one point (see
+            :func:`otdiff.diffusion.composition.product`).
+        process: the forward VP process.
         dim: the dimension (static).
         n_steps: the number of reverse steps :math:`K` (static).
         t_min, t_max: the time interval (dynamic).
@@ -509,23 +346,21 @@ def fk_model(
     dim = check_int(dim, "dim", low=1)
     ts = time_grid(n_steps, t_min, t_max)
     check_nonnegative(t_stop, "t_stop")
+    t_stop = guard_nonnegative(t_stop, "t_stop")
     value_and_grad = jax.vmap(jax.value_and_grad(energy), in_axes=(0, None))
 
     def init(key, n):
-        x = sde.prior_sample(key, (n, dim))
+        x = process.prior_sample(key, (n, dim))
         e, g = value_and_grad(x, ts[0])
-        return EnergyParticles(x, e, g), -e - sde.prior_log_prob(x)
+        return EnergyParticles(x, e, g), -e - process.prior_log_prob(x)
 
     def step(key, p: EnergyParticles, inputs):
         t, t_next = inputs
-        dt = t - t_next
-        beta = sde.beta(t)
-        mean = p.x + (0.5 * beta * p.x - beta * p.grad) * dt
-        std = jnp.sqrt(beta * dt)
+        mean, std = reverse_kernel(process, p.x, t, t_next, -p.grad)
         x_new = mean + std * jax.random.normal(key, p.x.shape, p.x.dtype)
         e_new, g_new = value_and_grad(x_new, t_next)
         log_m = gaussian_log_prob(x_new, mean, std)
-        back_mean, back_std = sde.transition(x_new, t_next, t)
+        back_mean, back_std = process.transition(x_new, t_next, t)
         log_l = gaussian_log_prob(p.x, back_mean, back_std)
         log_g = (p.energy - e_new) + (log_l - log_m)
         log_g = jnp.where(t_next >= t_stop, log_g, 0.0)
@@ -540,7 +375,7 @@ class EnergySMCResult(NamedTuple):
     Attributes:
         x: the final particles at :math:`t_{\\min}`, ``(n, d)``.
         log_weights: their normalised log-weights, ``(n,)``.
-        samples: ``x`` resampled (systematic) to equal weights, ``(n, d)``.
+        samples: ``x`` resampled to equal weights, ``(n, d)``.
         ess: ``(K + 1,)`` the effective sample size after each weighting.
         resampled: ``(K,)`` whether each step resampled.
         log_evidence: :math:`\\log\\hat Z`, an estimate of
@@ -556,11 +391,14 @@ class EnergySMCResult(NamedTuple):
 
 
 @eqx.filter_jit
-def _smc_sample(key, energy, sde, n_particles, dim, n_steps, t_min, t_stop, ess_threshold, method):
-    model = fk_model(energy, sde, dim, n_steps, t_min=t_min, t_stop=t_stop)
+def _smc_sample(
+    key, energy, process, n_particles, dim, n_steps, t_min, t_stop, ess_threshold, resampler
+):
+    ess_threshold = guard_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
+    model = fk_model(energy, process, dim, n_steps, t_min=t_min, t_stop=t_stop)
     k_run, k_final = jax.random.split(key)
-    out = smc.run(k_run, model, n_particles, ess_threshold=ess_threshold, method=method)
-    idx = smc.resample_indices(k_final, out.log_weights, method=method)
+    out = smc.run(k_run, model, n_particles, resampler=resampler, ess_threshold=ess_threshold)
+    idx = smc.resample_indices(k_final, out.log_weights, resampler=resampler)
     x = out.particles.x
     return EnergySMCResult(x, out.log_weights, x[idx], out.ess, out.resampled, out.log_evidence)
 
@@ -568,7 +406,7 @@ def _smc_sample(key, energy, sde, n_particles, dim, n_steps, t_min, t_stop, ess_
 def smc_sample(
     key: jax.Array,
     energy: EnergyFn,
-    sde,
+    process: AbstractVP,
     n_particles: int,
     dim: int,
     *,
@@ -576,67 +414,73 @@ def smc_sample(
     t_min: float = 1e-3,
     t_stop: float = 0.0,
     ess_threshold: float = 0.5,
-    method: str = "systematic",
+    resampler: Callable = smc.systematic,
 ) -> EnergySMCResult:
     """SMC sampling of :math:`\\pi_0 \\propto e^{-\\bar E(\\cdot, t_{\\min})}` (jitted; see :func:`fk_model`).
 
     Args:
         key: a JAX random key.
-        energy: the combined energy (:func:`compose`), an Equinox module or a function.
-        sde: the VP SDE.
+        energy: the combined energy (:func:`otdiff.diffusion.composition.product`), a module or
+            a function.
+        process: the forward VP process.
         n_particles: the number of particles (static int >= 1).
         dim: the dimension (static).
         n_steps: the number of reverse steps (static).
         t_min: the final time (dynamic).
         t_stop: no reweighting below this time (dynamic).
         ess_threshold: resample when :math:`\\mathrm{ESS} < \\kappa n`, :math:`\\kappa\\in(0, 1]`.
-        method: the resampling scheme (static).
+        resampler: the resampling function (static; default :func:`otdiff.smc.systematic`).
 
     Raises:
         ValueError: for ``n_particles < 1``, an ``ess_threshold`` outside ``(0, 1]``, a negative
-            ``t_stop``, or NaN weights (outside ``jit``).
+            ``t_stop``, or NaN weights (at run time under ``jit``).
     """
     n_particles = check_int(n_particles, "n_particles", low=1)
     dim = check_int(dim, "dim", low=1)
     n_steps = check_int(n_steps, "n_steps", low=1)
-    smc.check_ess_threshold(ess_threshold)
+    check_in_range(ess_threshold, "ess_threshold", 0.0, 1.0, low_open=True)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_nonnegative(t_stop, "t_stop")
-    if method not in smc.RESAMPLING:
-        raise ValueError(f"method must be one of {smc.RESAMPLING}, got {method!r}.")
+    if not callable(resampler):
+        raise TypeError(
+            f"resampler must be a function such as otdiff.smc.systematic, got {resampler!r}."
+        )
     f = jnp.result_type(float)
-    out = _smc_sample(
-        key,
-        energy,
-        sde,
-        n_particles,
-        dim,
-        n_steps,
-        jnp.asarray(t_min, f),
-        jnp.asarray(t_stop, f),
-        jnp.asarray(ess_threshold, f),
-        method,
-    )
-    smc._check_result(smc.SMCResult(None, out.log_weights, None, None, None, None))
-    return out
+    return _smc_sample(
+        key, energy, process, n_particles, dim, n_steps, jnp.asarray(t_min, f),
+        jnp.asarray(t_stop, f), jnp.asarray(ess_threshold, f), resampler,
+    )  # fmt: skip
 
 
-def tempered_smc(
-    key: jax.Array, energy: EnergyFn, sde, n_particles: int, dim: int, *, beta: float, **kwargs
+def low_temperature_smc(
+    key: jax.Array,
+    energy: EnergyFn,
+    process: AbstractVP,
+    n_particles: int,
+    dim: int,
+    *,
+    beta: float,
+    **kwargs,
 ) -> EnergySMCResult:
-    """Low-temperature sampling of :math:`p^\\beta` with SMC (``beta`` dynamic, > 0).
+    """Low-temperature sampling of :math:`p^\\beta` with the diffusion's Feynman-Kac SMC.
+
+    :func:`smc_sample` of the energy :math:`\\beta E` (``beta`` dynamic, > 0; other keyword
+    arguments as :func:`smc_sample`).
 
     Raises:
-        ValueError: for ``beta <= 0`` (and as :func:`smc_sample`).
+        ValueError: for ``beta <= 0`` (at run time too under ``jit``), and as :func:`smc_sample`.
     """
-    check_temperature(beta)
-    return smc_sample(key, compose(energy, jnp.atleast_1d(beta)), sde, n_particles, dim, **kwargs)
+    check_positive(beta, "beta")
+    beta = guard_positive(beta, "beta")
+    return smc_sample(
+        key, product(energy, jnp.atleast_1d(beta)), process, n_particles, dim, **kwargs
+    )
 
 
 def product_smc(
     key: jax.Array,
     energies: Sequence[EnergyFn],
-    sde,
+    process: AbstractVP,
     n_particles: int,
     dim: int,
     *,
@@ -644,4 +488,4 @@ def product_smc(
     **kwargs,
 ) -> EnergySMCResult:
     """Composition ("AND"): SMC sampling of :math:`\\prod_j p_j^{w_j}` (weights dynamic, >= 0)."""
-    return smc_sample(key, compose(energies, weights), sde, n_particles, dim, **kwargs)
+    return smc_sample(key, product(energies, weights), process, n_particles, dim, **kwargs)

@@ -1,0 +1,244 @@
+"""Time-conditioned networks: a sinusoidal time embedding, an MLP and a small residual conv net.
+
+The building blocks of every network in the book that takes a point and a time, :math:`f_\\theta(x,
+t)` with ``x`` of shape ``(d,)`` (or a flat image) and a scalar time :math:`t\\in[0, 1]`: a noise
+predictor or an energy (:mod:`otdiff.diffusion.networks`), a velocity field, a tangent field on
+the sphere. Callers ``vmap`` over a batch. The time enters through sinusoidal features
+:cite:`ho2020denoising`
+
+.. math::
+
+    \\phi(t) = \\big(\\sin(\\omega_k s t),\\ \\cos(\\omega_k s t)\\big)_{k=1}^{m/2},\\qquad
+    \\omega_k = \\Omega^{-(k-1)/(m/2-1)},
+
+(frequencies geometric from 1 down to :math:`1/\\Omega`, time scale :math:`s = 1000` as for DDPM's
+integer steps), followed by a small learned MLP (:class:`TimeEmbedding`). :class:`TimeMLP` adds
+a learned projection of the embedding to every hidden layer; :class:`TimeConvNet` modulates every
+residual block's channels with a learned scale and shift of it (FiLM).
+
+The trainable parameters are the floating-point arrays of a module (``eqx.is_inexact_array``);
+sizes and the frequencies are static Python numbers.
+
+Taught in: book/diffusion/01_score_based.ipynb
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from otdiff._checks import check_int, check_positive
+
+__all__ = ["TimeEmbedding", "TimeMLP", "TimeConvNet"]
+
+
+def _sinusoids(t: jax.Array, dim: int, max_period: float, time_scale: float) -> jax.Array:
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / max(half - 1, 1))
+    arg = time_scale * jnp.asarray(t, jnp.float32) * freqs
+    return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)])
+
+
+class TimeEmbedding(eqx.Module):
+    """Sinusoidal features of the time followed by a two-layer SiLU MLP: ``t -> (embed_dim,)``.
+
+    Args:
+        embed_dim: the output size (an even integer >= 2; static).
+        key: a JAX random key for the MLP's weights.
+        n_frequencies: the number of sinusoidal features (even; default ``embed_dim``).
+        max_period: the ratio :math:`\\Omega` of the fastest to the slowest frequency.
+        time_scale: multiplies ``t`` before the sinusoids (1000: DDPM's step scale).
+    """
+
+    n_features: int = eqx.field(static=True)
+    max_period: float = eqx.field(static=True)
+    time_scale: float = eqx.field(static=True)
+    layer1: eqx.nn.Linear
+    layer2: eqx.nn.Linear
+
+    def __init__(
+        self,
+        embed_dim: int,
+        *,
+        key: jax.Array,
+        n_frequencies: int | None = None,
+        max_period: float = 10_000.0,
+        time_scale: float = 1000.0,
+    ):
+        embed_dim = check_int(embed_dim, "embed_dim", low=2)
+        n_features = embed_dim if n_frequencies is None else n_frequencies
+        n_features = check_int(n_features, "n_frequencies", low=2)
+        if n_features % 2:
+            raise ValueError(f"n_frequencies must be even, got {n_features}.")
+        check_positive(max_period, "max_period")
+        check_positive(time_scale, "time_scale")
+        k1, k2 = jax.random.split(key)
+        self.n_features = n_features
+        self.max_period = float(max_period)
+        self.time_scale = float(time_scale)
+        self.layer1 = eqx.nn.Linear(n_features, embed_dim, key=k1)
+        self.layer2 = eqx.nn.Linear(embed_dim, embed_dim, key=k2)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        """The embedding of a scalar time ``t``, shape ``(embed_dim,)``."""
+        phi = _sinusoids(t, self.n_features, self.max_period, self.time_scale)
+        return self.layer2(jax.nn.silu(self.layer1(phi)))
+
+
+class TimeMLP(eqx.Module):
+    """A time-conditioned SiLU MLP :math:`f_\\theta(x, t)` from ``in_size`` to ``out_size``.
+
+    Each hidden layer computes :math:`h \\leftarrow \\mathrm{SiLU}(W h + b + U\\phi(t))` with the
+    time embedding :math:`\\phi(t)` (:class:`TimeEmbedding`) projected by its own :math:`U`; a
+    linear layer maps the last hidden layer to the output. Smooth activations: a score or an
+    energy's gradient is read from it, and a ReLU network's gradient is piecewise constant.
+
+    Args:
+        in_size: the input dimension (static).
+        out_size: the output dimension, or ``"scalar"`` for a scalar output (static).
+        hidden: the widths of the hidden layers (static).
+        embed_dim: the size of the time embedding (static).
+        key: a JAX random key.
+    """
+
+    in_size: int = eqx.field(static=True)
+    embedding: TimeEmbedding
+    layers: tuple[eqx.nn.Linear, ...]
+    time_projections: tuple[eqx.nn.Linear, ...]
+    output: eqx.nn.Linear
+
+    def __init__(
+        self,
+        in_size: int,
+        out_size: int | str,
+        *,
+        hidden: Sequence[int] = (128, 128, 128),
+        embed_dim: int = 64,
+        key: jax.Array,
+    ):
+        self.in_size = check_int(in_size, "in_size", low=1)
+        if out_size != "scalar":
+            out_size = check_int(out_size, "out_size", low=1)
+        hidden = tuple(check_int(h, "hidden", low=1) for h in hidden)
+        if not hidden:
+            raise ValueError("hidden must list at least one layer width.")
+        keys = jax.random.split(key, 2 * len(hidden) + 2)
+        self.embedding = TimeEmbedding(embed_dim, key=keys[0])
+        widths = (self.in_size, *hidden)
+        self.layers = tuple(
+            eqx.nn.Linear(widths[i], widths[i + 1], key=keys[1 + i]) for i in range(len(hidden))
+        )
+        self.time_projections = tuple(
+            eqx.nn.Linear(embed_dim, h, use_bias=False, key=keys[1 + len(hidden) + i])
+            for i, h in enumerate(hidden)
+        )
+        self.output = eqx.nn.Linear(hidden[-1], out_size, key=keys[-1])
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        """The output at one point ``x`` of shape ``(in_size,)`` and a scalar time ``t``."""
+        if x.shape != (self.in_size,):
+            raise ValueError(
+                f"the network expects one point of shape ({self.in_size},), got {x.shape}; "
+                "vmap over a batch."
+            )
+        emb = jax.nn.silu(self.embedding(t))
+        h = x
+        for layer, proj in zip(self.layers, self.time_projections, strict=True):
+            h = jax.nn.silu(layer(h) + proj(emb))
+        return self.output(h)
+
+
+class _ResBlock(eqx.Module):
+    norm1: eqx.nn.GroupNorm | None
+    conv1: eqx.nn.Conv2d
+    film: eqx.nn.Linear
+    norm2: eqx.nn.GroupNorm | None
+    conv2: eqx.nn.Conv2d
+
+    def __init__(self, channels: int, embed_dim: int, groups: int, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.norm1 = eqx.nn.GroupNorm(groups, channels) if groups else None
+        self.conv1 = eqx.nn.Conv2d(channels, channels, 3, padding="SAME", key=k1)
+        self.film = eqx.nn.Linear(embed_dim, 2 * channels, key=k2)
+        self.norm2 = eqx.nn.GroupNorm(groups, channels) if groups else None
+        self.conv2 = eqx.nn.Conv2d(channels, channels, 3, padding="SAME", key=k3)
+
+    def __call__(self, h, emb):
+        z = h if self.norm1 is None else self.norm1(h)
+        z = self.conv1(jax.nn.silu(z))
+        scale, shift = jnp.split(self.film(emb), 2)
+        z = z * (1.0 + scale[:, None, None]) + shift[:, None, None]
+        z = z if self.norm2 is None else self.norm2(z)
+        z = self.conv2(jax.nn.silu(z))
+        return h + z
+
+
+class TimeConvNet(eqx.Module):
+    """A small residual convolutional network on ``side x side`` grey images, conditioned on time.
+
+    The flat input (``side**2``,) is reshaped to one channel, lifted to ``channels`` by a 3x3
+    convolution, passed through ``n_blocks`` residual blocks (GroupNorm, SiLU, 3x3 convolution,
+    FiLM by the time embedding :math:`z \\leftarrow z(1 + a(t)) + b(t)` per channel, GroupNorm,
+    SiLU, 3x3 convolution) and projected back to one channel, then flattened. "SAME" padding
+    keeps the image size.
+
+    Args:
+        side: the image side (static; 8 for the digits).
+        channels: the width of the residual blocks (static).
+        n_blocks: the number of residual blocks (static).
+        embed_dim: the size of the time embedding (static).
+        groups: the GroupNorm groups (must divide ``channels``; 0 turns normalisation off).
+        key: a JAX random key.
+    """
+
+    side: int = eqx.field(static=True)
+    embedding: TimeEmbedding
+    lift: eqx.nn.Conv2d
+    blocks: tuple[_ResBlock, ...]
+    norm_out: eqx.nn.GroupNorm | None
+    project: eqx.nn.Conv2d
+
+    def __init__(
+        self,
+        *,
+        side: int = 8,
+        channels: int = 32,
+        n_blocks: int = 2,
+        embed_dim: int = 64,
+        groups: int = 8,
+        key: jax.Array,
+    ):
+        side = check_int(side, "side", low=1)
+        channels = check_int(channels, "channels", low=1)
+        n_blocks = check_int(n_blocks, "n_blocks", low=0)
+        groups = check_int(groups, "groups", low=0)
+        if groups and channels % groups:
+            raise ValueError(f"groups={groups} must divide channels={channels}.")
+        keys = jax.random.split(key, n_blocks + 3)
+        self.side = side
+        self.embedding = TimeEmbedding(embed_dim, key=keys[0])
+        self.lift = eqx.nn.Conv2d(1, channels, 3, padding="SAME", key=keys[1])
+        self.blocks = tuple(
+            _ResBlock(channels, embed_dim, groups, key=keys[2 + i]) for i in range(n_blocks)
+        )
+        self.norm_out = eqx.nn.GroupNorm(groups, channels) if groups else None
+        self.project = eqx.nn.Conv2d(channels, 1, 3, padding="SAME", key=keys[-1])
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        """The output at one flat image ``x`` of shape ``(side**2,)`` and a scalar time ``t``."""
+        n = self.side * self.side
+        if x.shape != (n,):
+            raise ValueError(
+                f"the network expects one flat image of shape ({n},), got {x.shape}; "
+                "vmap over a batch."
+            )
+        emb = jax.nn.silu(self.embedding(t))
+        h = self.lift(x.reshape(1, self.side, self.side))
+        for block in self.blocks:
+            h = block(h, emb)
+        h = h if self.norm_out is None else self.norm_out(h)
+        return self.project(jax.nn.silu(h)).reshape(n)
