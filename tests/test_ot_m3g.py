@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from otdiff import ot
+from otdiff import config, nn, ot
 from otdiff.data import load_digits
-from otdiff.ot import m3g
+from otdiff.ot import m3g, multimarginal
 
 
 def sphere(k=3, n=6, d=4, seed=0, dtype=np.float32):
-    z = np.random.default_rng(seed).standard_normal((k, n, d))
+    z = np.random.default_rng(config.seed(seed)).standard_normal((k, n, d))
     return (z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(dtype)
 
 
@@ -83,7 +83,9 @@ def test_gap_matches_its_definition_from_the_multimarginal_solver():
     z = sphere(k=3, n=5, d=3, seed=4)
     eps, n, k = 0.05, 5, 3
     out = m3g.matching_gap(z, eps, threshold=1e-6, max_iterations=5000)
-    sol = ot.solve_multimarginal(z, eps, cost_scale=1 / k**2, threshold=1e-6, max_iterations=5000)
+    sol = multimarginal.solve_multimarginal(
+        z, eps, cost_scale=1 / k**2, threshold=1e-6, max_iterations=5000
+    )
     C = np.asarray(sol.cost)
     truth = np.mean([C[i, i, i] for i in range(n)])
     np.testing.assert_allclose(float(out.ground_truth_cost), truth, rtol=1e-5)
@@ -117,13 +119,14 @@ def test_gradient_is_danskins_formula():
     np.testing.assert_allclose(grad, jax.grad(linear)(z), atol=1e-5)
 
 
+@pytest.mark.statistical
 def test_gradient_matches_finite_differences_in_float64():
     with jax.enable_x64(True):
         z = jnp.asarray(sphere(k=3, n=5, d=3, seed=7, dtype=np.float64))
         f = jax.jit(lambda x: m3g.m3g_loss(x, 0.05, threshold=1e-11, max_iterations=20000))
         grad = jax.jit(jax.grad(f))(z)
         for seed in range(3):
-            v = jax.random.normal(jax.random.key(seed), z.shape, jnp.float64)
+            v = jax.random.normal(jax.random.key(config.seed(seed)), z.shape, jnp.float64)
             h = 1e-5
             fd = (f(z + h * v) - f(z - h * v)) / (2 * h)
             np.testing.assert_allclose(float(jnp.vdot(grad, v)), float(fd), rtol=1e-6)
@@ -188,9 +191,10 @@ def test_infonce_losses_match_numpy():
 # -- views and encoder --------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 def test_augment_identity_shift_and_dropout():
     image = jnp.linspace(-1, 1, 64)
-    key = jax.random.key(0)
+    key = jax.random.key(config.seed(0))
     same = m3g.augment(key, image, 0.0, 0.0, shift=0)
     np.testing.assert_array_equal(same, image)
     shifted = np.asarray(m3g.augment(key, image, 0.0, 0.0, shift=1)).reshape(8, 8)
@@ -204,23 +208,23 @@ def test_augment_identity_shift_and_dropout():
 
 def test_make_views_shapes_determinism_and_checks():
     images = load_digits().test_images[:10]
-    v1 = m3g.make_views(jax.random.key(1), images, 3)
-    v2 = m3g.make_views(jax.random.key(1), images, 3)
+    v1 = m3g.make_views(jax.random.key(config.seed(1)), images, 3)
+    v2 = m3g.make_views(jax.random.key(config.seed(1)), images, 3)
     assert v1.shape == (3, 10, 64)
     np.testing.assert_array_equal(v1, v2)
     assert not np.allclose(v1[0], v1[1])
     with pytest.raises(ValueError, match="dropout"):
-        m3g.make_views(jax.random.key(1), images, 3, dropout=1.0)
+        m3g.make_views(jax.random.key(config.seed(1)), images, 3, dropout=1.0)
     with pytest.raises(ValueError, match="shift"):
-        m3g.make_views(jax.random.key(1), images, 3, shift=8)
+        m3g.make_views(jax.random.key(config.seed(1)), images, 3, shift=8)
     with pytest.raises(ValueError, match="square"):
-        m3g.make_views(jax.random.key(1), np.zeros((4, 60)), 3)
+        m3g.make_views(jax.random.key(config.seed(1)), np.zeros((4, 60)), 3)
     with pytest.raises(TypeError, match="PRNG key"):
         m3g.make_views(0, images, 3)
 
 
 def test_encoder_maps_onto_the_sphere():
-    enc = m3g.Encoder(64, 8, 32, 2, key=jax.random.key(0))
+    enc = nn.SphereMLP(64, 8, width=32, depth=2, key=jax.random.key(config.seed(0)))
     z = m3g.embed(enc, load_digits().test_images[:20])
     assert z.shape == (20, 8)
     np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
@@ -236,8 +240,8 @@ TINY = m3g.TrainConfig(n_views=3, batch_size=6, n_steps=4, width=16, depth=1, di
 def test_training_is_deterministic_and_finite(method):
     images = load_digits().train_images[:200]
     cfg = TINY._replace(method=method)
-    a = m3g.train(jax.random.key(3), images, cfg)
-    b = m3g.train(jax.random.key(3), images, cfg)
+    a = m3g.train(jax.random.key(config.seed(3)), images, cfg)
+    b = m3g.train(jax.random.key(config.seed(3)), images, cfg)
     assert a.losses.shape == (4,) and np.all(np.isfinite(a.losses))
     np.testing.assert_array_equal(a.losses, b.losses)
     if method == "m3g":
@@ -250,13 +254,16 @@ def test_training_is_deterministic_and_finite(method):
 def test_train_batch_over_epsilons_and_cache(tmp_path):
     images = load_digits().train_images[:200]
     results = m3g.train_batch(
-        [jax.random.key(0), jax.random.key(0)], images, TINY, epsilons=[0.01, 1.0]
+        [jax.random.key(config.seed(0)), jax.random.key(config.seed(0))],
+        images,
+        TINY,
+        epsilons=[0.01, 1.0],
     )
     assert len(results) == 2 and not np.allclose(results[0].losses, results[1].losses)
-    first = m3g.train_cached([0, 1], images, TINY, cache=tmp_path, verbose=False)
+    first = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
     files = sorted(tmp_path.glob("m3g-seed*.ckpt"))
     assert len(files) == 2
-    again = m3g.train_cached([0, 1], images, TINY, cache=tmp_path, verbose=False)
+    again = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
     for r, s in zip(first, again, strict=True):
         np.testing.assert_array_equal(r.losses, s.losses)
         for x, y in zip(
@@ -264,7 +271,7 @@ def test_train_batch_over_epsilons_and_cache(tmp_path):
         ):
             np.testing.assert_array_equal(x, y)
     files[0].write_bytes(files[0].read_bytes()[:-10])  # a corrupted file is rebuilt
-    rebuilt = m3g.train_cached([0, 1], images, TINY, cache=tmp_path, verbose=False)
+    rebuilt = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
     np.testing.assert_allclose(rebuilt[0].losses, first[0].losses, rtol=1e-5)
 
 
@@ -283,24 +290,29 @@ def test_train_batch_over_epsilons_and_cache(tmp_path):
 )
 def test_bad_training_settings(change, match):
     with pytest.raises(ValueError, match=match):
-        m3g.train(jax.random.key(0), load_digits().train_images[:100], TINY._replace(**change))
+        m3g.train(
+            jax.random.key(config.seed(0)),
+            load_digits().train_images[:100],
+            TINY._replace(**change),
+        )
 
 
 def test_bad_training_arguments():
     images = load_digits().train_images[:100]
     with pytest.raises(TypeError, match="TrainConfig"):
-        m3g.train(jax.random.key(0), images, {"method": "m3g"})
+        m3g.train(jax.random.key(config.seed(0)), images, {"method": "m3g"})
     with pytest.raises(TypeError, match="PRNG key"):
         m3g.train(42, images, TINY)
     with pytest.raises(ValueError, match="epsilons must hold one value per key"):
-        m3g.train_batch([jax.random.key(0)], images, TINY, epsilons=[0.1, 0.2])
+        m3g.train_batch([jax.random.key(config.seed(0))], images, TINY, epsilons=[0.1, 0.2])
 
 
 # -- evaluation ---------------------------------------------------------------------------------
 
 
+@pytest.mark.statistical
 def test_evaluations_on_known_answers():
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(config.seed(0))
     centres = np.eye(4)
     labels = rng.integers(0, 4, 200)
     z = centres[labels] + 0.05 * rng.standard_normal((200, 4))
@@ -316,11 +328,12 @@ def test_evaluations_on_known_answers():
         m3g.cross_view_retrieval(views, batch_size=100)
 
 
+@pytest.mark.statistical
 def test_evaluate_returns_three_scores():
     data = load_digits()
-    enc = m3g.Encoder(64, 8, 32, 1, key=jax.random.key(0))
-    ev = m3g.evaluate(jax.random.key(1), enc, data)
+    enc = nn.SphereMLP(64, 8, width=32, depth=1, key=jax.random.key(config.seed(0)))
+    ev = m3g.evaluate(jax.random.key(config.seed(1)), enc, data)
     assert all(0.0 <= v <= 1.0 for v in ev)
     assert ev.linear_probe > 0.5  # even a random MLP's features are linearly informative
-    with pytest.raises(TypeError, match="Encoder"):
-        m3g.evaluate(jax.random.key(1), "encoder", data)
+    with pytest.raises(TypeError, match="SphereMLP"):
+        m3g.evaluate(jax.random.key(config.seed(1)), "encoder", data)

@@ -50,6 +50,7 @@ __all__ = [
     "check_log_weights",
     "check_nonnegative_weights",
     "check_mask",
+    "check_key",
     "WEIGHT_ATOL",
     "GUARDS_ENV_VAR",
     "guards_enabled",
@@ -281,6 +282,27 @@ def check_mask(mask: Any, n: int, name: str = "mask") -> jax.Array | None:
     if arr.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) to match its rows, got {arr.shape}.")
     return arr.astype(bool)
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """One JAX PRNG key: a typed key of shape ``()`` (``jax.random.key(seed)``) or a legacy
+    ``uint32`` key of shape ``(2,)`` (``jax.random.PRNGKey(seed)``); returned as a JAX array.
+
+    A batch of keys, an integer seed or anything else is refused with a ``TypeError`` or
+    ``ValueError`` naming the argument (a key is never silently made from a seed).
+    """
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got a batch of shape {key.shape}.")
+        return key
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if isinstance(key, jax.Array | np.ndarray) and dtype == np.uint32 and shape == (2,):
+        return jnp.asarray(key)
+    raise TypeError(
+        f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}"
+        + (f" of shape {shape}" if shape is not None else "")
+        + "."
+    )
 
 
 # -- guards for jitted cores ------------------------------------------------------------------------

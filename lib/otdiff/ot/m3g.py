@@ -1,6 +1,6 @@
 r"""The multi-marginal matching gap (M3G): contrasting :math:`k` views with multi-marginal OT.
 
-{cite}`piran2024m3g` learn representations of objects seen through :math:`k \ge 2` views. A
+:cite:`piran2024m3g` learn representations of objects seen through :math:`k \ge 2` views. A
 batch of :math:`n` objects gives :math:`k` embeddings per object, :math:`\mathcal X =
 [z^\ell_i] \in \mathbb R^{k \times n \times d}` on the unit sphere. The *circular variance*
 of a :math:`k`-tuple,
@@ -29,8 +29,8 @@ i.e. :math:`\mathrm{M3G} = \langle \mathcal J, \mathcal C\rangle + \varepsilon (
 with uniform marginals and :math:`\mathrm{OT}_{k,\varepsilon}` is the value computed by
 :func:`otdiff.ot.solve_multimarginal` (for :math:`k = 2`, the matching gap of two views and
 :func:`otdiff.ot.solve`'s ``reg_ot_cost``). Since :math:`F_\varepsilon` is linear in
-:math:`\mathcal C` for a fixed :math:`\mathcal P`, Danskin's theorem {cite}`danskin1967theory`
-(the Fenchel-Young view {cite}`blondel2020fenchelyoung`) gives its gradient without
+:math:`\mathcal C` for a fixed :math:`\mathcal P`, Danskin's theorem :cite:`danskin1967theory`
+(the Fenchel-Young view :cite:`blondel2020fenchelyoung`) gives its gradient without
 differentiating the solver,
 
 .. math::
@@ -42,12 +42,14 @@ differentiating the solver,
 
 This module has the loss (:func:`matching_gap`, :func:`m3g_loss`, the gradient through
 ``jax.lax.stop_gradient`` of the potentials), the two multi-view InfoNCE baselines
-{cite}`oord2018cpc,tian2020cmc` (all pairs, and one view against the average of the others), an
-Equinox encoder onto the sphere, mild augmentations of 8x8 digits, a pure optax training loop
-(one ``jax.lax.scan``, vmappable over seeds and :math:`\varepsilon`), an on-disk cache of
-trained encoders, and the evaluations: linear probe, :math:`k`-NN, cross-view retrieval.
+:cite:`oord2018cpc,tian2020cmc` (all pairs, and one view against the average of the others),
+mild augmentations of 8x8 digits, the training of an encoder onto the sphere
+(:class:`otdiff.nn.SphereMLP`) with the book's trainer (:func:`otdiff.train.make_step` and
+:func:`otdiff.train.run_steps`, vectorised with ``jax.vmap`` over seeds and
+:math:`\varepsilon`), an on-disk cache of trained encoders, and the evaluations: linear probe,
+:math:`k`-NN, cross-view retrieval.
 
-Taught in: book/ot/05_m3g.ipynb.
+Taught in: book/ot/05_m3g.ipynb
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ import optax
 from ott.experimental import mmsinkhorn as ott_mms
 from ott.geometry import costs
 
-from otdiff import _checks
+from otdiff import _checks, checkpoint, nn
 from otdiff import config as _config
+from otdiff import train as _train
 from otdiff.ot import multimarginal
 
 __all__ = [
@@ -83,7 +86,7 @@ __all__ = [
     "infonce",
     "infonce_pairwise",
     "infonce_one_vs_rest",
-    "Encoder",
+    "init_encoder",
     "embed",
     "augment",
     "make_views",
@@ -118,7 +121,7 @@ def circular_variance(z: Any) -> jax.Array:
         An array of shape ``z.shape[:-2]``, in :math:`[0, 1]` for unit vectors: 0 when the
         :math:`k` vectors coincide, 1 when they sum to zero.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     z = jnp.asarray(z)
     if z.ndim < 2:
@@ -177,7 +180,7 @@ def circular_variance_tensor(
         embeddings: an array ``(k, n, d)`` (or a list of ``k`` arrays ``(n, d)``), ``k >= 2``.
         max_entries: refuse (``ValueError``, before allocating) a tensor with more entries.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     z = _check_embeddings(_stack_views(embeddings))
     k, n, _ = z.shape
@@ -243,7 +246,7 @@ def m3g_core(
         max_iterations, inner_iterations: static ints (see
             :func:`otdiff.ot.solve_multimarginal`).
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     k, n, _ = embeddings.shape
     dtype = embeddings.dtype
@@ -296,7 +299,7 @@ def m3g_loss(
     \mathcal P^\star_\varepsilon)` (see :func:`m3g_core`). Unchecked: use it inside a jitted
     training step; :func:`matching_gap` is the checked version.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     dtype = embeddings.dtype
     return m3g_core(
@@ -328,7 +331,7 @@ def matching_gap(
     inner_iterations: int = 10,
     max_entries: int = multimarginal.MAX_TENSOR_ENTRIES,
 ) -> M3GOutput:
-    r"""The multi-marginal matching gap of ``k`` views of ``n`` objects {cite}`piran2024m3g`.
+    r"""The multi-marginal matching gap of ``k`` views of ``n`` objects :cite:`piran2024m3g`.
 
     .. math::
 
@@ -364,7 +367,7 @@ def matching_gap(
         ValueError, TypeError: naming the argument and the accepted range (``k < 2``, views of
         different sizes, ``epsilon <= 0``, a tensor too large).
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     z = _check_embeddings(_stack_views(embeddings))
     k, n, _ = z.shape
@@ -387,7 +390,7 @@ def matching_gap(
 
 
 def infonce(u: jax.Array, v: jax.Array, temperature: Any) -> jax.Array:
-    r"""The symmetric InfoNCE loss {cite}`oord2018cpc` of two views ``(n, d)`` of ``n`` objects.
+    r"""The symmetric InfoNCE loss :cite:`oord2018cpc` of two views ``(n, d)`` of ``n`` objects.
 
     .. math::
 
@@ -396,10 +399,10 @@ def infonce(u: jax.Array, v: jax.Array, temperature: Any) -> jax.Array:
           -\log \frac{e^{\langle u_i, v_i\rangle/\tau}}{\sum_j e^{\langle u_j, v_i\rangle/\tau}}\Big],
 
     the cross-entropy of recognising each object's other view among the ``n`` of the batch, in
-    both directions (as in SimCLR's contrastive loss {cite}`chen2020simclr`). Unchecked
+    both directions (as in SimCLR's contrastive loss :cite:`chen2020simclr`). Unchecked
     (used inside jitted training steps); ``temperature`` is dynamic.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     logits = u @ v.T / temperature
     labels = jnp.arange(u.shape[0])
@@ -411,9 +414,9 @@ def infonce(u: jax.Array, v: jax.Array, temperature: Any) -> jax.Array:
 def infonce_pairwise(embeddings: jax.Array, temperature: Any) -> jax.Array:
     r"""The mean of :func:`infonce` over the :math:`k(k-1)/2` pairs of views ``(k, n, d)``.
 
-    The "pairwise" multi-view extension of a two-view loss {cite}`tian2020cmc,piran2024m3g`.
+    The "pairwise" multi-view extension of a two-view loss :cite:`tian2020cmc,piran2024m3g`.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     k = embeddings.shape[0]
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
@@ -424,9 +427,9 @@ def infonce_one_vs_rest(embeddings: jax.Array, temperature: Any) -> jax.Array:
     r"""The mean over views :math:`\ell` of :func:`infonce` between view :math:`\ell` and the
     normalised average of the other :math:`k - 1` views, ``embeddings`` ``(k, n, d)``.
 
-    The "one vs. average-of-rest" multi-view extension {cite}`piran2024m3g`.
+    The "one vs. average-of-rest" multi-view extension :cite:`piran2024m3g`.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     k = embeddings.shape[0]
     total = jnp.sum(embeddings, axis=0)
@@ -439,43 +442,16 @@ def infonce_one_vs_rest(embeddings: jax.Array, temperature: Any) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# Encoder and views
+# Views
 # --------------------------------------------------------------------------------------------
 
 
-class Encoder(eqx.Module):
-    r"""An MLP from flat images onto the unit sphere :math:`S^{\text{dim}-1}`.
-
-    ``x -> MLP(x) / ||MLP(x)||`` with GELU activations; one image ``(in_size,)`` in, one unit
-    vector ``(dim,)`` out (``jax.vmap`` it, or use :func:`embed`).
-
-    Args:
-        in_size: the number of pixels (64 for the 8x8 digits).
-        dim: the embedding dimension.
-        width: the width of the hidden layers.
-        depth: the number of hidden layers.
-        key: a JAX PRNG key for the initial weights.
-
-    Taught in: book/ot/05_m3g.ipynb.
-    """
-
-    mlp: eqx.nn.MLP
-
-    def __init__(
-        self, in_size: int = 64, dim: int = 16, width: int = 256, depth: int = 2, *, key: Any
-    ):
-        self.mlp = eqx.nn.MLP(in_size, dim, width, depth, activation=jax.nn.gelu, key=key)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        z = self.mlp(x)
-        return z / jnp.maximum(jnp.linalg.norm(z), 1e-12)
-
-
 @eqx.filter_jit
-def embed(encoder: Encoder, images: Any) -> jax.Array:
-    """The embeddings of images ``(..., in_size)``: shape ``(..., dim)``, unit vectors (jitted).
+def embed(encoder: nn.SphereMLP, images: Any) -> jax.Array:
+    """The embeddings of images ``(..., in_size)`` by an encoder onto the sphere
+    (:class:`otdiff.nn.SphereMLP`): shape ``(..., dim)``, unit vectors (jitted).
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     images = jnp.asarray(images)
     flat = images.reshape(-1, images.shape[-1])
@@ -499,7 +475,7 @@ def augment(key: Any, image: jax.Array, dropout: Any, noise: Any, *, shift: int 
     the views share. ``dropout`` and ``noise`` are dynamic; ``shift`` is static. Unchecked
     (called inside jitted code); see :func:`make_views`.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     side = _side(image.shape[-1])
     k_shift, k_drop, k_noise = jax.random.split(key, 3)
@@ -519,19 +495,6 @@ def _views(key, images, dropout, noise, *, n_views: int, shift: int):
     keys = jax.random.split(key, (n_views, images.shape[0]))
     one = functools.partial(augment, dropout=dropout, noise=noise, shift=shift)
     return jax.vmap(lambda ks: jax.vmap(one)(ks, images))(keys)
-
-
-def _check_key(key: Any, name: str = "key") -> jax.Array:
-    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"{name} must be a single PRNG key, got a batch of shape {key.shape}.")
-        return key
-    arr = np.asarray(key) if _checks.is_concrete(key) else key
-    if getattr(arr, "dtype", None) == np.uint32 and getattr(arr, "shape", None) == (2,):
-        return jnp.asarray(key)
-    raise TypeError(
-        f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}."
-    )
 
 
 def _check_images(images: Any, name: str = "images") -> jax.Array:
@@ -565,9 +528,9 @@ def make_views(
         noise: the noise standard deviation, >= 0.
         shift: the largest translation in pixels, an int in ``[0, side - 1]``. Static.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
-    key = _check_key(key)
+    key = _checks.check_key(key)
     x = _check_images(images)
     n_views = _checks.check_int(n_views, "n_views", low=1)
     shift = _check_augmentation(dropout, noise, shift, _side(x.shape[1]))
@@ -593,7 +556,7 @@ class TrainConfig(NamedTuple):
         epsilon: M3G's regularisation, > 0, in units of the circular variance.
         temperature: InfoNCE's temperature, > 0.
         dropout, noise, shift: the augmentations (see :func:`augment`); ``shift`` static.
-        width, depth, dim: the :class:`Encoder` (static).
+        width, depth, dim: the encoder, an :class:`otdiff.nn.SphereMLP` (static).
         threshold: MM-Sinkhorn's tolerance, > 0.
         max_iterations: MM-Sinkhorn's most sweeps per step, a multiple of 10. Static.
     """
@@ -619,12 +582,12 @@ class TrainResult(NamedTuple):
     """What :func:`train` returns.
 
     Attributes:
-        encoder: the trained :class:`Encoder`.
+        encoder: the trained encoder, an :class:`otdiff.nn.SphereMLP`.
         losses: the training loss at every step, ``(n_steps,)``.
         iterations: MM-Sinkhorn sweeps at every step (zeros for InfoNCE), ``(n_steps,)``.
     """
 
-    encoder: Encoder
+    encoder: nn.SphereMLP
     losses: Any
     iterations: Any
 
@@ -648,20 +611,40 @@ def _check_config(cfg: Any, n_images: int, side: int) -> TrainConfig:
     return cfg
 
 
-def _loss_fn(method: str, max_iterations: int):
-    if method == "m3g":
+class _ViewLoss(eqx.Module):
+    """``loss(encoder, key, views) -> (value, sweeps)``: one training loss on a batch of views.
 
-        def loss(z, epsilon, temperature, threshold):
-            out = m3g_core(z, epsilon, threshold, max_iterations=max_iterations)
+    A pytree (its arrays traced), so that :func:`otdiff.train.make_step` can take it and
+    ``jax.vmap`` can map it over the (seed, epsilon) pairs of a group.
+    """
+
+    method: str = eqx.field(static=True)
+    max_iterations: int = eqx.field(static=True)
+    epsilon: jax.Array
+    temperature: jax.Array
+    threshold: jax.Array
+
+    def __call__(self, encoder, key, views):
+        z = jax.vmap(jax.vmap(encoder))(views)  # (k, n, dim)
+        if self.method == "m3g":
+            out = m3g_core(z, self.epsilon, self.threshold, max_iterations=self.max_iterations)
             return out.loss, out.n_iterations
+        contrast = infonce_pairwise if self.method == "infonce_pairwise" else infonce_one_vs_rest
+        return contrast(z, self.temperature), jnp.zeros((), jnp.int32)
 
-    else:
-        contrast = infonce_pairwise if method == "infonce_pairwise" else infonce_one_vs_rest
 
-        def loss(z, epsilon, temperature, threshold):
-            return contrast(z, temperature), jnp.zeros((), jnp.int32)
+def init_encoder(key: Any, config: TrainConfig, n_pixels: int = 64) -> nn.SphereMLP:
+    """The encoder :func:`train` starts from with ``key``: a :class:`otdiff.nn.SphereMLP` from
+    ``n_pixels`` to ``config.dim`` with weights drawn from ``fold_in(key, 0)``.
 
-    return loss
+    The untrained baseline of the chapter (the same initial weights as the trained encoders).
+
+    Taught in: book/ot/05_m3g.ipynb
+    """
+    key = _checks.check_key(key)
+    return nn.SphereMLP(
+        n_pixels, config.dim, width=config.width, depth=config.depth, key=jax.random.fold_in(key, 0)
+    )
 
 
 @functools.partial(
@@ -698,40 +681,37 @@ def _train_core(
     dim,
     max_iterations,
 ):
-    # The one training loop of this module: Adam on one loss, scanned over steps, vmapped over
-    # a group of (seed, epsilon). (Kept private and small; the book's generic trainer can
-    # replace it.)
-    loss_fn = _loss_fn(method, max_iterations)
+    # A group of runs, one per (key, epsilon), vectorised with jax.vmap over the book's trainer:
+    # otdiff.train.make_step (Adam, no EMA, the loss's sweep count as its aux) scanned by
+    # otdiff.train.run_steps. Every hyperparameter but the sizes is traced.
     n_images, n_pixels = images.shape
+    optimizer = optax.adam(learning_rate)
+
+    def sample_views(key, x):  # batch_size images without replacement, n_views views of each
+        k_batch, k_views = jax.random.split(key)
+        index = jax.random.choice(k_batch, n_images, (batch_size,), replace=False)
+        return _views(k_views, x[index], dropout, noise, n_views=n_views, shift=shift)
 
     def one(key, epsilon):
-        encoder = Encoder(n_pixels, dim, width, depth, key=jax.random.fold_in(key, 0))
-        params, static = eqx.partition(encoder, eqx.is_inexact_array)
-        optimizer = optax.adam(learning_rate)
-
-        def batch_loss(p, views):
-            z = embed(eqx.combine(p, static), views)
-            return loss_fn(z, epsilon, temperature, threshold)
-
-        def step(carry, i):
-            p, opt_state = carry
-            k_batch, k_views = jax.random.split(jax.random.fold_in(key, i + 1))
-            index = jax.random.choice(k_batch, n_images, (batch_size,), replace=False)
-            views = _views(k_views, images[index], dropout, noise, n_views=n_views, shift=shift)
-            (loss, iters), grads = jax.value_and_grad(batch_loss, has_aux=True)(p, views)
-            updates, opt_state = optimizer.update(grads, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state), (loss, iters)
-
-        init = (params, optimizer.init(params))
-        (params, _), (losses, iters) = jax.lax.scan(step, init, jnp.arange(n_steps))
-        return params, losses, iters
+        encoder = nn.SphereMLP(
+            n_pixels, dim, width=width, depth=depth, key=jax.random.fold_in(key, 0)
+        )
+        params, static = _train.split(encoder)
+        loss = _ViewLoss(method, max_iterations, epsilon, temperature, threshold)
+        step = _train.make_step(
+            loss, optimizer, static=static, sample_batch=sample_views, ema_decay=None,
+            has_aux=True,
+        )  # fmt: skip
+        state = _train.init(params, optimizer, ema=False)
+        state, info = _train.run_steps(step, jax.random.fold_in(key, 1), state, images, n_steps)
+        return state.params, info["loss"], info["aux"]
 
     return jax.vmap(one)(keys, epsilons)
 
 
 def _static_encoder(images: jax.Array, cfg: TrainConfig):
-    like = Encoder(images.shape[1], cfg.dim, cfg.width, cfg.depth, key=jax.random.key(0))
-    return eqx.partition(like, eqx.is_inexact_array)
+    like = init_encoder(jax.random.key(0), cfg, images.shape[1])
+    return _train.split(like)
 
 
 def train_batch(
@@ -744,7 +724,7 @@ def train_batch(
 ) -> list:
     r"""Train one encoder per key (and per ``epsilon``) in one compiled program.
 
-    The same loop as :func:`train`, run on groups of ``n_parallel`` (key, ``epsilon``) pairs
+    The training of :func:`train`, run on groups of ``n_parallel`` (key, ``epsilon``) pairs
     vectorised by ``jax.vmap`` (the last group is padded), one group after the other: every
     group has the same shapes, so one program is compiled whatever the number of keys, and the
     regularisations are dynamic (a new grid does not recompile). On a CPU keep
@@ -761,13 +741,13 @@ def train_batch(
     Returns:
         A list of ``s`` :class:`TrainResult`.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     x = _check_images(images)
     cfg = _check_config(config, x.shape[0], _side(x.shape[1]))
     if isinstance(keys, jax.Array) and keys.ndim == 0:
         keys = [keys]
-    key_list = [_check_key(k, "keys[i]") for k in list(keys)]
+    key_list = [_checks.check_key(k, "keys[i]") for k in list(keys)]
     if not key_list:
         raise ValueError("keys must hold at least one key.")
     if epsilons is None:
@@ -812,6 +792,12 @@ def train_batch(
     params, losses, iters = jax.tree_util.tree_map(
         lambda *parts: jnp.concatenate(parts)[:n_runs], *outputs
     )
+    if not np.all(np.isfinite(np.asarray(losses))):
+        bad = [i for i in range(n_runs) if not np.all(np.isfinite(np.asarray(losses[i])))]
+        raise ValueError(
+            f"training diverged (a non-finite loss) for the run(s) {bad}: lower learning_rate "
+            "or raise epsilon (M3G) or temperature (InfoNCE)."
+        )
     _, static = _static_encoder(x, cfg)
     return [
         TrainResult(
@@ -824,14 +810,15 @@ def train_batch(
 
 
 def train(key: Any, images: Any, config: TrainConfig | None = None) -> TrainResult:
-    r"""Train an :class:`Encoder` on ``k`` augmented views of ``images`` with one loss.
+    r"""Train an encoder onto the sphere on ``k`` augmented views of ``images`` with one loss.
 
     Each step draws ``batch_size`` images without replacement, makes ``n_views`` random views
-    of each (:func:`augment`), embeds them on the sphere and takes one Adam step on the loss:
-    :func:`m3g_loss` (Danskin's gradient, MM-Sinkhorn on the :math:`n^k` tensor),
-    :func:`infonce_pairwise` or :func:`infonce_one_vs_rest`. Deterministic given ``key``: the
-    initial weights come from ``fold_in(key, 0)`` and step ``i``'s batch and views from
-    ``fold_in(key, i + 1)``. The whole run is one ``jax.lax.scan`` under ``jit``.
+    of each (:func:`augment`), embeds them on the sphere and takes one Adam step (constant
+    learning rate, no EMA) on the loss: :func:`m3g_loss` (Danskin's gradient, MM-Sinkhorn on the
+    :math:`n^k` tensor), :func:`infonce_pairwise` or :func:`infonce_one_vs_rest`. The step is
+    :func:`otdiff.train.make_step`, the loop :func:`otdiff.train.run_steps` (one ``jax.lax.scan``
+    under ``jit``). Deterministic given ``key``: the initial weights come from ``fold_in(key, 0)``
+    (:func:`init_encoder`) and step ``i``'s batch and views from ``fold_in(fold_in(key, 1), i)``.
 
     Args:
         key: a JAX PRNG key.
@@ -844,10 +831,10 @@ def train(key: Any, images: Any, config: TrainConfig | None = None) -> TrainResu
     Raises:
         ValueError, TypeError: naming the setting and its accepted range.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     config = TrainConfig() if config is None else config
-    return train_batch([_check_key(key)], images, config)[0]
+    return train_batch([_checks.check_key(key)], images, config)[0]
 
 
 def _fingerprint(cfg: TrainConfig, images: np.ndarray) -> str:
@@ -859,11 +846,16 @@ def _fingerprint(cfg: TrainConfig, images: np.ndarray) -> str:
 
     code = [
         _train_core,
-        _loss_fn,
+        _ViewLoss,
         _views,
         augment,
         embed,
-        Encoder,
+        init_encoder,
+        nn.SphereMLP,
+        _train.split,
+        _train.init,
+        _train.make_step,
+        _train.run_steps,
         m3g_core,
         infonce,
         infonce_pairwise,
@@ -893,10 +885,10 @@ def train_cached(
 
     Trained weights are stored under ``otdiff.config.cache_dir() / "m3g"`` (or ``cache``), one
     file per seed and setting, named by a hash of the settings, the images, the source of this
-    module and the JAX and ott-jax versions (so any change retrains). Files are written
-    atomically with a SHA-256 of their contents and read back checked (the format of
-    :func:`otdiff.diffusion.training.save_checkpoint`, no pickle); a lock serialises concurrent
-    runs. Missing seeds are trained together in one program (:func:`train_batch`).
+    code that trains and the JAX and ott-jax versions (so any change retrains). Files are
+    written atomically with a SHA-256 of their contents and read back checked
+    (:mod:`otdiff.checkpoint`, no pickle); a lock serialises concurrent runs. Missing seeds are
+    trained together in one program (:func:`train_batch`).
 
     Args:
         seeds: non-negative ints.
@@ -909,18 +901,9 @@ def train_cached(
     Returns:
         A list of :class:`TrainResult`, one per seed.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
-    # The one place that touches the disk: switch to the book's checkpoint module when it has
-    # its own home.
     from filelock import FileLock
-
-    from otdiff.diffusion.training import (
-        CheckpointMismatchError,
-        CorruptCheckpointError,
-        load_checkpoint,
-        save_checkpoint,
-    )
 
     seeds = [_checks.check_int(s, "seeds[i]", low=0) for s in np.atleast_1d(seeds).tolist()]
     x = _check_images(images)
@@ -952,13 +935,13 @@ def train_cached(
         for i, path in enumerate(paths):
             if path.exists():
                 try:
-                    tree, _ = load_checkpoint(path, like)
+                    tree, _ = checkpoint.load(path, like)
                     results[i] = TrainResult(
                         eqx.combine(tree["params"], static),
                         np.asarray(tree["losses"]),
                         np.asarray(tree["iterations"]),
                     )
-                except (CorruptCheckpointError, CheckpointMismatchError):
+                except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError):
                     path.unlink(missing_ok=True)
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
@@ -972,13 +955,13 @@ def train_cached(
                 n_parallel=n_parallel,
             )
             for i, result in zip(todo, trained, strict=True):
-                params, _ = eqx.partition(result.encoder, eqx.is_inexact_array)
+                params, _ = _train.split(result.encoder)
                 tree = {
                     "params": params,
                     "losses": np.asarray(result.losses, np.float32),
                     "iterations": np.asarray(result.iterations, np.int32),
                 }
-                save_checkpoint(paths[i], tree, {"seed": seeds[i], "config": cfg._asdict()})
+                checkpoint.save(paths[i], tree, {"seed": seeds[i], "config": cfg._asdict()})
                 results[i] = result
     return results
 
@@ -1028,7 +1011,7 @@ def linear_probe(
     scikit-learn's ``LogisticRegression`` (L-BFGS, ``C = regularization``, at most 2,000
     iterations) on the embeddings as they are (unit vectors).
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -1046,7 +1029,7 @@ def knn_accuracy(
 
     Similarity is the inner product (cosine on the sphere); ties go to the smallest label.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     train_z, train_y = _check_labelled(train_z, train_y, "train")
     test_z, test_y = _check_labelled(test_z, test_y, "test")
@@ -1076,7 +1059,7 @@ def cross_view_retrieval(embeddings: Any, *, batch_size: int = 32) -> float:
         embeddings: ``(k, m, d)``, ``k >= 2`` views of ``m >= batch_size`` objects.
         batch_size: the candidates per query, an int >= 2.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     z = _check_embeddings(_stack_views(embeddings))
     k, m, d = z.shape
@@ -1094,7 +1077,7 @@ def cross_view_retrieval(embeddings: Any, *, batch_size: int = 32) -> float:
 
 def evaluate(
     key: Any,
-    encoder: Encoder,
+    encoder: nn.SphereMLP,
     data: Any,
     *,
     n_views: int = 3,
@@ -1112,7 +1095,7 @@ def evaluate(
 
     Args:
         key: a JAX PRNG key for the test views.
-        encoder: an :class:`Encoder`.
+        encoder: an encoder onto the sphere (:class:`otdiff.nn.SphereMLP`).
         data: an :class:`otdiff.data.DigitsData` (``train_images``, ``train_labels``,
             ``test_images``, ``test_labels``).
         n_views, batch_size: see :func:`cross_view_retrieval`.
@@ -1122,10 +1105,10 @@ def evaluate(
     Returns:
         An :class:`Evaluation`.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
-    if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder must be an m3g.Encoder, got {type(encoder).__name__}.")
+    if not isinstance(encoder, nn.SphereMLP):
+        raise TypeError(f"encoder must be an otdiff.nn.SphereMLP, got {type(encoder).__name__}.")
     n_views = _checks.check_int(n_views, "n_views", low=2)
     train_z = np.asarray(embed(encoder, _check_images(data.train_images, "train_images")))
     test_images = _check_images(data.test_images, "test_images")

@@ -11,7 +11,7 @@ Given :math:`k` weighted point clouds :math:`x^\ell_1, \dots, x^\ell_{n_\ell}` w
 
 and the set :math:`\mathcal U(a_1, \dots, a_k)` of non-negative tensors whose :math:`\ell`-th
 marginal (the sum over every index but the :math:`\ell`-th) is :math:`a_\ell`, the entropic
-multi-marginal problem {cite}`benamou2015iterative,piran2024m3g` is
+multi-marginal problem :cite:`benamou2015iterative,piran2024m3g` is
 
 .. math::
 
@@ -31,8 +31,8 @@ is exact,
         - \varepsilon \log \sum_{i_{-\ell}}
           \exp\Big(\frac{f^1 \oplus \dots \oplus f^k - \mathcal C}{\varepsilon}\Big),
 
-which is ott-jax's ``ott.experimental.mmsinkhorn.MMSinkhorn`` {cite}`cuturi2022ott` (the
-algorithm of {cite}`piran2024m3g`, Algorithm 1). This module wraps it, it does not rewrite it:
+which is ott-jax's ``ott.experimental.mmsinkhorn.MMSinkhorn`` :cite:`cuturi2022ott` (the
+algorithm of :cite:`piran2024m3g`, Algorithm 1). This module wraps it, it does not rewrite it:
 it checks the inputs once, outside ``jit``, refuses a tensor that would not fit in memory
 *before* allocating it, and runs a jitted core in which ``epsilon``, ``threshold`` and
 ``cost_scale`` are dynamic scalars (a slider never recompiles).
@@ -43,7 +43,7 @@ builds the tensor from one symmetric ott-jax ``CostFn`` (squared Euclidean by de
 ``cost_scale`` multiplies it (the circular variance of :mod:`otdiff.ot.m3g` is the squared
 Euclidean tensor times :math:`1/k^2` on the unit sphere).
 
-Taught in: book/ot/05_m3g.ipynb.
+Taught in: book/ot/05_m3g.ipynb
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def tensor_marginals(coupling: jax.Array) -> tuple[jax.Array, ...]:
     r"""The :math:`k` marginals of a tensor: :math:`m_\ell(\mathcal P)_i = \sum_{i_{-\ell}}
     \mathcal P_{\dots i \dots}` (ott-jax's ``tensor_marginals``).
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     return ott_mms.tensor_marginals(jnp.asarray(coupling))
 
@@ -139,7 +139,7 @@ def check_tensor_size(shape: Sequence[int], max_entries: int = MAX_TENSOR_ENTRIE
 
     Runs on Python integers, before anything is allocated.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     max_entries = _checks.check_int(max_entries, "max_entries", low=1)
     shape = tuple(int(s) for s in shape)
@@ -214,7 +214,7 @@ def cost_tensor(x_s: Any, cost_fn: Any = None, *, cost_scale: Any = 1.0) -> jax.
         ValueError, TypeError: naming the argument and the accepted range; a ``ValueError`` if
         the tensor would exceed :data:`MAX_TENSOR_ENTRIES` entries.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     clouds = _check_clouds(x_s)
     check_tensor_size([x.shape[0] for x in clouds])
@@ -254,7 +254,7 @@ def solve_multimarginal_core(
     ``jax.lax.stop_gradient`` inputs and rebuild the objective from the potentials, as
     :func:`otdiff.ot.m3g.m3g_loss` does.
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     epsilon = _checks.guard_positive(epsilon, "epsilon")
     cost_scale = _checks.guard_positive(cost_scale, "cost_scale")
@@ -307,8 +307,8 @@ def solve_multimarginal(
 
     Solves :math:`\min_{\mathcal P \in \mathcal U(a_1,\dots,a_k)} \langle \mathcal P, \mathcal
     C\rangle + \varepsilon\,\mathrm{KL}(\mathcal P \,\|\, \otimes_\ell a_\ell)` for the cost
-    tensor of :func:`cost_tensor` with ott-jax's ``MMSinkhorn`` {cite}`cuturi2022ott`
-    ({cite}`benamou2015iterative`; {cite}`piran2024m3g`, Algorithm 1): starting from zero
+    tensor of :func:`cost_tensor` with ott-jax's ``MMSinkhorn`` :cite:`cuturi2022ott`
+    (:cite:`benamou2015iterative`; :cite:`piran2024m3g`, Algorithm 1): starting from zero
     potentials, each sweep updates :math:`f^1, \dots, f^k` in turn,
 
     .. math::
@@ -343,7 +343,7 @@ def solve_multimarginal(
         ValueError, TypeError: naming the argument and the accepted range (``k < 2``, clouds
         of different dimensions, ``epsilon <= 0``, bad weights, a tensor too large).
 
-    Taught in: book/ot/05_m3g.ipynb.
+    Taught in: book/ot/05_m3g.ipynb
     """
     clouds = _check_clouds(x_s)
     check_tensor_size([x.shape[0] for x in clouds], max_entries)
