@@ -1,8 +1,8 @@
 """M3G: the cost of one training step against the number of views k and the batch size n.
 
-One step is what ``otdiff.ot.m3g.train`` scans: embed ``k`` views of ``n`` digits with the chapter's
-encoder (an MLP 64-256-256-16 onto the sphere), evaluate the loss and its gradient with respect to
-the weights, and apply one Adam update. The losses compared, on the same views:
+One step is what ``otdiff.ot.m3g.train`` scans (the trainer's ``otdiff.train.make_step``): embed
+``k`` views of ``n`` digits with the chapter's encoder (an MLP 64-256-256-16 onto the sphere),
+evaluate the loss and its gradient with respect to the weights, and apply one Adam update. The losses compared, on the same views:
 
 * ``m3g``: the multi-marginal matching gap (``otdiff.ot.m3g.m3g_loss``: MM-Sinkhorn on the
   ``n**k`` circular-variance tensor, Danskin's gradient) at ``--epsilon``;
@@ -27,10 +27,10 @@ import math
 from pathlib import Path
 
 import _record
-import equinox as eqx
 import jax
 import optax
 
+from otdiff import train
 from otdiff.data import load_digits
 from otdiff.ot import m3g
 
@@ -38,21 +38,19 @@ RESULTS = Path(__file__).resolve().parent / "results" / "m3g.json"
 
 
 def make_step(static, loss_name: str, epsilon: float):
+    """The trainer's step (``otdiff.train.make_step``, Adam, no EMA) on a fixed batch of views."""
     optimizer = optax.adam(1e-3)
 
-    def loss(params, views):
-        z = m3g.embed(eqx.combine(params, static), views)
+    def loss(encoder, key, views):
+        z = m3g.embed(encoder, views)
         if loss_name == "m3g":
             return m3g.m3g_loss(z, epsilon)
         return m3g.infonce_pairwise(z, 0.1)
 
-    @jax.jit
-    def step(params, opt_state, views):
-        value, grads = jax.value_and_grad(loss)(params, views)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return step, optimizer
+    step = train.make_step(
+        loss, optimizer, static=static, sample_batch=lambda key, views: views, ema_decay=None
+    )
+    return jax.jit(step), optimizer
 
 
 def main() -> None:
@@ -69,7 +67,7 @@ def main() -> None:
     data = load_digits()
     warm_config = m3g.TrainConfig(n_steps=args.warm_steps, epsilon=args.epsilon)
     encoder = m3g.train_cached([0], data.train_images, warm_config, verbose=True)[0].encoder
-    params, static = eqx.partition(encoder, eqx.is_inexact_array)
+    params, static = train.split(encoder)
 
     rows = []
     print(
@@ -89,16 +87,17 @@ def main() -> None:
             views = m3g.make_views(jax.random.key(k * 1000 + n), data.train_images[:n], k)
             m3g_step, optimizer = make_step(static, "m3g", args.epsilon)
             nce_step, _ = make_step(static, "infonce_pairwise", args.epsilon)
-            opt_state = optimizer.init(params)
-            compiled = m3g_step.lower(params, opt_state, views).compile()
+            state = train.init(params, optimizer, ema=False)
+            step_key = jax.random.key(0)
+            compiled = m3g_step.lower(step_key, state, views).compile()
             memory = compiled.memory_analysis()
             temp = None if memory is None else int(memory.temp_size_in_bytes)
             z = m3g.embed(encoder, views)
             sweeps = int(m3g.matching_gap(z, args.epsilon).n_iterations)
             times = _record.median_seconds(
                 {
-                    "m3g": (m3g_step, (params, opt_state, views)),
-                    "infonce": (nce_step, (params, opt_state, views)),
+                    "m3g": (m3g_step, (step_key, state, views)),
+                    "infonce": (nce_step, (step_key, state, views)),
                 },
                 args.repeats,
             )
