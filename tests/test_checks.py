@@ -117,3 +117,17 @@ def test_times_with_an_open_lower_end():
         C.check_times(1.5, "s")
     with pytest.raises(TypeError, match="real number"):
         C.check_times("soon")
+
+
+def test_key():
+    key = jax.random.key(0)
+    assert C.check_key(key) is key
+    legacy = C.check_key(jax.random.PRNGKey(0))
+    assert legacy.shape == (2,) and legacy.dtype == jnp.uint32
+    with pytest.raises(TypeError, match="seed must be a JAX PRNG key"):
+        C.check_key(0, "seed")
+    with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
+        C.check_key(np.zeros(3, np.uint32))
+    with pytest.raises(ValueError, match="keys must be a single PRNG key"):
+        C.check_key(jax.random.split(key, 3), "keys")
+    assert jax.jit(C.check_key)(key).shape == ()  # a traced key is a key

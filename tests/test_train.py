@@ -31,7 +31,7 @@ from otdiff.diffusion import (
     ScoreMLP,
     dsm_loss,
 )
-from otdiff.nn import TimeConvNet, TimeEmbedding, TimeMLP
+from otdiff.nn import SphereMLP, TimeConvNet, TimeEmbedding, TimeMLP
 from otdiff.train import (
     TrainState,
     data_parallel_mesh,
@@ -258,6 +258,44 @@ def test_any_loss_any_pytree_and_extra_gradients():
     # the extra gradient reached the update, with the parameters' structure
     assert seen == [jax.tree_util.tree_structure(state.params)]
     np.testing.assert_allclose(infos["penalty_grad"][-1], 1.0 + 4.0 + 0.25, rtol=1e-2)
+
+
+def test_loss_with_aux_and_vmapped_runs():
+    """A loss that returns ``(value, aux)``; several runs with their own hyperparameter, vmapped."""
+    x = jax.random.normal(jax.random.key(0), (64, 3))
+    data = {"x": x, "y": x @ jnp.array([1.0, -2.0, 0.5])}
+    tx = optax.sgd(0.1)
+
+    def run(key, scale):
+        def loss(params, k, batch):
+            r = batch["x"] @ params["w"] - scale * batch["y"]
+            return jnp.mean(r**2), {"max_residual": jnp.max(jnp.abs(r))}
+
+        step = make_step(loss, tx, batch_size=8, ema_decay=None, has_aux=True)
+        state = train.init({"w": jnp.zeros(3)}, tx, ema=False)
+        return train.run_steps(step, key, state, data, 200)
+
+    keys = jax.random.split(jax.random.key(1), 2)
+    states, infos = jax.jit(jax.vmap(run))(keys, jnp.array([1.0, 2.0]))
+    assert set(infos) == {"loss", "aux"} and infos["aux"]["max_residual"].shape == (2, 200)
+    np.testing.assert_allclose(states.params["w"][1], [2.0, -4.0, 1.0], atol=1e-2)
+    # each vmapped run is the run alone
+    alone, alone_infos = jax.jit(run)(keys[0], 1.0)
+    np.testing.assert_allclose(states.params["w"][0], alone.params["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        infos["aux"]["max_residual"][0], alone_infos["aux"]["max_residual"], rtol=1e-5
+    )
+
+
+def test_sphere_mlp():
+    net = SphereMLP(5, 3, width=16, depth=2, key=jax.random.key(0))
+    z = jax.vmap(net)(jax.random.normal(jax.random.key(1), (10, 5)))
+    assert z.shape == (10, 3) and net.out_size == 3
+    np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="vmap over a batch"):
+        net(jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match="out_size"):
+        SphereMLP(5, 0, key=jax.random.key(0))
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

@@ -298,17 +298,23 @@ def check_nonnegative_weights(w: Any, n: int, name: str = "weights") -> jax.Arra
 
 
 def check_key(key: Any, name: str = "key") -> jax.Array:
-    """A JAX PRNG key: a scalar typed key (``jax.random.key``) or a raw ``uint32`` key of shape
-    ``(2,)`` (``jax.random.PRNGKey``). Integers are refused: a seed is not a key."""
-    if isinstance(key, jax.Array | jax.core.Tracer) or isinstance(key, np.ndarray):
-        dtype = key.dtype
-        if jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.ndim == 0:
-            return key
-        if dtype == jnp.uint32 and key.shape == (2,):
-            return key
+    """One JAX PRNG key: a typed key of shape ``()`` (``jax.random.key(seed)``) or a legacy
+    ``uint32`` key of shape ``(2,)`` (``jax.random.PRNGKey(seed)``); returned as a JAX array.
+
+    A batch of keys, an integer seed or anything else is refused with a ``TypeError`` or
+    ``ValueError`` naming the argument (a key is never silently made from a seed).
+    """
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got a batch of shape {key.shape}.")
+        return key
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if isinstance(key, jax.Array | np.ndarray) and dtype == np.uint32 and shape == (2,):
+        return jnp.asarray(key)
     raise TypeError(
         f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}"
-        f"{'' if not hasattr(key, 'shape') else f' of shape {key.shape}'}."
+        + (f" of shape {shape}" if shape is not None else "")
+        + "."
     )
 
 

@@ -1,4 +1,5 @@
-"""Time-conditioned networks: a sinusoidal time embedding, an MLP, a residual conv net, a U-Net.
+"""Network blocks: time-conditioned networks (a sinusoidal time embedding, an MLP, a residual conv
+net, a U-Net) and an MLP onto the unit sphere.
 
 The building blocks of every network in the book that takes a point and a time, :math:`f_\\theta(x,
 t)` with ``x`` of shape ``(d,)`` (or a flat image) and a scalar time :math:`t\\in[0, 1]`: a noise
@@ -18,10 +19,14 @@ residual block's channels with a learned scale and shift of it (FiLM); :class:`U
 in a small U-Net :cite:`ronneberger2015unet` with skip connections across resolutions, the
 network of :cite:`ho2020denoising` cut down to 8x8 images.
 
+:class:`SphereMLP` is an encoder whose embeddings live on the unit sphere
+:math:`S^{m-1}`, :math:`z = h_\\theta(x)/\\|h_\\theta(x)\\|`, as contrastive losses compare them by
+their inner products.
+
 The trainable parameters are the floating-point arrays of a module (``eqx.is_inexact_array``);
 sizes and the frequencies are static Python numbers.
 
-Taught in: book/diffusion/01_score_based.ipynb
+Taught in: book/diffusion/01_score_based.ipynb, book/ot/05_m3g.ipynb
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import jax.numpy as jnp
 
 from otdiff._checks import check_int, check_positive
 
-__all__ = ["TimeEmbedding", "TimeMLP", "TimeConvNet", "UNet"]
+__all__ = ["TimeEmbedding", "TimeMLP", "TimeConvNet", "UNet", "SphereMLP"]
 
 
 def _sinusoids(t: jax.Array, dim: int, max_period: float, time_scale: float) -> jax.Array:
@@ -406,3 +411,51 @@ class UNet(eqx.Module):
             h = self.up_blocks[i](jnp.concatenate([h, skips[i]]), emb)
         h = jax.nn.silu(self.norm_out(h))
         return self.output(h).reshape(n)
+
+
+class SphereMLP(eqx.Module):
+    """An MLP onto the unit sphere: :math:`x \\mapsto h_\\theta(x) / \\|h_\\theta(x)\\|`.
+
+    :math:`h_\\theta` is an ``equinox.nn.MLP`` with GELU activations from ``in_size`` to
+    ``out_size`` (``depth`` hidden layers of ``width``); the output is divided by its norm (floored
+    at :math:`10^{-12}`), so every embedding is a unit vector of :math:`\\mathbb R^{\\text{out\\_size}}`.
+    One input ``(in_size,)`` in, one unit vector ``(out_size,)`` out: ``jax.vmap`` over a batch.
+    The encoder of contrastive learning, whose losses compare embeddings by inner products
+    (cosine similarities) :cite:`chen2020simclr`.
+
+    Args:
+        in_size: the input dimension (static; 64 for the flat 8x8 digits).
+        out_size: the embedding dimension (static).
+        width: the width of the hidden layers (static).
+        depth: the number of hidden layers (static).
+        key: a JAX random key for the initial weights.
+
+    Taught in: book/ot/05_m3g.ipynb
+    """
+
+    in_size: int = eqx.field(static=True)
+    mlp: eqx.nn.MLP
+
+    def __init__(
+        self, in_size: int, out_size: int, *, width: int = 256, depth: int = 2, key: jax.Array
+    ):
+        self.in_size = check_int(in_size, "in_size", low=1)
+        out_size = check_int(out_size, "out_size", low=1)
+        width = check_int(width, "width", low=1)
+        depth = check_int(depth, "depth", low=0)
+        self.mlp = eqx.nn.MLP(self.in_size, out_size, width, depth, activation=jax.nn.gelu, key=key)
+
+    @property
+    def out_size(self) -> int:
+        """The embedding dimension."""
+        return self.mlp.out_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """The unit embedding of one input ``x`` of shape ``(in_size,)``."""
+        if x.shape != (self.in_size,):
+            raise ValueError(
+                f"the network expects one input of shape ({self.in_size},), got {x.shape}; "
+                "vmap over a batch."
+            )
+        z = self.mlp(x)
+        return z / jnp.maximum(jnp.linalg.norm(z), 1e-12)

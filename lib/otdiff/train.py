@@ -255,6 +255,7 @@ def make_step(
     ema_decay: float | None = 0.999,
     mesh: Mesh | None = None,
     extra_grads: Mapping[str, Loss] | None = None,
+    has_aux: bool = False,
 ) -> Callable:
     """A pure training step ``step(key, state, data) -> (state, info)`` from any loss.
 
@@ -276,10 +277,13 @@ def make_step(
         mesh: a :func:`data_parallel_mesh` to shard the mini-batch over, or ``None``.
         extra_grads: losses (same signature) whose gradients are passed to ``optimizer.update``
             as keyword arguments under their names (an ``optax.GradientTransformationExtraArgs``).
+        has_aux: the loss returns ``(value, aux)``, ``aux`` any pytree of arrays computed on the
+            way (a solver's iteration count, a metric), as with ``jax.value_and_grad``'s
+            ``has_aux``; only ``value`` is differentiated (static).
 
     Returns:
-        The step; its ``info`` is a dict with the mini-batch ``"loss"`` and the value of every
-        extra loss under its name.
+        The step; its ``info`` is a dict with the mini-batch ``"loss"``, the value of every
+        extra loss under its name and, with ``has_aux``, the loss's ``"aux"``.
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(model, key, batch), got {loss!r}.")
@@ -306,11 +310,17 @@ def make_step(
         k_batch, k_loss = jax.random.split(key)
         batch = shard_batch(sample_batch(k_batch, data), mesh)
 
-        def value_and_grad(fn):
-            return jax.value_and_grad(lambda p: fn(as_model(p), k_loss, batch))(state.params)
+        def value_and_grad(fn, aux=False):
+            return jax.value_and_grad(lambda p: fn(as_model(p), k_loss, batch), has_aux=aux)(
+                state.params
+            )
 
-        value, grads = value_and_grad(loss)
-        info = {"loss": value}
+        if has_aux:
+            (value, aux), grads = value_and_grad(loss, True)
+            info = {"loss": value, "aux": aux}
+        else:
+            value, grads = value_and_grad(loss)
+            info = {"loss": value}
         extra = {}
         for name, fn in extra_grads.items():
             info[name], extra[name] = value_and_grad(fn)
