@@ -308,14 +308,47 @@ def test_digits_problem_and_spectral_norm():
     counts = np.bincount(labels, minlength=10).tolist()
     assert counts == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
     p = problems.digits((8,), seed=0)
-    assert p.x_train.shape[1] == 64 and float(p.x_train.max()) <= 1.0
-    assert p.x_train.shape[0] + p.x_test.shape[0] == 1797
+    assert p.x_train.shape[1] == 64 and p.x_train.shape[0] + p.x_test.shape[0] == 1797
     params = p.init_params(jax.random.key(0))
     assert [layer["w"].shape for layer in params] == [(64, 8), (8, 10)]
     metrics = jax.jit(lambda problem, params: problem.evaluate(params))(p, params)
     assert set(metrics) >= {"main_loss", "test_accuracy", "aux_loss"}
     expected = sum(np.log(np.linalg.norm(np.asarray(layer["w"]), 2)) for layer in params)
     np.testing.assert_allclose(float(metrics["aux_loss"]), expected, rtol=1e-4)
+
+
+def test_digits_problem_uses_the_books_split_and_scaling():
+    """One digits dataset for the whole book: the Bloop problem trains and tests on exactly the
+    images, scaling ([-1, 1]) and 80/20 split of ``otdiff.data.load_digits``."""
+    from otdiff.data import load_digits
+
+    book = load_digits()
+    p = problems.digits((8,))
+    np.testing.assert_array_equal(np.asarray(p.x_train), book.train_images)
+    np.testing.assert_array_equal(np.asarray(p.y_train), book.train_labels)
+    np.testing.assert_array_equal(np.asarray(p.x_test), book.test_images)
+    np.testing.assert_array_equal(np.asarray(p.y_test), book.test_labels)
+    assert float(p.x_train.min()) == -1.0 and float(p.x_train.max()) == 1.0
+    assert p.x_test.shape[0] == round(0.2 * 1797)
+    other = problems.digits((8,), test_fraction=0.3, seed=1)
+    np.testing.assert_array_equal(
+        np.asarray(other.x_test), load_digits(test_fraction=0.3, seed=1).test_images
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+        ({"seed": -1}, "seed"),
+        ({"hidden": (0,)}, "hidden"),
+    ],
+)
+def test_digits_problem_rejects_bad_arguments(kwargs, name):
+    hidden = kwargs.pop("hidden", (8,))
+    with pytest.raises((ValueError, TypeError), match=name):
+        problems.digits(hidden, **kwargs)
 
 
 def test_switched_surgery_matches_each_method():

@@ -20,7 +20,7 @@ This module builds the update directions of four methods that tackle it from a m
   (EMA) of past main gradients, which removes the bias that mini-batch noise puts into the
   projection.
 
-Here :math:`\\pi(u; v) = u - \\frac{\\langle u, v\\rangle}{\\|v\\|^2 + \\varepsilon}\\,v`, with inner
+Here :math:`\\pi(u; v) = u - \\frac{\\langle u, v\\rangle}{\\|v\\|^2 + \\delta}\\,v`, with inner
 products summed over all leaves of the parameter pytree (:func:`tree_project`, on
 ``optax.tree_utils``).
 
@@ -120,16 +120,16 @@ def tree_project(u: PyTree, v: PyTree, eps: float | jax.Array = DEFAULT_EPS) -> 
 
     .. math::
 
-        \\pi(u; v) = u - \\frac{\\langle u, v\\rangle}{\\|v\\|^2 + \\varepsilon}\\, v
+        \\pi(u; v) = u - \\frac{\\langle u, v\\rangle}{\\|v\\|^2 + \\delta}\\, v
 
     Args:
         u, v: pytrees of arrays with the same structure.
-        eps: a guard > 0 against division by zero; when :math:`\\|v\\|^2 \\ll \\varepsilon` the
+        eps: a guard > 0 against division by zero; when :math:`\\|v\\|^2 \\ll \\delta` the
             projection leaves ``u`` unchanged.
 
     Returns:
-        A pytree like ``u``; :math:`\\langle \\pi(u; v), v\\rangle = \\varepsilon\\langle u, v\\rangle
-        / (\\|v\\|^2+\\varepsilon)`, zero up to the guard.
+        A pytree like ``u``; :math:`\\langle \\pi(u; v), v\\rangle = \\delta\\langle u, v\\rangle
+        / (\\|v\\|^2+\\delta)`, zero up to the guard.
     """
     coef = tree_vdot(u, v) / (tree_vdot(v, v) + eps)
     return tree_add_scale(u, -coef, v)
@@ -234,7 +234,7 @@ def bloop(
         \\qquad \\hat m_t = \\frac{m_t}{1 - (1-\\rho)^t},\\\\
         m_{t+1} &= (1-\\rho)\\, m_t + \\rho\\, g_t, \\qquad m_0 = 0,
 
-    where :math:`\\pi(u; v) = u - \\frac{\\langle u,v\\rangle}{\\|v\\|^2+\\varepsilon} v`
+    where :math:`\\pi(u; v) = u - \\frac{\\langle u,v\\rangle}{\\|v\\|^2+\\delta} v`
     (:func:`tree_project`).
 
     The order follows Algorithm 1 of the paper: project on the EMA of past batches, *then* fold
@@ -254,7 +254,7 @@ def bloop(
             previous batch's main gradient). The paper's default is 0.01; its convergence
             theorem takes :math:`\\rho` larger than the step size. A float or a JAX scalar
             (dynamic).
-        eps: the guard :math:`\\varepsilon > 0` added to :math:`\\|\\hat m_t\\|^2`: when the main
+        eps: the guard :math:`\\delta > 0` added to :math:`\\|\\hat m_t\\|^2`: when the main
             gradient vanishes the projection fades out instead of dividing by zero.
 
     Returns:
@@ -347,7 +347,7 @@ def projected(
 
     Args:
         lam: the weight :math:`\\lambda \\ge 0` (float or JAX scalar; dynamic).
-        eps: the guard :math:`\\varepsilon > 0` added to :math:`\\|g_t\\|^2`.
+        eps: the guard :math:`\\delta > 0` added to :math:`\\|g_t\\|^2`.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` (``update(..., *, aux_grad)``) with a
@@ -385,7 +385,7 @@ def pcgrad(
 
     Args:
         lam: the weight :math:`\\lambda \\ge 0` (float or JAX scalar; dynamic).
-        eps: the guard :math:`\\varepsilon > 0` added to the squared norms.
+        eps: the guard :math:`\\delta > 0` added to the squared norms.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` (``update(..., *, aux_grad)``) with a
@@ -549,7 +549,7 @@ def run(
         method: ``"sum"``, ``"project"``, ``"pcgrad"`` or ``"bloop"``.
         lam: the weight :math:`\\lambda \\ge 0` of the auxiliary gradient.
         ema_rate: Bloop's EMA rate :math:`\\rho \\in (0, 1]` (ignored by the other methods).
-        eps: the projection guard :math:`\\varepsilon > 0`.
+        eps: the projection guard :math:`\\delta > 0`.
         optimizer: ``"sgd"``, ``"adam"`` (both with ``learning_rate``) or any optax
             transformation (static; hashed by identity, so build it once).
         learning_rate: the step size of ``"sgd"``/``"adam"`` (> 0).
