@@ -468,10 +468,10 @@ def low_temperature_smc(
     ``inverse_temperature`` (dynamic, > 0; other keyword arguments as :func:`smc_sample`). The
     letter is :math:`\\gamma`, not :math:`\\beta`, which is the noise rate :math:`\\beta(t)`.
 
-    At low temperature the weights degenerate: on the energy chapter's two-mode mixture at
-    :math:`\\gamma = 3` the minimum ESS falls to a few percent of ``n_particles``, the mode
-    weights vary strongly between seeds and :math:`\\log\\hat Z` is heavy-tailed (measured in
-    the chapter).
+    At low temperature the weights work harder: on the energy chapter's two-mode mixture at
+    :math:`\\gamma = 3` (exact energy, 100 steps) the smallest ESS fell to about a sixth of
+    ``n_particles`` and :math:`\\log\\hat Z` was biased low by about a nat with a spread of
+    several nats, while the mode weights stayed right (measured in the chapter).
 
     Raises:
         ValueError: for ``inverse_temperature <= 0`` (at run time too under ``jit``), and as
