@@ -2,7 +2,7 @@
 
 Three samplers run the same number of reverse steps on the same batch of 2-D particles:
 
-* ``smc``: ``otdiff.diffusion.energy.low_temperature_smc`` on an ``EnergyMLP`` (beta = 2): per step
+* ``smc``: ``otdiff.diffusion.energy.low_temperature_smc`` on an ``EnergyMLP`` (inverse temperature 2): per step
   one ``value_and_grad`` of the energy (the gradient proposes, the value weighs), the Gaussian
   log-densities of the two kernels, the ESS and, when it falls under half, systematic resampling;
 * ``reverse (energy)``: ``otdiff.diffusion.euler_maruyama`` with the energy's score
@@ -44,7 +44,9 @@ def bench(n: int, steps: int, width: int, repeats: int) -> list[dict]:
 
     @jax.jit
     def smc_run(key, energy):
-        out = en.low_temperature_smc(key, energy, process, n, 2, beta=2.0, n_steps=steps)
+        out = en.low_temperature_smc(
+            key, energy, process, n, 2, inverse_temperature=2.0, n_steps=steps
+        )
         return out.x, out.log_weights
 
     @jax.jit

@@ -32,14 +32,7 @@ CHAPTERS = [
 
 # Chapters whose explorer is known not to build under `full` on main, each with what is wrong.
 # strict: the test fails as soon as the chapter is fixed, so that the mark is removed with it.
-FULL_PRESET_KNOWN_FAILURES = {
-    "book/diffusion/02_energy_smc.ipynb": (
-        "the particle sliders span [100, 4000] but take N_PARTICLES = 10_000 under full"
-    ),
-    "book/diffusion/01_score_based.ipynb": (
-        "the steps sweep plays STEP_FRAMES up to 1000 under full; the n_steps slider stops at 500"
-    ),
-}
+FULL_PRESET_KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _rel(path: Path) -> str:

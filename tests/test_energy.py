@@ -215,7 +215,7 @@ def test_beta_one_with_exact_energies_is_unweighted_in_the_limit(setup):
     process, _, energy = setup
 
     def one(key):
-        out = en.low_temperature_smc(key, energy, process, 1000, 2, beta=1.0, n_steps=100)
+        out = en.low_temperature_smc(key, energy, process, 1000, 2, inverse_temperature=1.0, n_steps=100)
         return out.log_evidence, jnp.min(out.ess)
 
     keys = jax.random.split(jax.random.key(config.seed(0)), 8)
@@ -238,7 +238,9 @@ def test_low_temperature_mode_weights_and_evidence(setup):
     target = mix.tempered(2.0).weights
 
     def one(key):
-        out = en.low_temperature_smc(key, energy, process, 2000, 2, beta=2.0, n_steps=100)
+        out = en.low_temperature_smc(
+            key, energy, process, 2000, 2, inverse_temperature=2.0, n_steps=100
+        )
         return mode_tv(mix, out.x, target, log_weights=out.log_weights), out.log_evidence
 
     run = jax.jit(lambda keys: jax.lax.map(jax.vmap(one), keys.reshape(4, 8, *keys.shape[1:])))
@@ -276,7 +278,7 @@ def test_no_nan_weights_at_extreme_temperatures(setup, beta):
             process,
             300,
             2,
-            beta=beta,
+            inverse_temperature=beta,
             n_steps=50,
             ess_threshold=kappa,
         )
@@ -293,7 +295,7 @@ def test_t_stop_switches_the_reweighting_off(setup):
         process,
         200,
         2,
-        beta=2.0,
+        inverse_temperature=2.0,
         n_steps=20,
         t_stop=1.0,
         ess_threshold=1e-6,  # never resample
@@ -316,7 +318,7 @@ def test_energy_smc_is_jit_safe_without_recompiling(setup):
             process,
             100,
             2,
-            beta=beta,
+            inverse_temperature=beta,
             n_steps=10,
             ess_threshold=kappa,
             t_stop=t_stop,
@@ -331,17 +333,21 @@ def test_bad_inputs_raise(setup):
     process, _, energy = setup
     key = jax.random.key(config.seed(0))
     for beta in (0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="beta"):
-            en.low_temperature_smc(key, energy, process, 10, 2, beta=beta)
+        with pytest.raises(ValueError, match="inverse_temperature"):
+            en.low_temperature_smc(key, energy, process, 10, 2, inverse_temperature=beta)
     for kappa in (0.0, 1.5):
         with pytest.raises(ValueError, match="ess_threshold"):
-            en.low_temperature_smc(key, energy, process, 10, 2, beta=1.0, ess_threshold=kappa)
+            en.low_temperature_smc(
+                key, energy, process, 10, 2, inverse_temperature=1.0, ess_threshold=kappa
+            )
     with pytest.raises(ValueError, match="n_particles"):
-        en.low_temperature_smc(key, energy, process, 0, 2, beta=1.0)
+        en.low_temperature_smc(key, energy, process, 0, 2, inverse_temperature=1.0)
     with pytest.raises(ValueError, match="t_stop"):
-        en.low_temperature_smc(key, energy, process, 10, 2, beta=1.0, t_stop=-0.1)
+        en.low_temperature_smc(key, energy, process, 10, 2, inverse_temperature=1.0, t_stop=-0.1)
     with pytest.raises(TypeError, match="resampler"):
-        en.low_temperature_smc(key, energy, process, 10, 2, beta=1.0, resampler="residual")
+        en.low_temperature_smc(
+            key, energy, process, 10, 2, inverse_temperature=1.0, resampler="residual"
+        )
     with pytest.raises(ValueError, match="weights"):
         en.product_smc(key, [energy, energy], process, 10, 2, weights=[0.0, 0.0])
 
@@ -349,7 +355,7 @@ def test_bad_inputs_raise(setup):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(beta=-1.0), "beta must be a finite number > 0"),
+        (dict(beta=-1.0), "inverse_temperature must be a finite number > 0"),
         (dict(t_stop=-0.5), "t_stop must be a finite number >= 0"),
         (dict(ess_threshold=1.5), r"ess_threshold must lie in \(0, 1\]"),
         (dict(t_min=1.2), "t_min must lie"),
@@ -363,7 +369,7 @@ def test_a_jitted_call_with_a_bad_value_raises(setup, kwargs, match):
     @jax.jit
     def run(beta, t_stop, ess_threshold, t_min):
         return en.low_temperature_smc(
-            jax.random.key(config.seed(0)), energy, process, 50, 2, beta=beta, n_steps=5, t_stop=t_stop,
+            jax.random.key(config.seed(0)), energy, process, 50, 2, inverse_temperature=beta, n_steps=5, t_stop=t_stop,
             ess_threshold=ess_threshold, t_min=t_min,
         ).x  # fmt: skip
 

@@ -141,11 +141,7 @@ AUTHORING_WORDS = {
 _AUTHORING = re.compile("|".join(f"(?:{p})" for p in AUTHORING_WORDS.values()), re.IGNORECASE)
 
 # Pages that still speak of authoring matters on main (each is being revised by its owner).
-AUTHORING_KNOWN_FAILURES = {
-    "book/diffusion/01_score_based.ipynb": "cell 14 speaks of the issue's claim",
-    "book/diffusion/02_energy_smc.ipynb": "cells 6, 21, 31, 33, 35 cite the notes on the paper",
-    "book/diffusion/03_spell.ipynb": "cells 4, 12, 22, 32, 34 cite the issue and the notes",
-}
+AUTHORING_KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _blocks(path: Path) -> list[tuple[str, str]]:
@@ -207,14 +203,7 @@ DIFFICULTY = re.compile(
 MIN_EXERCISES = 2
 
 _TEMPLATE_TODO = "written before the chapter template"
-OPENING_KNOWN_FAILURES = {
-    nb: f"{_TEMPLATE_TODO}: no prerequisites in the opening"
-    for nb in (
-        "book/diffusion/01_score_based.ipynb",
-        "book/diffusion/02_energy_smc.ipynb",
-        "book/diffusion/03_spell.ipynb",
-    )
-}
+OPENING_KNOWN_FAILURES: dict[str, str] = {}
 SUMMARY_KNOWN_FAILURES = {nb: f"{_TEMPLATE_TODO}: no summary" for nb in OPENING_KNOWN_FAILURES}
 EXERCISES_KNOWN_FAILURES = {
     nb: f"{_TEMPLATE_TODO}: exercises without a difficulty level" for nb in OPENING_KNOWN_FAILURES

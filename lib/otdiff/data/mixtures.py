@@ -100,17 +100,18 @@ class GaussianMixture(eqx.Module):
             alpha * self.means, alpha**2 * self.covs + sigma**2 * eye, self.weights
         )
 
-    def tempered(self, beta: float) -> GaussianMixture:
+    def tempered(self, inverse_temperature: float) -> GaussianMixture:
         """Not exact in general: see the energy chapter. Only for well-separated modes.
 
-        Raising a mixture of well-separated Gaussians to the power :math:`\\beta` gives,
-        approximately, components with covariance :math:`\\Sigma_k/\\beta` and weights
-        :math:`\\propto w_k^\\beta\\,|2\\pi\\Sigma_k|^{(1-\\beta)/2}`.
+        Raising a mixture of well-separated Gaussians to the power :math:`\\gamma` (the
+        ``inverse_temperature``) gives, approximately, components with covariance
+        :math:`\\Sigma_k/\\gamma` and weights :math:`\\propto w_k^\\gamma\\,|2\\pi\\Sigma_k|^{(1-\\gamma)/2}`.
         """
-        check_positive(beta, "beta")
+        check_positive(inverse_temperature, "inverse_temperature")
+        gamma = inverse_temperature
         logdet = jnp.linalg.slogdet(2 * jnp.pi * self.covs)[1]
-        logw = beta * jnp.log(self.weights) + 0.5 * (1.0 - beta) * logdet
-        return GaussianMixture(self.means, self.covs / beta, jax.nn.softmax(logw))
+        logw = gamma * jnp.log(self.weights) + 0.5 * (1.0 - gamma) * logdet
+        return GaussianMixture(self.means, self.covs / gamma, jax.nn.softmax(logw))
 
 
 def gaussian_mixture(

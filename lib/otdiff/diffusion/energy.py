@@ -22,8 +22,8 @@ At each :math:`t` its minimiser over all energies is the *conservative part* of
 
 **Feynman-Kac model** (:func:`fk_model`, :func:`smc_sample`). For a combined energy
 :math:`\\bar E(x, t) = \\sum_j w_j E_j(x, t)` (a product :math:`\\prod_j p_j^{w_j}`, built by
-:func:`otdiff.diffusion.composition.product`; one energy with :math:`w = \\beta` is
-low-temperature sampling :math:`p^\\beta`, :func:`low_temperature_smc`), take the intermediate targets
+:func:`otdiff.diffusion.composition.product`; one energy with :math:`w = \\gamma` is
+low-temperature sampling :math:`p^\\gamma`, :func:`low_temperature_smc`), take the intermediate targets
 :math:`\\pi_k \\propto e^{-\\bar E(\\cdot, t_k)}` on the grid :math:`t_K = t_{\\max} > \\dots >
 t_0 = t_{\\min}`, the proposal :math:`M_k` one Euler-Maruyama step of the reverse SDE with the
 combined score :math:`-\\nabla\\bar E` (:func:`otdiff.diffusion.reverse_kernel`), and as backward
@@ -462,44 +462,53 @@ def low_temperature_smc(
     n_particles: int,
     dim: int,
     *,
-    beta: float,
+    inverse_temperature: float,
     **kwargs,
 ) -> EnergySMCResult:
-    """Low-temperature sampling of :math:`p^\\beta` with the diffusion's Feynman-Kac SMC.
+    """Low-temperature sampling of :math:`p^\\gamma` with the diffusion's Feynman-Kac SMC.
 
-    :func:`smc_sample` of the energy :math:`\\beta E` (``beta`` dynamic, > 0; other keyword
-    arguments as :func:`smc_sample`).
+    :func:`smc_sample` of the energy :math:`\\gamma E`, with :math:`\\gamma` the
+    ``inverse_temperature`` (dynamic, > 0; other keyword arguments as :func:`smc_sample`). The
+    letter is :math:`\\gamma`, not :math:`\\beta`, which is the noise rate :math:`\\beta(t)`.
 
     **Where it becomes impractical.** The mode weights come out right long after the evidence
     has stopped being usable. In our runs (the two-mode mixture
     :math:`\\tfrac12\\mathcal N((-2, 0), 0.2^2 I) + \\tfrac12\\mathcal N((2, 0), 0.6^2 I)` with its
     exact noised energies, the linear VP process, 100 steps, :math:`t_{\\min} = 10^{-3}`,
     :math:`\\kappa = 0.5`, float32 on CPU; the reference by quadrature of
-    :math:`p_{t_{\\min}}^\\beta`):
+    :math:`p_{t_{\\min}}^\\gamma`):
 
-    - :math:`\\beta = 1`, :math:`N = 2000`, 20 seeds: :math:`\\hat Z` is unbiased (mean
+    - :math:`\\gamma = 1`, :math:`N = 2000`, 20 seeds: :math:`\\hat Z` is unbiased (mean
       :math:`\\hat Z / Z = 1.003 \\pm 0.005`), :math:`\\log\\hat Z - \\log Z` between -0.047 and
       0.036, the minimum ESS 48 to 50% of :math:`N`, one resampling per run, mode-occupancy
       total variation (TV) 0.0004 to 0.048.
-    - :math:`\\beta = 3`, :math:`N = 2000`, 12 seeds: the minimum ESS falls to 7 to 31% of
+    - :math:`\\gamma = 3`, :math:`N = 2000`, 12 seeds: the minimum ESS falls to 7 to 31% of
       :math:`N` (median 18%) and the particles are resampled at about 30 of the 100 steps;
       the mode shares stay right (TV median 0.007, at most 0.056, against target shares
       0.988 / 0.012), but :math:`\\log\\hat Z` is far below :math:`\\log Z` (median -1.70,
       range -2.45 to -0.38, mean :math:`\\hat Z / Z = 0.25`): the weight that :math:`\\hat Z`
       needs sits in rare runs, so a run's log-evidence is heavy-tailed and biased low
       (Jensen).
-    - :math:`\\beta = 3`, :math:`N = 8000`, 12 seeds: TV median 0.003 (at most 0.012), minimum
+    - :math:`\\gamma = 3`, :math:`N = 8000`, 12 seeds: TV median 0.003 (at most 0.012), minimum
       ESS 9 to 28% of :math:`N`; :math:`\\log\\hat Z - \\log Z` median -1.14, range -1.64 to
       0.44: four times the particles move the bias a little and leave the spread as it was
       (standard deviation 0.60 at :math:`N = 2000`, 0.63 at 8000). Use the samples at low
       temperature; do not trust one run's log-evidence there.
 
     Raises:
-        ValueError: for ``beta <= 0`` (at run time too under ``jit``), and as :func:`smc_sample`.
+        ValueError: for ``inverse_temperature <= 0`` (at run time too under ``jit``), and as
+            :func:`smc_sample`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb
     """
-    beta = guard_positive(beta, "beta")
+    inverse_temperature = guard_positive(inverse_temperature, "inverse_temperature")
     return smc_sample(
-        key, product(energy, jnp.atleast_1d(beta)), process, n_particles, dim, **kwargs
+        key,
+        product(energy, jnp.atleast_1d(inverse_temperature)),
+        process,
+        n_particles,
+        dim,
+        **kwargs,
     )
 
 
