@@ -115,6 +115,7 @@ VALID: dict[str, Callable[[], Any]] = {
     "epsilon": lambda: 0.5,
     "radius": lambda: 0.5,
     "beta": lambda: 2.0,
+    "inverse_temperature": lambda: 2.0,
     "t": lambda: 0.5,
     "name": lambda: "x",
     "kind": lambda: "lin",
@@ -145,7 +146,7 @@ POINTS = {
 SIZES = {"n", "d", "dim", "n_steps", "n_samples", "n_particles", "n_batches", "batch_size"}
 UNIT_OPEN = {"t_min"}  # in (0, 1)
 THRESHOLDS = {"ess_threshold"}  # in (0, 1]
-POSITIVE = {"epsilon", "beta", "learning_rate", "std", "fraction"}
+POSITIVE = {"epsilon", "beta", "inverse_temperature", "learning_rate", "std", "fraction"}
 NONNEGATIVE = {"radius", "strength", "eta", "t_stop"}
 
 NAN_POINTS = PTS.at[1, 0].set(jnp.nan)
