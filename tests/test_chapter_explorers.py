@@ -16,6 +16,7 @@ those cells.
 import ast
 from pathlib import Path
 
+import jax
 import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
@@ -125,6 +126,41 @@ def _dry_batched_frames(compute, name, grid, base, params, fixed, batch_size):
     return [None] * len(grid)
 
 
+# Under `full` a chapter's explorer may stand on models trained at that preset's sizes (hours on
+# a CPU). The dry run builds them untrained, with the structure the trained ones would have.
+def _dry_cached_ipf(name, seed, manifold, sample_start, sample_end, config, n_iterations, **_):
+    from otdiff.manifolds import bridge
+
+    def net(i):
+        return bridge.make_drift_network(
+            jax.random.key(i), manifold, config.hidden, config.embed_dim
+        )
+
+    forward = tuple(net(100 + i) for i in range(n_iterations - 1))
+    backward = tuple(net(i) for i in range(n_iterations))
+    return bridge.Bridge(manifold, config, forward, backward, None, (), ())
+
+
+def _dry_train_cached(seeds, images, config, **_):
+    from otdiff.ot import m3g
+
+    n_pixels = np.shape(images)[-1]
+    return [
+        m3g.TrainResult(m3g.init_encoder(jax.random.key(s), config, n_pixels), None, None)
+        for s in np.atleast_1d(seeds)
+    ]
+
+
+def _dry_trainers(monkeypatch):
+    from otdiff import manifolds
+    from otdiff.manifolds import bridge
+    from otdiff.ot import m3g
+
+    for module in (manifolds, bridge):
+        monkeypatch.setattr(module, "cached_ipf", _dry_cached_ipf)
+    monkeypatch.setattr(m3g, "train_cached", _dry_train_cached)
+
+
 @pytest.mark.parametrize(
     "path", _with_known_failures(CHAPTERS, FULL_PRESET_KNOWN_FAILURES), ids=_rel
 )
@@ -132,6 +168,7 @@ def test_explorers_and_sweeps_build_under_the_full_preset(path, monkeypatch):
     monkeypatch.setenv("OTDIFF_SCALE", "full")
     monkeypatch.setattr(ui.Explorer, "evaluate", _dry_evaluate)
     monkeypatch.setattr(ui, "_batched_frames", _dry_batched_frames)
+    _dry_trainers(monkeypatch)
     try:
         namespace = _run_explorer_cells(path)
     except ValueError as error:  # a slider given a value outside its range, for one
