@@ -13,7 +13,7 @@ from otdiff.nn import UNet
 
 
 def small(key=0, **kwargs):
-    settings = {"side": 8, "channels": (8, 16), "n_middle": 1, "embed_dim": 16, "groups": 4}
+    settings = {"side": 8, "channels": (4, 8), "n_middle": 1, "embed_dim": 8, "groups": 4}
     return UNet(**{**settings, **kwargs}, key=jax.random.key(key))
 
 
@@ -26,35 +26,40 @@ def perturbed(net, key):
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
 
+# Compiled once each: an eager call of a conv net dispatches every operation on its own (minutes).
+batched = eqx.filter_jit(lambda net, x, t: jax.vmap(net)(x, t))
+single = eqx.filter_jit(lambda net, x, t: net(x, t))
+
+
 def test_shapes_zero_start_and_batching():
     net = small()
     x = jax.random.normal(jax.random.key(1), (5, 64))
     t = jnp.linspace(0.1, 0.9, 5)
     # zero-initialised output layer: the network starts as zero
-    np.testing.assert_array_equal(jax.vmap(net)(x, t), 0.0)
+    np.testing.assert_array_equal(batched(net, x, t), 0.0)
     net = perturbed(net, 2)
-    out = np.asarray(eqx.filter_jit(jax.vmap(net))(x, t))
+    out = np.asarray(batched(net, x, t))
     assert out.shape == (5, 64) and np.all(np.isfinite(out))
-    one_by_one = np.stack([np.asarray(net(x[i], t[i])) for i in range(5)])
+    one_by_one = np.stack([np.asarray(single(net, x[i], t[i])) for i in range(5)])
     np.testing.assert_allclose(out, one_by_one, rtol=2e-4, atol=2e-5)
     # the time matters, and so does every image of the batch independently
-    assert not np.allclose(net(x[0], 0.1), net(x[0], 0.9))
-    moved = np.asarray(jax.vmap(net)(x.at[1].add(1.0), t))
+    assert not np.allclose(single(net, x[0], 0.1), single(net, x[0], 0.9))
+    moved = np.asarray(batched(net, x.at[1].add(1.0), t))
     np.testing.assert_allclose(moved[[0, 2, 3, 4]], out[[0, 2, 3, 4]], rtol=2e-4, atol=2e-5)
     # gradients flow to every parameter
-    grads = eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x, t) ** 2))(net)
+    grads = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x, t) ** 2)))(net)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads)]
     assert all(n > 0 for n in norms)
 
 
 def test_three_levels_and_bad_arguments():
-    net = perturbed(small(channels=(8, 16, 16), n_middle=0), 3)
-    assert net(jnp.zeros(64), 0.5).shape == (64,)
+    net = perturbed(small(channels=(4, 8, 8), n_middle=0), 3)
+    assert single(net, jnp.zeros(64), 0.5).shape == (64,)
     with pytest.raises(ValueError, match="divisible"):
         small(side=7)
     with pytest.raises(ValueError, match="groups"):
         small(groups=3)
     with pytest.raises(ValueError, match="two levels"):
-        small(channels=(8,))
+        small(channels=(4,))
     with pytest.raises(ValueError, match="flat image"):
         small()(jnp.zeros((2, 64)), 0.5)
