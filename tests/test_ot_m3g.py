@@ -261,7 +261,7 @@ def test_train_batch_over_epsilons_and_cache(tmp_path):
     )
     assert len(results) == 2 and not np.allclose(results[0].losses, results[1].losses)
     first = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
-    files = sorted(tmp_path.glob("m3g-seed*.ckpt"))
+    files = sorted(tmp_path.glob("m3g_m3g_*-seed*.ckpt"))
     assert len(files) == 2
     again = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
     for r, s in zip(first, again, strict=True):

@@ -59,7 +59,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, train
+from otdiff import artifacts, config, train
 from otdiff._checks import check_choice, check_int, check_positive
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "Recipe",
     "ZooModel",
     "SHIPPED",
+    "chapter_slots_models",
     "load",
     "register",
     "available",
@@ -487,7 +488,35 @@ def clear(name: str | None = None, *, cache: str | os.PathLike | None = None) ->
 SHIPPED: dict[str, Callable[[], Any]] = {
     "ring8": lambda: load("ring8", seed=0),
     "digits": lambda: load("digits", seed=0),
+    "m3g": lambda: _chapter("otdiff.ot.m3g", "chapter_encoders"),
+    "rdsb": lambda: _chapter("otdiff.manifolds.bridge", "chapter_bridges"),
+    "slots": lambda: chapter_slots_models(scale="demo"),
 }
+
+
+def chapter_slots_models(*, scale: str | None = None, verbose: bool = True) -> dict:
+    """The slot-conditional networks of the projective composition chapter: ``"slots_local"``
+    and ``"slots_mlp"`` at the seeds ``config.seeds(3)`` (``config.seeds(8)`` under the ``full``
+    preset), as lists of :class:`ZooModel` (those of the ``demo`` preset are shipped).
+
+    Args:
+        scale: ``"demo"``, ``"full"`` or ``None`` (the active preset).
+        verbose: print a line when training.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb
+    """
+    seeds = config.seeds(config.choose(demo=3, full=8, scale=scale))
+    return {
+        name: [load(name, seed=s, verbose=verbose) for s in seeds]
+        for name in ("slots_local", "slots_mlp")
+    }
+
+
+def _chapter(module: str, function: str):
+    # A chapter module's demo artifacts, imported on use (the chapter modules are heavy).
+    import importlib
+
+    return getattr(importlib.import_module(module), function)(scale="demo")
 
 
 def _selected(names) -> list[str]:
@@ -502,6 +531,11 @@ def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
     """Retrain the shipped artifacts (all, or those of :data:`SHIPPED` named in ``names``) from
     their seeds and write the shipped files (into ``folder``, default the package's). What
     ``make zoo`` runs. Returns the files written."""
+    if config.seed_offset() != 0:
+        raise ValueError(
+            f"the shipped files are those of seed offset 0; unset {config.SEED_OFFSET_VAR} "
+            f"(it is {config.seed_offset()})."
+        )
     written = []
     for name in _selected(names):
         t0 = time.perf_counter()
