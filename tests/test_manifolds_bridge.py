@@ -209,3 +209,15 @@ def test_bad_configs_and_arguments_are_reported_clearly():
     with pytest.raises(ValueError, match="name"):
         M.cached_ipf("a/b", config.seed(0), S2, MIX.sample, S2.random_uniform, TINY, 1)
     assert B.FIRST_LOSSES == ("heat", "implicit")
+
+
+def test_the_chapter_bridges_are_shipped(monkeypatch, tmp_path):
+    # the demo bridges load from the package, whatever the user cache holds: nothing trains
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(config.SEED_OFFSET_VAR, raising=False)  # the shipped seeds
+    monkeypatch.setattr(B, "ipf", lambda *a, **k: pytest.fail("trained a bridge"))
+    chapter = M.chapter_bridges(scale="demo", verbose=False)
+    assert chapter.vmf[chapter.seeds[0]].n_iterations == 3 and chapter.land.n_iterations == 3
+    assert all(chapter.cities[s].n_iterations == 2 for s in chapter.seeds)
+    assert all(chapter.rsgm[s].n_iterations == 1 for s in chapter.seeds)
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -30,7 +30,11 @@ never loads stale weights. The stored weights are the EMA weights and the per-st
 :data:`SHIPPED` from its seed and writes the shipped files; a test fails, asking for ``make
 zoo``, when a shipped file does not match its recipe. The table names a function per shipped
 artifact: a chapter module adds its own artifacts (a set of encoders, the networks of a bridge)
-by caching them with :func:`otdiff.artifacts.cached` and adding a line here.
+by caching them with :func:`otdiff.artifacts.cached` and adding a line here. Shipped today: the
+models ``"ring8"`` and ``"digits"`` (seed 0), ``"slots"`` (:func:`chapter_slots_models`),
+``"m3g"`` (:func:`otdiff.ot.m3g.chapter_encoders`) and ``"rdsb"``
+(:func:`otdiff.manifolds.chapter_bridges`): every trained artifact the chapters load under the
+``demo`` preset at seed offset 0, so that a fresh clone runs the book without training.
 
 Models: ``"ring8"`` (the 2-D ring of eight Gaussians :func:`otdiff.data.ring`, an MLP, linear VP
 process) and ``"digits"`` (the 8x8 digits of :func:`otdiff.data.load_digits` as 64-d vectors in
@@ -39,7 +43,8 @@ by denoising score matching :cite:`ho2020denoising`, :cite:`song2021scorebased`,
 shipped. ``"slots_local"`` and ``"slots_mlp"`` are slot-conditional noise predictors
 ``model(x, t, c)`` (:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws
 of ``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
-condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`.
+condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`; seeds 0-2 of both
+are shipped.
 
 Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_composition.ipynb
 """

@@ -868,6 +868,7 @@ def train_cached(
     cache: str | os.PathLike | None = None,
     n_parallel: int = 1,
     verbose: bool = True,
+    storage_dtype: str | None = None,
 ) -> list:
     r""":func:`train_batch` for the keys ``jax.random.key(seed)``, cached as trained artifacts.
 
@@ -885,6 +886,8 @@ def train_cached(
         cache: the user cache folder (default ``otdiff.artifacts.cache_folder()``).
         n_parallel: see :func:`train_batch`.
         verbose: print a line when training.
+        storage_dtype: how a shipped file stores the weights and losses (``None`` as trained,
+            ``"float32"`` or ``"float16"``); the user cache keeps them as trained.
 
     Returns:
         A list of :class:`TrainResult`, one per seed.
@@ -953,7 +956,7 @@ def train_cached(
     for i in todo:
         found[i] = artifacts.cached(
             name(eps[i]), seeds[i], inputs(eps[i]), build=build(i), like=like, cache=cache,
-            verbose=False,
+            verbose=False, storage_dtype=storage_dtype,
         )  # fmt: skip
     return [
         TrainResult(
