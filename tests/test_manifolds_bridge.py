@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from otdiff import config
+from otdiff import artifacts, config
 from otdiff import manifolds as M
 from otdiff.manifolds import bridge as B
 
@@ -149,7 +149,7 @@ def test_cached_ipf_trains_once_and_reads_back(tmp_path):
     first = M.cached_ipf(
         "tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 1, **kwargs
     )
-    files = list((tmp_path / "bridges").glob(f"tiny-seed{config.seed(3)}-it1-*.ckpt"))
+    files = list(tmp_path.glob(f"tiny-*-it1-seed{config.seed(3)}-*.ckpt"))
     assert len(files) == 1
     again = M.cached_ipf(
         "tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 1, **kwargs
@@ -209,3 +209,16 @@ def test_bad_configs_and_arguments_are_reported_clearly():
     with pytest.raises(ValueError, match="name"):
         M.cached_ipf("a/b", config.seed(0), S2, MIX.sample, S2.random_uniform, TINY, 1)
     assert B.FIRST_LOSSES == ("heat", "implicit")
+
+
+def test_the_chapter_bridges_are_shipped(monkeypatch, tmp_path):
+    # the demo bridges load from the package, whatever the user cache holds: nothing trains
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(config.SEED_OFFSET_VAR, raising=False)  # the shipped seeds
+    # (ipf itself is part of the fingerprint: replacing it would make the shipped files stale)
+    monkeypatch.setattr(artifacts, "_build", lambda *a, **k: pytest.fail("trained a bridge"))
+    chapter = M.chapter_bridges(scale="demo", verbose=False)
+    assert chapter.vmf[chapter.seeds[0]].n_iterations == 3 and chapter.land.n_iterations == 3
+    assert all(chapter.cities[s].n_iterations == 2 for s in chapter.seeds)
+    assert all(chapter.rsgm[s].n_iterations == 1 for s in chapter.seeds)
+    assert not list(tmp_path.rglob("*.ckpt"))

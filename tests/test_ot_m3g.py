@@ -261,7 +261,7 @@ def test_train_batch_over_epsilons_and_cache(tmp_path):
     )
     assert len(results) == 2 and not np.allclose(results[0].losses, results[1].losses)
     first = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
-    files = sorted(tmp_path.glob("m3g-seed*.ckpt"))
+    files = sorted(tmp_path.glob("m3g_m3g_*-seed*.ckpt"))
     assert len(files) == 2
     again = m3g.train_cached(config.seeds(2), images, TINY, cache=tmp_path, verbose=False)
     for r, s in zip(first, again, strict=True):
@@ -337,3 +337,16 @@ def test_evaluate_returns_three_scores():
     assert ev.linear_probe > 0.5  # even a random MLP's features are linearly informative
     with pytest.raises(TypeError, match="SphereMLP"):
         m3g.evaluate(jax.random.key(config.seed(1)), "encoder", data)
+
+
+def test_the_chapter_encoders_are_shipped(monkeypatch, tmp_path):
+    # the demo encoders load from the package, whatever the user cache holds: nothing trains
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(config.SEED_OFFSET_VAR, raising=False)  # the shipped seeds
+    monkeypatch.setattr(m3g, "train_batch", lambda *a, **k: pytest.fail("trained an encoder"))
+    chapter = m3g.chapter_encoders(scale="demo", verbose=False)
+    assert set(chapter.runs) == set(m3g.TRAIN_METHODS) and set(chapter.sweep) == set(m3g.EPS_SWEEP)
+    assert all(len(runs) == len(chapter.seeds) for runs in chapter.runs.values())
+    for runs in [*chapter.runs.values(), *chapter.sweep.values()]:
+        assert all(np.all(np.isfinite(r.losses)) and r.losses.shape == (1000,) for r in runs)
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -30,7 +30,11 @@ never loads stale weights. The stored weights are the EMA weights and the per-st
 :data:`SHIPPED` from its seed and writes the shipped files; a test fails, asking for ``make
 zoo``, when a shipped file does not match its recipe. The table names a function per shipped
 artifact: a chapter module adds its own artifacts (a set of encoders, the networks of a bridge)
-by caching them with :func:`otdiff.artifacts.cached` and adding a line here.
+by caching them with :func:`otdiff.artifacts.cached` and adding a line here. Shipped today: the
+models ``"ring8"`` and ``"digits"`` (seed 0), ``"slots"`` (:func:`chapter_slots_models`),
+``"m3g"`` (:func:`otdiff.ot.m3g.chapter_encoders`) and ``"rdsb"``
+(:func:`otdiff.manifolds.chapter_bridges`): every trained artifact the chapters load under the
+``demo`` preset at seed offset 0, so that a fresh clone runs the book without training.
 
 Models: ``"ring8"`` (the 2-D ring of eight Gaussians :func:`otdiff.data.ring`, an MLP, linear VP
 process) and ``"digits"`` (the 8x8 digits of :func:`otdiff.data.load_digits` as 64-d vectors in
@@ -39,7 +43,8 @@ by denoising score matching :cite:`ho2020denoising`, :cite:`song2021scorebased`,
 shipped. ``"slots_local"`` and ``"slots_mlp"`` are slot-conditional noise predictors
 ``model(x, t, c)`` (:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws
 of ``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
-condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`.
+condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`; seeds 0-2 of both
+are shipped.
 
 Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_composition.ipynb
 """
@@ -59,7 +64,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, train
+from otdiff import artifacts, config, train
 from otdiff._checks import check_choice, check_int, check_positive
 
 __all__ = [
@@ -67,6 +72,7 @@ __all__ = [
     "Recipe",
     "ZooModel",
     "SHIPPED",
+    "chapter_slots_models",
     "load",
     "register",
     "available",
@@ -487,7 +493,35 @@ def clear(name: str | None = None, *, cache: str | os.PathLike | None = None) ->
 SHIPPED: dict[str, Callable[[], Any]] = {
     "ring8": lambda: load("ring8", seed=0),
     "digits": lambda: load("digits", seed=0),
+    "m3g": lambda: _chapter("otdiff.ot.m3g", "chapter_encoders"),
+    "rdsb": lambda: _chapter("otdiff.manifolds.bridge", "chapter_bridges"),
+    "slots": lambda: chapter_slots_models(scale="demo"),
 }
+
+
+def chapter_slots_models(*, scale: str | None = None, verbose: bool = True) -> dict:
+    """The slot-conditional networks of the projective composition chapter: ``"slots_local"``
+    and ``"slots_mlp"`` at the seeds ``config.seeds(3)`` (``config.seeds(8)`` under the ``full``
+    preset), as lists of :class:`ZooModel` (those of the ``demo`` preset are shipped).
+
+    Args:
+        scale: ``"demo"``, ``"full"`` or ``None`` (the active preset).
+        verbose: print a line when training.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb
+    """
+    seeds = config.seeds(config.choose(demo=3, full=8, scale=scale))
+    return {
+        name: [load(name, seed=s, verbose=verbose) for s in seeds]
+        for name in ("slots_local", "slots_mlp")
+    }
+
+
+def _chapter(module: str, function: str):
+    # A chapter module's demo artifacts, imported on use (the chapter modules are heavy).
+    import importlib
+
+    return getattr(importlib.import_module(module), function)(scale="demo")
 
 
 def _selected(names) -> list[str]:
@@ -502,6 +536,11 @@ def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
     """Retrain the shipped artifacts (all, or those of :data:`SHIPPED` named in ``names``) from
     their seeds and write the shipped files (into ``folder``, default the package's). What
     ``make zoo`` runs. Returns the files written."""
+    if config.seed_offset() != 0:
+        raise ValueError(
+            f"the shipped files are those of seed offset 0; unset {config.SEED_OFFSET_VAR} "
+            f"(it is {config.seed_offset()})."
+        )
     written = []
     for name in _selected(names):
         t0 = time.perf_counter()

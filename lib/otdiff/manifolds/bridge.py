@@ -79,12 +79,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import equinox as eqx
@@ -93,7 +90,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from otdiff import checkpoint, train
+from otdiff import artifacts, train
 from otdiff import config as _config
 from otdiff._checks import check_int, check_positive, check_weights, guard_finite
 from otdiff.manifolds.base import DIVERGENCES, Manifold
@@ -117,6 +114,10 @@ __all__ = [
     "sample_forward",
     "sample_backward",
     "cached_ipf",
+    "CHAPTER_HORIZON",
+    "ChapterBridges",
+    "chapter_tasks",
+    "chapter_bridges",
 ]
 
 #: How the first backward half-step with the Brownian reference is fitted.
@@ -617,6 +618,15 @@ def ipf(
 _CACHE_VERSION = 3  # 3: trained with otdiff.train.fit
 
 
+def _code() -> list:
+    # The code that trains a bridge, for the fingerprint of the cached ones.
+    return [
+        ipf, _fit, _train_ism, _train_heat, _optimizer, _ISMLoss, _HeatLoss, ism_loss,
+        heat_dsm_loss, reversal_targets, DriftNet, make_drift_network, _Timed,
+        geodesic_random_walk, heat_kernel_score, sample_heat_kernel, train.fit,
+    ]  # fmt: skip
+
+
 def cached_ipf(
     name: str,
     seed: int,
@@ -631,73 +641,65 @@ def cached_ipf(
     verbose: bool = True,
     retrain: bool = False,
 ) -> Bridge:
-    """:func:`ipf` from ``jax.random.key(seed)``, trained once and then read from a cache file.
+    """:func:`ipf` from ``jax.random.key(seed)``, trained once and then loaded.
 
-    The file ``<cache>/bridges/<name>-seed<seed>-it<L>-<hash>.ckpt`` (``cache`` defaults to
-    ``otdiff.config.cache_dir()``) holds every network's weights in the pickle-free checkpoint
-    format of :mod:`otdiff.checkpoint`, written atomically under a file
-    lock. The hash covers ``config``, the manifold, ``tag`` and a version of this code: pass a
-    ``tag`` that changes whenever ``sample_start``/``sample_end`` change (they cannot be hashed).
-    A cached run with fewer iterations is continued rather than retrained. Only Brownian
-    references are cached.
+    The bridge is the artifact ``<name>-<hash of config>-it<L>`` at ``seed`` of :func:`otdiff.artifacts.cached`:
+    a shipped file (the chapter's demo bridges, :func:`chapter_bridges`), else the user cache
+    (``cache``, default ``otdiff.artifacts.cache_folder()``), else trained and cached, every
+    network's weights in the pickle-free format of :mod:`otdiff.checkpoint`, written atomically
+    under a lock. The fingerprint covers ``config``, the manifold, ``tag``, the code that trains
+    and a version: pass a ``tag`` that changes whenever ``sample_start``/``sample_end`` change
+    (they cannot be hashed). A cached run with fewer iterations is continued rather than
+    retrained. Only Brownian references are cached.
 
     Returns:
         The :class:`Bridge`; ``seconds`` holds the training times of the run that made the file.
-    """
-    from filelock import FileLock
 
-    if not name or not all(c.isalnum() or c in "_-" for c in name):
+    Taught in: book/diffusion/06_rdsb.ipynb
+    """
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
         raise ValueError(f"name must be letters, digits, '_' or '-', got {name!r}.")
+    if not isinstance(tag, str):
+        raise TypeError(f"tag must be a string, got {type(tag).__name__}.")
     seed = check_int(seed, "seed", low=0)
     n_iterations = check_int(n_iterations, "n_iterations", low=1)
-    blob = json.dumps(
-        {"config": config.as_dict(), "manifold": repr(manifold), "tag": tag, "v": _CACHE_VERSION},
-        sort_keys=True,
-        default=repr,
-    )
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-    folder = (Path(cache).expanduser() if cache is not None else _config.cache_dir()) / "bridges"
-    folder.mkdir(parents=True, exist_ok=True)
+    code = _code()
+    # the settings' hash in the name: a shipped demo bridge is not stale under another preset
+    prefix = f"{name}-{artifacts.fingerprint(config.as_dict())}"
 
-    def path_for(iters):
-        return folder / f"{name}-seed{seed}-it{iters}-{digest}.ckpt"
+    def inputs(iters):
+        return {
+            "config": config.as_dict(), "manifold": repr(manifold), "tag": tag,
+            "v": _CACHE_VERSION, "iterations": iters, "code": code,
+        }  # fmt: skip
 
     def like(iters):
-        k = jax.random.key(0)
-        net = make_drift_network(k, manifold, config.hidden, config.embed_dim)
+        net = make_drift_network(jax.random.key(0), manifold, config.hidden, config.embed_dim)
         params = eqx.filter(net, eqx.is_inexact_array)
         return {"forward": [params] * (iters - 1), "backward": [params] * iters}
 
-    def load(path, iters):
-        tree, meta = checkpoint.load(path, like(iters))
+    def to_bridge(art, iters) -> Bridge:
         skeleton = make_drift_network(jax.random.key(0), manifold, config.hidden, config.embed_dim)
         _, static = eqx.partition(skeleton, eqx.is_inexact_array)
-        nets = {k: tuple(eqx.combine(p, static) for p in v) for k, v in tree.items()}
-        losses = tuple(np.asarray(x, np.float32) for x in meta["losses"])
+        nets = {k: tuple(eqx.combine(p, static) for p in v) for k, v in art.tree.items()}
+        # (an artifact planned by otdiff.artifacts.planning has zeros and no metadata)
+        losses = tuple(np.asarray(x, np.float32) for x in art.meta.get("losses", ()))
         return Bridge(
             manifold, config, nets["forward"], nets["backward"], None, losses,
-            tuple(meta["seconds"]),
+            tuple(art.meta.get("seconds", ())),
         )  # fmt: skip
 
-    target = path_for(n_iterations)
-    with FileLock(str(target) + ".lock", timeout=3600):
-        if retrain:
-            target.unlink(missing_ok=True)
-        if target.exists():
-            try:
-                return load(target, n_iterations)
-            except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError) as err:
-                if verbose:
-                    print(f"otdiff.manifolds.cached_ipf: {err} Retraining.", flush=True)
-                target.unlink(missing_ok=True)
+    def build(progress):
         start = None
-        for iters in range(n_iterations - 1, 0, -1):  # continue the longest cached shorter run
-            if path_for(iters).exists():
-                try:
-                    start = load(path_for(iters), iters)
+        if not retrain:
+            for iters in range(n_iterations - 1, 0, -1):  # continue the longest shorter run
+                found = artifacts.find(
+                    f"{prefix}-it{iters}", seed, inputs(iters),
+                    like=functools.partial(like, iters), cache=cache,
+                )  # fmt: skip
+                if found is not None:
+                    start = to_bridge(found, iters)
                     break
-                except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError):
-                    continue
         if verbose:
             what = f"continuing from {start.n_iterations}" if start else "training"
             print(
@@ -709,15 +711,117 @@ def cached_ipf(
             jax.random.key(seed), manifold, sample_start, sample_end, config, n_iterations,
             start=start,
         )  # fmt: skip
-        params = lambda nets: [eqx.filter(m, eqx.is_inexact_array) for m in nets]
+        params = lambda nets: [eqx.filter(m, eqx.is_inexact_array) for m in nets]  # noqa: E731
         tree = {"forward": params(bridge.forward), "backward": params(bridge.backward)}
         meta = {
-            "name": name,
-            "seed": seed,
             "config": config.as_dict(),
             "tag": tag,
             "losses": [np.asarray(x).tolist() for x in bridge.losses],
             "seconds": [round(s, 3) for s in bridge.seconds],
         }
-        checkpoint.save(target, tree, meta)
-        return bridge
+        return tree, meta
+
+    art = artifacts.cached(
+        f"{prefix}-it{n_iterations}", seed, inputs(n_iterations), build=build,
+        like=functools.partial(like, n_iterations), cache=cache, retrain=retrain, verbose=False,
+    )  # fmt: skip
+    return to_bridge(art, n_iterations)
+
+
+class ChapterBridges(NamedTuple):
+    """The trained bridges of the chapter (what :func:`chapter_bridges` returns).
+
+    Attributes:
+        config: the :class:`BridgeConfig` of the IPF bridges.
+        baseline: the one-iteration (RSGM) baseline's, with 3x the Adam steps.
+        vmf: per seed, the bridge from the three-mode von Mises-Fisher mixture to the uniform
+            law (three IPF iterations for the first seed, two for the others).
+        rsgm: per seed, the baseline on the same task (one iteration).
+        cities: per seed, the bridge from the world's cities (drawn by population) to the
+            uniform law (two iterations).
+        land: the first seed's bridge from the cities to the uniform law on land (three
+            iterations).
+        seeds: the seeds.
+    """
+
+    config: BridgeConfig
+    baseline: BridgeConfig
+    vmf: dict
+    rsgm: dict
+    cities: dict
+    land: Bridge
+    seeds: list
+
+
+#: The chapter's bridge horizon ``T``: deliberately short, far from mixing on the sphere.
+CHAPTER_HORIZON = 0.2
+
+
+def chapter_tasks():
+    """The chapter's laws on the sphere: ``(sphere, vmf3, cities, land)``, the unit sphere, the
+    mixture of three von Mises-Fisher laws (``kappa = 25``, means the axes), and the samplers
+    ``(key, n) -> points`` of the cities by population and of the uniform law on land.
+
+    Taught in: book/diffusion/06_rdsb.ipynb
+    """
+    from otdiff import data
+    from otdiff.manifolds.sphere import Sphere, vmf_mixture
+
+    land_mask = data.load_land_mask()
+    return (
+        Sphere(2),
+        vmf_mixture(jnp.eye(3), 25.0),
+        data.load_cities().sample,
+        lambda key, n: data.sample_land(key, n, land_mask),
+    )
+
+
+def chapter_bridges(*, scale: str | None = None, verbose: bool = True) -> ChapterBridges:
+    r"""The bridges the chapter trains, by :func:`cached_ipf` (shipped for the demo preset).
+
+    Under the preset ``scale`` (default :func:`otdiff.config.active_scale`): horizon
+    ``CHAPTER_HORIZON``, ``20`` walk steps (``50`` under ``full``), ``2,000`` particles
+    (``20,000``), ``400`` Adam steps per half-step (``4,000``), hidden layers ``(64, 64)``
+    (``(256, 256, 256)``), the seeds ``config.seeds(5)``; the tasks of :func:`chapter_tasks`.
+
+    Args:
+        scale: ``"demo"``, ``"full"`` or ``None`` (the active preset).
+        verbose: print a line when training.
+
+    Returns:
+        A :class:`ChapterBridges`.
+
+    Taught in: book/diffusion/06_rdsb.ipynb
+    """
+    scale = _config.active_scale() if scale is None else scale
+    choose = functools.partial(_config.choose, scale=scale)
+    sphere, vmf3, cities, land = chapter_tasks()
+    seeds = _config.seeds(5)
+    cfg = BridgeConfig(
+        horizon=CHAPTER_HORIZON,
+        n_steps=choose(demo=20, full=50),
+        n_particles=choose(demo=2_000, full=20_000),
+        train_steps=choose(demo=400, full=4_000),
+        hidden=choose(demo=(64, 64), full=(256, 256, 256)),
+    )
+    baseline = BridgeConfig(**{**cfg.as_dict(), "train_steps": 3 * cfg.train_steps})
+    uniform = sphere.random_uniform
+    run = functools.partial(cached_ipf, manifold=sphere, verbose=verbose)
+    vmf = {
+        s: run("vmf3", s, sample_start=vmf3.sample, sample_end=uniform, config=cfg,
+               n_iterations=3 if s == seeds[0] else 2, tag="vmf3-kappa25")
+        for s in seeds
+    }  # fmt: skip
+    rsgm = {
+        s: run("vmf3-rsgm", s, sample_start=vmf3.sample, sample_end=uniform, config=baseline,
+               n_iterations=1, tag="vmf3-kappa25")
+        for s in seeds
+    }  # fmt: skip
+    city = {
+        s: run("cities", s, sample_start=cities, sample_end=uniform, config=cfg, n_iterations=2,
+               tag="cities15000")
+        for s in seeds
+    }  # fmt: skip
+    land_bridge = run("cities-land", seeds[0], sample_start=cities, sample_end=land, config=cfg,
+                      n_iterations=3, tag="cities15000-land0.25")  # fmt: skip
+    return ChapterBridges(cfg, baseline, vmf, rsgm, city, land_bridge, seeds)

@@ -55,11 +55,8 @@ Taught in: book/ot/05_m3g.ipynb
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -70,7 +67,7 @@ import optax
 from ott.experimental import mmsinkhorn as ott_mms
 from ott.geometry import costs
 
-from otdiff import _checks, checkpoint, nn
+from otdiff import _checks, artifacts, nn
 from otdiff import config as _config
 from otdiff import train as _train
 from otdiff.ot import multimarginal
@@ -95,6 +92,9 @@ __all__ = [
     "train",
     "train_batch",
     "train_cached",
+    "EPS_SWEEP",
+    "ChapterEncoders",
+    "chapter_encoders",
     "Evaluation",
     "linear_probe",
     "knn_accuracy",
@@ -837,14 +837,9 @@ def train(key: Any, images: Any, config: TrainConfig | None = None) -> TrainResu
     return train_batch([_checks.check_key(key)], images, config)[0]
 
 
-def _fingerprint(cfg: TrainConfig, images: np.ndarray) -> str:
-    # Everything that determines the trained weights: the settings, the images, the source of the
-    # code that runs during training, and the versions of JAX and ott-jax.
-    import inspect
-
-    import ott
-
-    code = [
+def _code() -> list:
+    # The code that runs during training, for the fingerprint of the cached encoders.
+    return [
         _train_core,
         _ViewLoss,
         _views,
@@ -862,13 +857,6 @@ def _fingerprint(cfg: TrainConfig, images: np.ndarray) -> str:
         infonce_one_vs_rest,
         multimarginal.solve_multimarginal_core,
     ]
-    blob = hashlib.sha256()
-    blob.update(json.dumps(cfg._asdict(), sort_keys=True).encode())
-    blob.update(np.ascontiguousarray(images, np.float32).tobytes())
-    for obj in code:
-        blob.update(inspect.getsource(getattr(obj, "__wrapped__", obj)).encode())
-    blob.update(f"jax {jax.__version__} ott {ott.__version__}".encode())
-    return blob.hexdigest()[:12]
 
 
 def train_cached(
@@ -880,31 +868,32 @@ def train_cached(
     cache: str | os.PathLike | None = None,
     n_parallel: int = 1,
     verbose: bool = True,
+    storage_dtype: str | None = None,
 ) -> list:
-    r""":func:`train_batch` for the keys ``jax.random.key(seed)``, cached on disk.
+    r""":func:`train_batch` for the keys ``jax.random.key(seed)``, cached as trained artifacts.
 
-    Trained weights are stored under ``otdiff.config.cache_dir() / "m3g"`` (or ``cache``), one
-    file per seed and setting, named by a hash of the settings, the images, the source of this
-    code that trains and the JAX and ott-jax versions (so any change retrains). Files are
-    written atomically with a SHA-256 of their contents and read back checked
-    (:mod:`otdiff.checkpoint`, no pickle); a lock serialises concurrent runs. Missing seeds are
-    trained together in one program (:func:`train_batch`).
+    Each encoder is an artifact of :func:`otdiff.artifacts.cached` named
+    ``m3g_<method>_<hash of the settings>`` at its seed: a shipped file (the chapter's demo
+    encoders, :func:`chapter_encoders`), else the user cache, else trained. The fingerprint covers
+    the settings, the images and the code that trains; files are written atomically with a
+    SHA-256 (no pickle) under a lock. Missing encoders are trained together in one program
+    (:func:`train_batch`), so a batch of seeds costs one compilation.
 
     Args:
         seeds: non-negative ints.
         images, config: as in :func:`train_batch`.
         epsilons: ``None`` or one value > 0 per seed.
-        cache: the folder (default ``otdiff.config.cache_dir() / "m3g"``).
+        cache: the user cache folder (default ``otdiff.artifacts.cache_folder()``).
         n_parallel: see :func:`train_batch`.
         verbose: print a line when training.
+        storage_dtype: how a shipped file stores the weights and losses (``None`` as trained,
+            ``"float32"`` or ``"float16"``); the user cache keeps them as trained.
 
     Returns:
         A list of :class:`TrainResult`, one per seed.
 
     Taught in: book/ot/05_m3g.ipynb
     """
-    from filelock import FileLock
-
     seeds = [_checks.check_int(s, "seeds[i]", low=0) for s in np.atleast_1d(seeds).tolist()]
     x = _check_images(images)
     cfg = _check_config(config, x.shape[0], _side(x.shape[1]))
@@ -916,59 +905,144 @@ def train_cached(
             raise ValueError(f"epsilons must hold one value per seed ({len(seeds)}).")
         for e in eps:
             _checks.check_positive(e, "epsilons[i]")
-    folder = Path(cache).expanduser() if cache is not None else _cache_folder()
-    folder.mkdir(parents=True, exist_ok=True)
     like_params, static = _static_encoder(x, cfg)
     like = {
         "params": like_params,
-        "losses": np.zeros(cfg.n_steps, np.float32),
-        "iterations": np.zeros(cfg.n_steps, np.int32),
+        "losses": jax.ShapeDtypeStruct((cfg.n_steps,), np.float32),
+        "iterations": jax.ShapeDtypeStruct((cfg.n_steps,), np.int32),
     }
+    images32 = np.asarray(x, np.float32)
+    code = _code()
 
-    def path_of(seed, e):
-        setting = cfg._replace(epsilon=e) if cfg.method == "m3g" else cfg
-        return folder / f"{cfg.method}-seed{seed}-{_fingerprint(setting, np.asarray(x))}.ckpt"
+    def setting(e: float) -> TrainConfig:
+        return cfg._replace(epsilon=e) if cfg.method == "m3g" else cfg
 
-    paths = [path_of(s, e) for s, e in zip(seeds, eps, strict=True)]
-    with FileLock(str(folder / "train.lock"), timeout=3600):
-        results: list = [None] * len(seeds)
-        for i, path in enumerate(paths):
-            if path.exists():
-                try:
-                    tree, _ = checkpoint.load(path, like)
-                    results[i] = TrainResult(
-                        eqx.combine(tree["params"], static),
-                        np.asarray(tree["losses"]),
-                        np.asarray(tree["iterations"]),
-                    )
-                except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError):
-                    path.unlink(missing_ok=True)
-        todo = [i for i, r in enumerate(results) if r is None]
-        if todo:
-            if verbose:
-                print(f"m3g: training {len(todo)} {cfg.method} encoder(s)...", flush=True)
-            trained = train_batch(
-                [jax.random.key(seeds[i]) for i in todo],
-                x,
-                cfg,
-                epsilons=[eps[i] for i in todo],
-                n_parallel=n_parallel,
-            )
-            for i, result in zip(todo, trained, strict=True):
-                params, _ = _train.split(result.encoder)
-                tree = {
-                    "params": params,
-                    "losses": np.asarray(result.losses, np.float32),
-                    "iterations": np.asarray(result.iterations, np.int32),
-                }
-                checkpoint.save(paths[i], tree, {"seed": seeds[i], "config": cfg._asdict()})
-                results[i] = result
-    return results
+    def inputs(e: float) -> dict:
+        return {"config": setting(e)._asdict(), "images": images32, "code": code}
+
+    def name(e: float) -> str:
+        return f"m3g_{cfg.method}_{artifacts.fingerprint(setting(e)._asdict())}"
+
+    found = [
+        artifacts.find(name(e), s, inputs(e), like=like, cache=cache)
+        for s, e in zip(seeds, eps, strict=True)
+    ]
+    todo = [i for i, a in enumerate(found) if a is None]
+    trained: dict[int, TrainResult] = {}
+
+    def build(i: int):
+        def run(progress):
+            if not trained:  # the first missing encoder trains every missing one in one program
+                if verbose:
+                    print(f"m3g: training {len(todo)} {cfg.method} encoder(s)...", flush=True)
+                out = train_batch(
+                    [jax.random.key(seeds[j]) for j in todo],
+                    x,
+                    cfg,
+                    epsilons=[eps[j] for j in todo],
+                    n_parallel=n_parallel,
+                )
+                trained.update(zip(todo, out, strict=True))
+            r = trained[i]
+            tree = {
+                "params": _train.split(r.encoder)[0],
+                "losses": np.asarray(r.losses, np.float32),
+                "iterations": np.asarray(r.iterations, np.int32),
+            }
+            return tree, {"config": setting(eps[i])._asdict()}
+
+        return run
+
+    for i in todo:
+        found[i] = artifacts.cached(
+            name(eps[i]), seeds[i], inputs(eps[i]), build=build(i), like=like, cache=cache,
+            verbose=False, storage_dtype=storage_dtype,
+        )  # fmt: skip
+    return [
+        TrainResult(
+            eqx.combine(a.tree["params"], static),
+            np.asarray(a.tree["losses"]),
+            np.asarray(a.tree["iterations"]),
+        )
+        for a in found
+    ]
 
 
-def _cache_folder() -> Path:
-    """The default folder of :func:`train_cached`: ``otdiff.config.cache_dir() / "m3g"``."""
-    return _config.cache_dir() / "m3g"
+class ChapterEncoders(NamedTuple):
+    """The trained encoders of the chapter (what :func:`chapter_encoders` returns).
+
+    Attributes:
+        configs: the :class:`TrainConfig` of each method of :data:`TRAIN_METHODS`.
+        runs: per method, one :class:`TrainResult` per seed of ``seeds``.
+        sweep: per value of ``EPS_SWEEP``, one M3G :class:`TrainResult` per seed of
+            ``sweep_seeds``.
+        explore: the M3G encoder behind the chapter's explorer (the demo setting, first seed).
+        seeds, sweep_seeds: the seeds.
+    """
+
+    configs: dict
+    runs: dict
+    sweep: dict
+    explore: Any
+    seeds: list
+    sweep_seeds: list
+
+
+#: The further M3G regularisations of the chapter's epsilon sweep.
+EPS_SWEEP = (0.01, 0.1, 0.3)
+
+
+def chapter_encoders(
+    *, scale: str | None = None, n_parallel: int | None = None, verbose: bool = True
+) -> ChapterEncoders:
+    r"""The encoders the chapter trains, by :func:`train_cached` (shipped for the demo preset).
+
+    Under the preset ``scale`` (default :func:`otdiff.config.active_scale`): the seeds
+    ``config.seeds(5)`` (``10`` under ``full``), ``k = 3`` views (``4``), ``n = 32`` digits per
+    batch (``48``), ``1000`` Adam steps (``2000``), M3G with ``epsilon = 0.03`` and the two
+    InfoNCE baselines with temperature ``0.1`` on the book's digits; the epsilon sweep
+    ``EPS_SWEEP`` on the first ``1`` seed (``3``); the explorer's demo-setting M3G encoder.
+
+    Args:
+        scale: ``"demo"``, ``"full"`` or ``None`` (the active preset).
+        n_parallel: training runs vectorised together (default 1 under demo, 10 under full).
+        verbose: print a line when training.
+
+    Returns:
+        A :class:`ChapterEncoders`.
+
+    Taught in: book/ot/05_m3g.ipynb
+    """
+    from otdiff import data
+
+    scale = _config.active_scale() if scale is None else scale
+    choose = functools.partial(_config.choose, scale=scale)
+    seeds = _config.seeds(choose(demo=5, full=10))
+    sweep_seeds = _config.seeds(choose(demo=1, full=3))
+    n_parallel = choose(demo=1, full=10) if n_parallel is None else n_parallel
+    images = data.load_digits().train_images
+    configs = {
+        method: TrainConfig(
+            method=method,
+            n_views=choose(demo=3, full=4),
+            batch_size=choose(demo=32, full=48),
+            n_steps=choose(demo=1000, full=2000),
+            epsilon=0.03,
+            temperature=0.1,
+        )
+        for method in TRAIN_METHODS
+    }
+    kw = {"n_parallel": n_parallel, "verbose": verbose}
+    runs = {m: train_cached(seeds, images, cfg, **kw) for m, cfg in configs.items()}
+    sweep = {
+        e: train_cached(sweep_seeds, images, configs["m3g"], epsilons=[e] * len(sweep_seeds), **kw)
+        for e in EPS_SWEEP
+    }
+    if configs["m3g"] == TrainConfig():  # the demo setting: the first seed's M3G encoder
+        explore = runs["m3g"][0].encoder
+    else:
+        explore = train_cached(seeds[:1], images, TrainConfig(), verbose=verbose)[0].encoder
+    return ChapterEncoders(configs, runs, sweep, explore, seeds, sweep_seeds)
 
 
 # --------------------------------------------------------------------------------------------
