@@ -17,6 +17,7 @@ any other exception (a crash from inside NumPy, JAX or XLA).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -44,6 +45,7 @@ def public_modules() -> list[str]:
     return [n for n in names if not any(part.startswith("_") for part in n.split("."))]
 
 
+@functools.cache
 def public_callables() -> dict[str, Callable]:
     """``{qualified name: callable}`` over every public module's ``__all__``, each object once
     (under the module that defines it, else the first that exports it). NamedTuple classes are
@@ -152,9 +154,48 @@ NONNEGATIVE = {"radius", "strength", "eta", "t_stop"}
 NAN_POINTS = PTS.at[1, 0].set(jnp.nan)
 PTS_3D = jnp.ones((6, 3))  # the right number of points in the wrong dimension
 
+#: Points of the unit sphere S^2 (6, 3) and of the circle S^1 (6, 2) (a sphere of another dimension).
+SPHERE = jnp.stack(
+    [jnp.cos(jnp.linspace(0.0, 3.0, 6)), jnp.sin(jnp.linspace(0.0, 3.0, 6)), jnp.zeros(6)], axis=1
+)
+SPHERE = (SPHERE + jnp.array([0.0, 0.0, 0.5])) / jnp.linalg.norm(
+    SPHERE + jnp.array([0.0, 0.0, 0.5]), axis=1, keepdims=True
+)
+CIRCLE = SPHERE[:, :2] / jnp.linalg.norm(SPHERE[:, :2], axis=1, keepdims=True)
 
-def bad_values(name: str) -> list[tuple[str, Any]]:
-    """``(label, value)`` pairs of bad values for the parameter ``name`` (none if not fuzzed)."""
+#: Point parameters that lie on the sphere S^2, per callable, by the shape they take: ``"cloud"``
+#: (``(n, 3)``, n >= 1) or ``"batch"`` (``(..., 3)``: a single point, a stack of batches and an
+#: empty batch are all valid, as for any pure map on points). Their valid value is :data:`SPHERE`
+#: and their dimension mismatch is :data:`CIRCLE`.
+SPHERE_POINTS: dict[str, dict[str, str]] = {
+    "otdiff.manifolds.heat.heat_kernel": {"x": "batch", "x0": "batch"},
+    "otdiff.manifolds.heat.log_heat_kernel": {"x": "batch", "x0": "batch"},
+    "otdiff.manifolds.heat.heat_kernel_score": {"x": "batch", "x0": "batch"},
+    "otdiff.manifolds.heat.sample_heat_kernel": {"x0": "cloud"},
+    "otdiff.manifolds.viz.orthographic_project": {"x": "cloud"},
+    "otdiff.data.earth.xyz_to_lonlat": {"x": "batch"},
+    "otdiff.data.earth.is_land": {"x": "batch"},
+    "otdiff.metrics.spherical_mmd2": {"x": "cloud", "y": "cloud"},
+}
+
+
+def sphere_kind(qualified: str, name: str) -> str | None:
+    return SPHERE_POINTS.get(qualified, {}).get(name)
+
+
+def bad_values(name: str, sphere: str | None = None) -> list[tuple[str, Any]]:
+    """``(label, value)`` pairs of bad values for the parameter ``name`` (none if not fuzzed),
+    or for sphere points of the kind ``sphere`` (:data:`SPHERE_POINTS`)."""
+    if sphere is not None:
+        cases = [
+            ("NaN", SPHERE.at[1, 0].set(jnp.nan)),
+            ("wrong-dim", CIRCLE),
+            ("None", None),
+            ("str", "points"),
+        ]
+        if sphere == "cloud":
+            cases += [("empty", jnp.zeros((0, 3))), ("rank-1", SPHERE[0]), ("rank-3", SPHERE[None])]
+        return cases
     if name == "key":
         return [("None", None), ("str", "key"), ("int", 3)]
     if name in POINTS:
@@ -210,6 +251,8 @@ DELIBERATE: dict[str, str] = {
 
 
 def _valid(qualified: str, param: inspect.Parameter) -> Any:
+    if sphere_kind(qualified, param.name):
+        return SPHERE
     table = BASES.get(qualified, {})
     if param.name in table:
         return table[param.name]()
@@ -239,13 +282,15 @@ def _cases() -> list:
         except (TypeError, ValueError):
             continue
         points = [p.name for p in sig.parameters.values() if p.name in POINTS]
-        for other in points[1:]:  # a dimension mismatch must name both arguments
-            label = f"dim-vs-{points[0]}"
+        clouds = [n for n in points if sphere_kind(qualified, n) in (None, "cloud")]
+        for other in clouds[1:]:  # a dimension mismatch must name both arguments
+            label = f"dim-vs-{clouds[0]}"
+            value = CIRCLE if sphere_kind(qualified, other) else PTS_3D
             cases.append(
-                pytest.param(qualified, other, label, PTS_3D, id=f"{qualified}:{other}={label}")
+                pytest.param(qualified, other, label, value, id=f"{qualified}:{other}={label}")
             )
         for p in sig.parameters.values():
-            for label, value in bad_values(p.name):
+            for label, value in bad_values(p.name, sphere_kind(qualified, p.name)):
                 if value is None and p.default is None:
                     continue  # None is the documented default
                 case_id = f"{qualified}:{p.name}={label}"

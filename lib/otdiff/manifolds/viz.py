@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from otdiff._checks import check_sphere_points
 from otdiff.data.earth import load_land_mask, lonlat_to_xyz, xyz_to_lonlat
 
 __all__ = ["coastlines", "plot_lonlat", "plot_orthographic", "orthographic_project"]
@@ -124,6 +125,7 @@ def _frame(view) -> np.ndarray:
 
 def orthographic_project(x, view=(0.0, 20.0)) -> tuple[np.ndarray, np.ndarray]:
     """Screen coordinates ``(n, 2)`` of points ``(n, 3)`` seen from above ``view`` and whether each is visible."""
+    check_sphere_points(x, "x")
     p = np.asarray(x, np.float64) @ _frame(view).T
     return p[:, :2], p[:, 2] >= 0.0
 
