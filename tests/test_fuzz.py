@@ -245,6 +245,8 @@ DELIBERATE: dict[str, str] = {
         "a single point, a stack of batches and an empty batch are all valid"
         for label in ("rank-1", "rank-3", "empty")
     },
+    "otdiff.ot.m3g.circular_variance:z=rank-3": "groups of k vectors in any batch shape "
+    "(..., k, d): a stack of batches is valid",
 }
 
 # -- the cases -----------------------------------------------------------------------------------------
