@@ -215,7 +215,9 @@ def test_beta_one_with_exact_energies_is_unweighted_in_the_limit(setup):
     process, _, energy = setup
 
     def one(key):
-        out = en.low_temperature_smc(key, energy, process, 1000, 2, inverse_temperature=1.0, n_steps=100)
+        out = en.low_temperature_smc(
+            key, energy, process, 1000, 2, inverse_temperature=1.0, n_steps=100
+        )
         return out.log_evidence, jnp.min(out.ess)
 
     keys = jax.random.split(jax.random.key(config.seed(0)), 8)

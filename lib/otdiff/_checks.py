@@ -178,9 +178,9 @@ def check_sphere_points(x: Any, name: str, *, batch: bool = False, dim: int = 3)
     arr = _as_array(x, name, shape)
     if arr.shape[-1:] != (dim,) or (not batch and (arr.ndim != 2 or arr.shape[0] < 1)):
         raise ValueError(
-            f"{name} must be points of the sphere of shape {shape}"
-            + ("" if batch else " with n >= 1")
-            + f", got shape {arr.shape}."
+            f"{name} must be points of the sphere of shape {shape} (a last axis of size {dim}"
+            + ("" if batch else ", n >= 1")
+            + f"), got shape {arr.shape}."
         )
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
