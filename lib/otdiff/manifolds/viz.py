@@ -126,6 +126,11 @@ def _frame(view) -> np.ndarray:
 def orthographic_project(x, view=(0.0, 20.0)) -> tuple[np.ndarray, np.ndarray]:
     """Screen coordinates ``(n, 2)`` of points ``(n, 3)`` seen from above ``view`` and whether each is visible."""
     check_sphere_points(x, "x")
+    return _project(x, view)
+
+
+def _project(x, view) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`orthographic_project` unchecked (the coastlines hold NaN rows between lines)."""
     p = np.asarray(x, np.float64) @ _frame(view).T
     return p[:, :2], p[:, 2] >= 0.0
 
@@ -164,7 +169,7 @@ def plot_orthographic(
         )  # fmt: skip
     if land:
         line = _joined_coastlines()
-        screen, front = orthographic_project(lonlat_to_xyz(line[:, 0], line[:, 1]), view)
+        screen, front = _project(lonlat_to_xyz(line[:, 0], line[:, 1]), view)
         seg = np.where(front[:, None], screen, np.nan)  # hidden parts (and the gaps) break the line
         ax.plot(seg[:, 0], seg[:, 1], color=LAND_COLOR if density is None else "w", lw=0.5)
     if x is not None:
