@@ -7,7 +7,9 @@ probability, a positive scalar, ...; :data:`KINDS`), and each kind has its bad v
 (:data:`BAD`): NaN and empty arrays, wrong ranks, mismatched dimensions, out-of-range scalars,
 zero or negative sizes, strings where numbers go, ``None`` where arrays go. Every other argument
 takes a small valid value, by parameter name (:data:`VALID`) or from the short per-callable table
-:data:`BASES`.
+:data:`BASES`. Points on the sphere are declared per callable in :data:`SPHERE_POINTS` (a cloud
+``(n, 3)`` or a batch ``(..., 3)``), which sets both their valid value and their bad values. A
+callable with a parameter that has no valid value is one visible skip naming that parameter.
 
 Every case must end in a ``ValueError`` or ``TypeError`` whose message names the argument (both
 arguments, for a dimension mismatch), or be listed in :data:`DELIBERATE` with the reason. A call
@@ -155,13 +157,9 @@ NAN_POINTS = PTS.at[1, 0].set(jnp.nan)
 PTS_3D = jnp.ones((6, 3))  # the right number of points in the wrong dimension
 
 #: Points of the unit sphere S^2 (6, 3) and of the circle S^1 (6, 2) (a sphere of another dimension).
-SPHERE = jnp.stack(
-    [jnp.cos(jnp.linspace(0.0, 3.0, 6)), jnp.sin(jnp.linspace(0.0, 3.0, 6)), jnp.zeros(6)], axis=1
-)
-SPHERE = (SPHERE + jnp.array([0.0, 0.0, 0.5])) / jnp.linalg.norm(
-    SPHERE + jnp.array([0.0, 0.0, 0.5]), axis=1, keepdims=True
-)
-CIRCLE = SPHERE[:, :2] / jnp.linalg.norm(SPHERE[:, :2], axis=1, keepdims=True)
+_LON = jnp.linspace(0.0, 3.0, 6)
+SPHERE = jnp.stack([jnp.cos(_LON), jnp.sin(_LON), jnp.full(6, 0.5)], axis=1) / jnp.sqrt(1.25)
+CIRCLE = jnp.stack([jnp.cos(_LON), jnp.sin(_LON)], axis=1)
 
 #: Point parameters that lie on the sphere S^2, per callable, by the shape they take: ``"cloud"``
 #: (``(n, 3)``, n >= 1) or ``"batch"`` (``(..., 3)``: a single point, a stack of batches and an
