@@ -189,7 +189,9 @@ def test_eager_calls_compile_no_host_callback(callbacks_compiled):
     ot.solve(x, x + 1.0, 0.5)
     process = LinearVP()
     energy = en.MixtureEnergy(gaussian_mixture([[-2.0, 0.0], [2.0, 0.0]], 0.5), process)
-    en.low_temperature_smc(jax.random.key(0), energy, process, 17, 2, beta=2.0, n_steps=3)
+    en.low_temperature_smc(
+        jax.random.key(0), energy, process, 17, 2, inverse_temperature=2.0, n_steps=3
+    )
     assert callbacks_compiled, "nothing was compiled"
     assert [name for name, n in callbacks_compiled if n] == []
 

@@ -24,4 +24,6 @@ the random key first, safe under ``jit``/``vmap``; inputs checked outside jitted
 that name the argument and the accepted range.
 """
 
+__all__ = ["__version__"]  # the API lives in the submodules, each with its own ``__all__``
+
 __version__ = "0.1.0"

@@ -45,6 +45,7 @@ __all__ = [
     "check_int",
     "check_points",
     "check_same_dim",
+    "check_sphere_points",
     "check_weights",
     "check_finite",
     "check_weighted_clouds",
@@ -167,6 +168,24 @@ def check_same_dim(x: jax.Array, y: jax.Array, names: tuple[str, str] = ("x", "y
             f"{names[0]} and {names[1]} must have the same dimension, "
             f"got {x.shape[-1]} and {y.shape[-1]}."
         )
+
+
+def check_sphere_points(x: Any, name: str, *, batch: bool = False, dim: int = 3) -> jax.Array:
+    """Points of the unit sphere in :math:`\\mathbb R^{dim}`: a finite floating array whose last
+    axis has size ``dim``; a cloud ``(n, dim)`` with ``n >= 1``, or with ``batch=True`` any batch
+    shape ``(..., dim)`` (a single point, a stack, an empty batch). The norm is not checked."""
+    shape = f"(..., {dim})" if batch else f"(n, {dim})"
+    arr = _as_array(x, name, shape)
+    if arr.shape[-1:] != (dim,) or (not batch and (arr.ndim != 2 or arr.shape[0] < 1)):
+        raise ValueError(
+            f"{name} must be points of the sphere of shape {shape} (a last axis of size {dim}"
+            + ("" if batch else ", n >= 1")
+            + f"), got shape {arr.shape}."
+        )
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    check_finite(arr, name)
+    return arr
 
 
 def check_weights(w: Any, n: int | None, name: str, *, atol: float = WEIGHT_ATOL) -> jax.Array:

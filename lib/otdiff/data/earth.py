@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from otdiff import config
-from otdiff._checks import check_int, check_positive
+from otdiff._checks import check_int, check_positive, check_sphere_points
 
 __all__ = [
     "EarthData",
@@ -102,9 +102,8 @@ def lonlat_to_xyz(lon, lat) -> np.ndarray:
 
 def xyz_to_lonlat(x) -> np.ndarray:
     """Longitudes in ``[-180, 180]`` and latitudes in ``[-90, 90]`` (degrees) of points ``(..., 3)``, as ``(..., 2)``."""
+    check_sphere_points(x, "x", batch=True)
     x = np.asarray(x, np.float64)
-    if x.shape[-1] != 3:
-        raise ValueError(f"x must have a last axis of size 3, got shape {x.shape}.")
     r = np.maximum(np.linalg.norm(x, axis=-1), 1e-300)
     lat = np.degrees(np.arcsin(np.clip(x[..., 2] / r, -1.0, 1.0)))
     lon = np.degrees(np.arctan2(x[..., 1], x[..., 0]))

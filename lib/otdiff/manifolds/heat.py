@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff._checks import check_int, check_positive, check_times
+from otdiff._checks import check_int, check_key, check_positive, check_sphere_points, check_times
 
 __all__ = [
     "heat_kernel",
@@ -97,10 +97,8 @@ def _check_times(t, name: str = "t"):
 
 
 def _check_s2(x, name):
-    if jnp.shape(x)[-1:] != (3,):
-        raise ValueError(
-            f"{name} must be points of S^2 with a last axis of size 3, got shape {jnp.shape(x)}."
-        )
+    """Finite points of S^2, any batch shape ``(..., 3)``."""
+    return check_sphere_points(x, name, batch=True)
 
 
 def _sums(u, t, n_terms: int):
@@ -203,12 +201,10 @@ def sample_heat_kernel(key, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Arr
         ``(n, 3)`` points: the distance to ``x0`` inverts :func:`heat_kernel_cdf` by bisection,
         the direction is uniform.
     """
-    _check_s2(x0, "x0")
+    key = check_key(key)
+    x0 = check_sphere_points(x0, "x0")
     _check_times(t)
     n_terms = check_int(n_terms, "n_terms", low=1)
-    x0 = jnp.asarray(x0)
-    if x0.ndim != 2:
-        raise ValueError(f"x0 must have shape (n, 3), got {x0.shape}.")
     n = x0.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t, x0.dtype), (n,))
     k_u, k_v = jax.random.split(key)

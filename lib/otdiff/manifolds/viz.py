@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from otdiff._checks import check_sphere_points
 from otdiff.data.earth import load_land_mask, lonlat_to_xyz, xyz_to_lonlat
 
 __all__ = ["coastlines", "plot_lonlat", "plot_orthographic", "orthographic_project"]
@@ -124,6 +125,12 @@ def _frame(view) -> np.ndarray:
 
 def orthographic_project(x, view=(0.0, 20.0)) -> tuple[np.ndarray, np.ndarray]:
     """Screen coordinates ``(n, 2)`` of points ``(n, 3)`` seen from above ``view`` and whether each is visible."""
+    check_sphere_points(x, "x")
+    return _project(x, view)
+
+
+def _project(x, view) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`orthographic_project` unchecked (the coastlines hold NaN rows between lines)."""
     p = np.asarray(x, np.float64) @ _frame(view).T
     return p[:, :2], p[:, 2] >= 0.0
 
@@ -162,7 +169,7 @@ def plot_orthographic(
         )  # fmt: skip
     if land:
         line = _joined_coastlines()
-        screen, front = orthographic_project(lonlat_to_xyz(line[:, 0], line[:, 1]), view)
+        screen, front = _project(lonlat_to_xyz(line[:, 0], line[:, 1]), view)
         seg = np.where(front[:, None], screen, np.nan)  # hidden parts (and the gaps) break the line
         ax.plot(seg[:, 0], seg[:, 1], color=LAND_COLOR if density is None else "w", lw=0.5)
     if x is not None:
