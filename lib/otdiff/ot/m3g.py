@@ -123,9 +123,10 @@ def circular_variance(z: Any) -> jax.Array:
 
     Taught in: book/ot/05_m3g.ipynb
     """
-    z = jnp.asarray(z)
-    if z.ndim < 2:
-        raise ValueError(f"z must have shape (..., k, d), got shape {z.shape}.")
+    z = _checks._as_array(z, "z", "(..., k, d)")
+    if z.ndim < 2 or 0 in z.shape[-2:]:
+        raise ValueError(f"z must have shape (..., k, d) with k, d >= 1, got shape {z.shape}.")
+    _checks.check_finite(z, "z")
     return 1.0 - jnp.sum(jnp.mean(z, axis=-2) ** 2, axis=-1)
 
 
