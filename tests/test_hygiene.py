@@ -271,3 +271,32 @@ def test_exercises_have_a_difficulty_and_a_solution(path):
             ln for ln in solutions[label].splitlines() if ln.strip() and not ln.startswith(":")
         ]
         assert answer, f"the solution of {label} is empty"
+
+
+# A line that starts with "+ " or "- " is a list item in Markdown, even inside a formula that
+# runs over several lines: the formula is cut in two and its TeX shows raw on the page. Break such
+# a formula after the operator instead ("a +" / "b").
+def _inline_math_cut_by_a_list_marker(text: str) -> list[str]:
+    """Lines that start with "+ \\" or "- \\" while an inline formula ($...$) of the line before
+    is still open (display formulas, $$...$$, are parsed before lists and are safe)."""
+    found, in_display, previous = [], False, ""
+    for number, line in enumerate(text.split("\n"), 1):
+        if not in_display and re.match(r"[+-] \\", line) and previous.count("$") % 2 == 1:
+            found.append(f"line {number}: {line[:40]!r}")
+        in_display ^= line.count("$$") % 2 == 1
+        previous = line.replace("$$", "")
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_rel)
+def test_no_formula_line_starts_with_a_list_marker(path):
+    found = [
+        f"cell {i}, {where}"
+        for i, text in enumerate(_markdown(path))
+        for where in _inline_math_cut_by_a_list_marker(text)
+    ]
+    assert not found, (
+        "a line of an inline formula starts with '+ ' or '- ', which Markdown reads as a list "
+        "item (the formula shows as raw TeX): break the line after the operator instead\n"
+        + "\n".join(found)
+    )
