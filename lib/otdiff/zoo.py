@@ -115,6 +115,9 @@ class Recipe:
         storage_dtype: how a shipped file stores the weights (``None``: float32 as trained;
             ``"float16"`` where the model's quality survives it, measured). Not part of the
             fingerprint: the user cache keeps float32.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
 
     name: str
@@ -179,6 +182,9 @@ class ZooModel(NamedTuple):
         info: a dict: name, seed, description, recipe_hash, path, source (``"shipped"``,
             ``"cache"`` or ``"built"``), trained_now (this call trained it), n_steps,
             final_loss, train_seconds (of the run that built the file), storage_dtype.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
 
     model: Any
@@ -266,7 +272,11 @@ _REGISTRY: dict[str, Recipe] = {}
 
 
 def register(recipe: Recipe, *, overwrite: bool = False) -> Recipe:
-    """Add ``recipe`` to the registry (``overwrite=True`` replaces one of the same name)."""
+    """Add ``recipe`` to the registry (``overwrite=True`` replaces one of the same name).
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a zoo.Recipe, got {type(recipe).__name__}.")
     if recipe.name in _REGISTRY and not overwrite:
@@ -328,12 +338,20 @@ for _name, _make, _what in (
 
 
 def available() -> list[str]:
-    """The names of the registered recipes."""
+    """The names of the registered recipes.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     return sorted(_REGISTRY)
 
 
 def recipe(name: str) -> Recipe:
-    """The registered recipe called ``name``."""
+    """The registered recipe called ``name``.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string or a zoo.Recipe, got {type(name).__name__}.")
     if name not in _REGISTRY:
@@ -342,7 +360,11 @@ def recipe(name: str) -> Recipe:
 
 
 def zoo_dir(cache: str | os.PathLike | None = None) -> Path:
-    """The zoo's user cache: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``."""
+    """The zoo's user cache: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     return artifacts.cache_folder(cache)
 
 
@@ -426,6 +448,8 @@ def load(
     Raises:
         ValueError: for an unknown name or a bad seed.
         TimeoutError: if another process holds the lock longer than ``lock_timeout``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb.
     """
     rec = name if isinstance(name, Recipe) else recipe(name)
     seed = check_int(seed, "seed", low=0)
@@ -457,7 +481,11 @@ def load(
 
 
 def training_losses(name: str | Recipe, *, seed: int = 0, cache: str | os.PathLike | None = None):
-    """The per-step training losses stored with a model (trains it if needed)."""
+    """The per-step training losses stored with a model (trains it if needed).
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     rec = name if isinstance(name, Recipe) else recipe(name)
     art, _ = _artifact(rec, check_int(seed, "seed", low=0), cache=cache, verbose=False)
     return np.asarray(art.tree["losses"])
@@ -468,6 +496,9 @@ def clear(name: str | None = None, *, cache: str | os.PathLike | None = None) ->
 
     The shipped files are never touched. Returns the deleted paths. Lock files are left in place
     (they are empty).
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string or None, got {type(name).__name__}.")
@@ -535,7 +566,11 @@ def _selected(names) -> list[str]:
 def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
     """Retrain the shipped artifacts (all, or those of :data:`SHIPPED` named in ``names``) from
     their seeds and write the shipped files (into ``folder``, default the package's). What
-    ``make zoo`` runs. Returns the files written."""
+    ``make zoo`` runs. Returns the files written.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     if config.seed_offset() != 0:
         raise ValueError(
             f"the shipped files are those of seed offset 0; unset {config.SEED_OFFSET_VAR} "
@@ -554,7 +589,11 @@ def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
 
 def shipping_plan(names=None) -> list[artifacts.PlannedArtifact]:
     """What the shipped files must hold for the current recipes (name, seed, fingerprint,
-    storage dtype), computed without reading or training anything."""
+    storage dtype), computed without reading or training anything.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     plan: list[artifacts.PlannedArtifact] = []
     for name in _selected(names):
         with artifacts.planning() as entries:
@@ -564,7 +603,11 @@ def shipping_plan(names=None) -> list[artifacts.PlannedArtifact]:
 
 
 def shipped_status(names=None) -> list[tuple[artifacts.PlannedArtifact, str]]:
-    """For each planned shipped file, ``"ok"``, ``"missing"``, ``"stale"`` or ``"damaged"``."""
+    """For each planned shipped file, ``"ok"``, ``"missing"``, ``"stale"`` or ``"damaged"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     from otdiff import checkpoint
 
     out = []
