@@ -27,8 +27,17 @@ def machine(**versions: str | None) -> dict[str, Any]:
     }
 
 
+RESULTS_DIR_VAR = "OTDIFF_BENCH_RESULTS"
+
+
 def write(path: Path, name: str, settings: dict, results: list, **versions: str | None) -> None:
-    """Write ``{benchmark, date, machine, settings, results}`` to ``path`` and say so."""
+    """Write ``{benchmark, date, machine, settings, results}`` to ``path`` and say so.
+
+    With ``$OTDIFF_BENCH_RESULTS`` set, the file goes into that folder instead, under the same
+    name (the GPU runbook, ``benchmarks/gpu.sh``, writes its results beside the CPU ones so).
+    """
+    if os.environ.get(RESULTS_DIR_VAR):
+        path = Path(os.environ[RESULTS_DIR_VAR]) / Path(path).name
     record = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

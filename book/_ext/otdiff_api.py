@@ -11,8 +11,8 @@ appears without any edit and a new subpackage needs one page of three lines::
 ``.. otdiff-api:: otdiff`` with ``:shallow:`` documents the package and its top-level modules only (the
 subpackages have their own pages). Each public name is documented once, in the module that defines
 it; a reference through a package that re-exports it (``otdiff.ot.solve``) resolves to that entry
-(``otdiff.ot.sinkhorn.solve``). Citations in docstrings (``:cite:`key```) become footnote
-citations of the page, listed under its References heading.
+(``otdiff.ot.sinkhorn.solve``). Citations in docstrings (``:cite:`key```) are listed on the
+reference's index page.
 
 :func:`public_api` is what the tests use to check that the reference is complete.
 """
@@ -114,25 +114,26 @@ class OtdiffApi(SphinxDirective):
             lines += [""]
             for constant in constants:
                 lines += [f".. autodata:: {name}.{constant}", "   :no-value:", ""]
-        lines += [".. rubric:: References", "", ".. footbibliography::", ""]
         container = nodes.container()
         nested_parse_with_titles(self.state, StringList(lines, source=package), container)
         return container.children
 
 
-_CITE = re.compile(r":cite(?::[pt])?:`")
+_CITE = re.compile(r":cite:`")
 
 
 def _process(app, what, name, obj, options, lines: list[str]) -> None:
-    """Docstring citations become the page's citations (``{footbibliography}`` lists them).
+    """Docstring citations (``:cite:`key```) become ``:cite:p:`` (author, year) citations, listed
+    on the reference's index page (its ``{bibliography}``).
 
     A constant without a doc comment shows no text (not the docstring of its type, ``dict``).
     """
-    own = (type(obj).__doc__ or "").strip().splitlines()
+    own = type(obj).__doc__
+    own = own.strip().splitlines() if isinstance(own, str) else []
     if what == "data" and own and lines and lines[0].strip() == own[0].strip():
         lines[:] = []
     for i, line in enumerate(lines):
-        lines[i] = _CITE.sub(":footcite:`", line)
+        lines[i] = _CITE.sub(":cite:p:`", line)
 
 
 def _lookup(dotted: str):
