@@ -104,7 +104,8 @@ class OtdiffApi(SphinxDirective):
         for name in modules:
             module: ModuleType = importlib.import_module(name)
             self.env.note_dependency(module.__file__)
-            lines += [f"``{name}``", "-" * (len(name) + 4), ""]
+            if name != package:  # the package itself sits under the page's own title
+                lines += [f"``{name}``", "-" * (len(name) + 4), ""]
             lines += [f".. automodule:: {name}"]
             members = [m for m in owned.get(name, []) if not _is_module(module, m)]
             code = [m for m in members if _is_code(getattr(module, m))]

@@ -64,8 +64,9 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, config, train
+from otdiff import artifacts, checkpoint, config, train
 from otdiff._checks import check_choice, check_int, check_positive
+from otdiff.progress import Progress
 
 __all__ = [
     "PARAMETERISATIONS",
@@ -386,19 +387,42 @@ def _template(rec: Recipe, seed: int):
     return params, static
 
 
+def _progress_bar(rec: Recipe, seed: int) -> Progress:
+    """A bar over the recipe's steps (updated after every compiled chunk), stating the duration
+    of the shipped build of the same recipe when one is shipped (its machine said beside it)."""
+    expected, basis = None, None
+    for shipped_seed in (seed, 0):
+        try:
+            meta = checkpoint.read_metadata(artifacts.shipped_path(rec.name, shipped_seed))
+        except (OSError, ValueError, checkpoint.CorruptCheckpointError):
+            continue
+        if meta.get("n_steps") == rec.n_steps and meta.get("build_seconds"):
+            expected = float(meta["build_seconds"])
+            basis = f"as the shipped build on {meta.get('platform', 'its machine')}"
+            break
+    return Progress(
+        rec.n_steps, f"otdiff.zoo: training {rec.name!r} (seed {seed})",
+        expected_seconds=expected, basis=basis,
+    )  # fmt: skip
+
+
 def _trainer(rec: Recipe, seed: int, verbose: bool) -> Callable[[Path], tuple[Any, dict]]:
     def build(progress: Path):
         data = rec.make_data(seed)
         process = rec.process()
         key = jax.random.key(seed)
         model = rec.make_model(jax.random.fold_in(key, 0), process)
-        if verbose:
-            print(f"otdiff.zoo: training {rec.name!r} for {rec.n_steps} steps...", flush=True)
-        result = train.fit(
-            jax.random.fold_in(key, 1), model, data, rec.make_loss(process),
-            n_steps=rec.n_steps, batch_size=rec.batch_size, learning_rate=rec.learning_rate,
-            ema_decay=rec.ema_decay, chunk_size=rec.chunk_size, checkpoint_path=progress,
-        )  # fmt: skip
+        bar = _progress_bar(rec, seed) if verbose else None
+        try:
+            result = train.fit(
+                jax.random.fold_in(key, 1), model, data, rec.make_loss(process),
+                n_steps=rec.n_steps, batch_size=rec.batch_size, learning_rate=rec.learning_rate,
+                ema_decay=rec.ema_decay, chunk_size=rec.chunk_size, checkpoint_path=progress,
+                **({} if bar is None else {"callback": bar}),
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
         last = result.model if result.ema_model is None else result.ema_model
         losses = np.asarray(result.losses, np.float32)
         meta = {
