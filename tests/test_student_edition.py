@@ -106,3 +106,32 @@ def test_strip_markdown_removes_every_fence_kind():
     out = student.strip_markdown(text)
     assert "Answer" not in out and "code" not in out and "{solution}" not in out
     assert "Q." in out and "After." in out
+
+
+def test_the_html_reuses_the_lecturers_outputs_but_not_the_solutions(tmp_path, monkeypatch):
+    """With an execution cache (what ``make book``/``make test`` leave), the student tree's
+    notebooks carry the lecturer's outputs for the cells they keep, and none for a solution."""
+    jupyter_cache = pytest.importorskip("jupyter_cache")
+    from jupyter_cache.base import CacheBundleIn
+
+    source = next(p for p in _sources() if "# BEGIN SOLUTION" in _text(p))
+    nb = nbformat.read(source, as_version=4)
+    executed = nbformat.from_dict(nb)
+    for i, cell in enumerate(executed.cells):
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"out {i}\n")]
+    cache = jupyter_cache.get_cache(str(tmp_path / "cache"))
+    cache.cache_notebook_bundle(
+        CacheBundleIn(executed, uri=str(source)), check_validity=False, overwrite=True
+    )
+    monkeypatch.setattr(student, "CACHE", tmp_path / "cache")
+    out = tmp_path / "edition"
+    student.write_edition(out, outputs=True)
+    html_source = nbformat.read(out / "book" / source.relative_to(ROOT), as_version=4)
+    handout = nbformat.read(out / "notebooks" / source.relative_to(ROOT / "book"), as_version=4)
+    with_outputs = [c for c in html_source.cells if c.cell_type == "code" and c.outputs]
+    assert with_outputs, "the lecturer's outputs were not reused"
+    for cell in html_source.cells:
+        if cell.cell_type == "code" and student.STUB in cell.source:
+            assert not cell.outputs, "a solution cell kept the lecturer's output"
+    assert not any(c.get("outputs") for c in handout.cells), "the handouts must be stripped"

@@ -149,6 +149,8 @@ def write_edition(out: Path = OUT, *, outputs: bool = True) -> list[Path]:
         nbformat.write(_with_outputs(nb, executed), target)
     for name in ("book/references.bib",):
         shutil.copy(ROOT / name, out / "book" / name)
+    # The performance appendix reads the benchmarks' results files.
+    shutil.copytree(ROOT / "benchmarks" / "results", out / "book" / "benchmarks" / "results")
     if (ROOT / "book" / "_ext").is_dir():
         shutil.copytree(ROOT / "book" / "_ext", out / "book" / "book" / "_ext")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())

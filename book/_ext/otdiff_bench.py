@@ -191,7 +191,10 @@ class OtdiffBenchmarks(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         folder = Path(self.env.srcdir) / self.arguments[0]
         out: list[nodes.Node] = []
-        for path in results_files(folder):
+        files = results_files(folder)
+        if not files:
+            raise self.error(f"no results files (*.json) in {folder}")
+        for path in files:
             self.env.note_dependency(str(path))
             record = load(path)
             where = path.relative_to(folder.parent).as_posix()
