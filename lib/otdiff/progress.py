@@ -71,7 +71,8 @@ class Progress:
         else:
             expected = f"expected about {describe_seconds(expected_seconds)}"
             expected += f" ({basis})" if basis else ""
-        print(f"{description}: {self.total} {unit}s, {expected}.", file=opening, flush=True)
+        units = unit if self.total == 1 else f"{unit}s"
+        print(f"{description}: {self.total} {units}, {expected}.", file=opening, flush=True)
         self._bar = tqdm(total=self.total, desc=description, unit=unit, file=stream, leave=True)
 
     def __call__(self, done: int, loss: float | None = None) -> None:
