@@ -5,6 +5,8 @@
 #   make bench   the benchmarks, results in benchmarks/results/
 #   make robust  the statistical tests and every chapter at seed offsets 1..4 (OTDIFF_SEED_OFFSET)
 #   make zoo     retrain the shared models shipped in lib/otdiff/zoo_weights (deterministic, slow)
+#   make student the student edition: notebooks and HTML without the solutions (_build/student)
+#   make gpu     every chapter at the full preset and the benchmarks' GPU sizes (a dry run on a CPU)
 #   make clean   remove builds and caches (keeps .venv); make distclean also removes .venv
 
 PYTHON ?= python3
@@ -18,6 +20,7 @@ JB_BUILD := $(BIN)/jupyter-book build . --builder html --warningiserror --nitpic
 export PYTHONHASHSEED := 0
 
 .PHONY: install book test lint unit notebooks html browser chromium lab bench robust zoo clean distclean lock
+.PHONY: student gpu gpu-dry
 
 install: $(STAMP)
 
@@ -72,7 +75,7 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "Chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi
 
-test: lint unit notebooks html browser
+test: lint unit notebooks html browser gpu-dry
 	@echo "make test: all checks passed"
 
 # Statistical claims must not rest on one lucky seed: rerun the statistical unit tests and every
@@ -99,6 +102,24 @@ lab: install
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# -- The course editions and the GPU runbook ---------------------------------------------------
+# The student edition (tools/student.py): every solution removed from the files, every exercise
+# kept, written to _build/student/{notebooks,html}; the HTML reuses the lecturer's executed outputs
+# when `make book` or `make test` left them in the execution cache (nothing runs again).
+student: install
+	$(BIN)/python tools/student.py --build
+
+# The GPU runbook (benchmarks/gpu.sh): on an NVIDIA GPU with the CUDA wheels, every chapter at the
+# full preset and the benchmarks' GPU sizes, results in benchmarks/results/gpu/; on a CPU a dry run
+# of the same code path (one chapter at demo, the benchmarks' smallest sizes, results in a
+# temporary folder), which `make test` runs to check the script itself.
+gpu: install
+	benchmarks/gpu.sh
+
+gpu-dry: install
+	OTDIFF_GPU_DRY_RUN=1 benchmarks/gpu.sh
+# -----------------------------------------------------------------------------------------------
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache

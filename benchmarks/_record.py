@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from otdiff.progress import Progress
+
 
 def machine(**versions: str | None) -> dict[str, Any]:
     """The platform, the CPU count, JAX's version and device, and any extra versions given."""
@@ -27,8 +29,30 @@ def machine(**versions: str | None) -> dict[str, Any]:
     }
 
 
+RESULTS_DIR_VAR = "OTDIFF_BENCH_RESULTS"
+
+
+def _progress(repeats: int, what: str, first_s: float, unit: str = "call") -> Progress:
+    """A bar over the timed repeats, stating at the start what they should take at most: the
+    first (untimed) call's time per repeat, compilation included."""
+    expected = None if first_s != first_s else first_s * max(repeats, 1)  # nan: no warm-up
+    return Progress(
+        max(repeats, 1),
+        f"timing {what}",
+        unit=unit,
+        expected_seconds=expected,
+        basis="at most: the first call's time, compilation included" if expected else None,
+    )
+
+
 def write(path: Path, name: str, settings: dict, results: list, **versions: str | None) -> None:
-    """Write ``{benchmark, date, machine, settings, results}`` to ``path`` and say so."""
+    """Write ``{benchmark, date, machine, settings, results}`` to ``path`` and say so.
+
+    With ``$OTDIFF_BENCH_RESULTS`` set, the file goes into that folder instead, under the same
+    name (the GPU runbook, ``benchmarks/gpu.sh``, writes its results beside the CPU ones so).
+    """
+    if os.environ.get(RESULTS_DIR_VAR):
+        path = Path(os.environ[RESULTS_DIR_VAR]) / Path(path).name
     record = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -43,12 +67,15 @@ def write(path: Path, name: str, settings: dict, results: list, **versions: str 
 
 def median_time(fn, *args, repeats: int) -> float:
     """Median wall time of ``fn(*args)`` over ``repeats`` calls after one warm-up call (compiles)."""
+    start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
+    with _progress(repeats, getattr(fn, "__name__", "a call"), time.perf_counter() - start) as bar:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+            bar.advance()
     return statistics.median(times)
 
 
@@ -58,14 +85,18 @@ def median_seconds(calls: dict, repeats: int) -> dict:
     Every function is compiled and run once first; the timed repeats are interleaved (one call of
     each function per round), so a change of machine load affects all rows alike.
     """
+    start = time.perf_counter()
     for fn, fn_args in calls.values():
         jax.block_until_ready(fn(*fn_args))
+    first = time.perf_counter() - start
     times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, fn_args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times[name].append(time.perf_counter() - start)
+    with _progress(repeats, ", ".join(calls), first, unit="round") as bar:
+        for _ in range(repeats):
+            for name, (fn, fn_args) in calls.items():
+                start = time.perf_counter()
+                jax.block_until_ready(fn(*fn_args))
+                times[name].append(time.perf_counter() - start)
+            bar.advance()
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -90,8 +121,10 @@ def timed(fn, repeats: int, *, warmup: bool = True) -> Timing:
         jax.block_until_ready(fn())
         first = time.perf_counter() - start
     times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
+    with _progress(repeats, getattr(fn, "__name__", "a call"), first) as bar:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = jax.block_until_ready(fn())
+            times.append(time.perf_counter() - start)
+            bar.advance()
     return Timing(first, statistics.median(times), min(times), result)

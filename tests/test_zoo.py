@@ -107,7 +107,10 @@ def test_recipe_hash_changes_with_the_recipe():
 
 def test_trains_once_then_loads_from_cache(tmp_cache, capsys):
     first = zoo.load(TINY, seed=3)
-    assert first.info["trained_now"] and "training 'tiny_test'" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert first.info["trained_now"] and "training 'tiny_test'" in out.out
+    assert "steps, " in out.out and ("expected" in out.out or "not known yet" in out.out)
+    assert "100%" in out.err  # the progress bar, updated after every compiled chunk
     path = Path(first.info["path"])
     assert path.parent == tmp_cache and path.name.startswith("tiny_test-seed3-")
     assert not list(tmp_cache.glob("*.train.ckpt"))  # the resume checkpoint is gone once done

@@ -2,7 +2,7 @@
 
 Modules, by layer (a layer imports only the layers above it in this list):
 
-1. foundation: :mod:`otdiff._checks` (input checks and jit guards), :mod:`otdiff.config` (scale
+1. foundation: ``otdiff._checks`` (input checks and jit guards), :mod:`otdiff.config` (scale
    presets, the device report, notebook set-up);
 2. shared machinery: :mod:`otdiff.nn` (time-conditioned networks), :mod:`otdiff.train` (train
    state, pure step from any loss, chunked ``fit`` with EMA and resume),

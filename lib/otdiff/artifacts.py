@@ -99,7 +99,10 @@ SHIPPED_DIR_VAR = "OTDIFF_SHIPPED_DIR"
 
 
 class ShippedArtifactWarning(UserWarning):
-    """A shipped file is stale or damaged: it was skipped (and left as it is)."""
+    """A shipped file is stale or damaged: it was skipped (and left as it is).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
 
 class Artifact(NamedTuple):
@@ -113,6 +116,8 @@ class Artifact(NamedTuple):
         path: the file it was read from or saved to.
         source: ``"shipped"``, ``"cache"`` (the user cache), ``"built"`` (built by this call) or
             ``"planned"`` (inside :func:`planning`: zeros, nothing read).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     tree: Any
@@ -122,7 +127,10 @@ class Artifact(NamedTuple):
 
 
 class PlannedArtifact(NamedTuple):
-    """One entry of a :func:`planning` record: what a :func:`cached` call would load."""
+    """One entry of a :func:`planning` record: what a :func:`cached` call would load.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
     name: str
     seed: int
@@ -217,6 +225,8 @@ def fingerprint(inputs: Any) -> str:
 
     Raises:
         TypeError: for an object with no stable description (its ``repr`` holds an address).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     blob = json.dumps(_canonical(inputs), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
@@ -227,7 +237,10 @@ def fingerprint(inputs: Any) -> str:
 
 def shipped_dir() -> Path:
     """The folder of shipped artifacts: ``otdiff/zoo_weights`` in the package, or
-    ``$OTDIFF_SHIPPED_DIR``."""
+    ``$OTDIFF_SHIPPED_DIR``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     override = os.environ.get(SHIPPED_DIR_VAR)
     if override:
         return Path(override).expanduser()
@@ -235,12 +248,18 @@ def shipped_dir() -> Path:
 
 
 def shipped_path(name: str, seed: int) -> Path:
-    """The shipped file of artifact ``name`` at ``seed``: ``shipped_dir() / f"{name}-seed{seed}.ckpt"``."""
+    """The shipped file of artifact ``name`` at ``seed``: ``shipped_dir() / f"{name}-seed{seed}.ckpt"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     return shipped_dir() / f"{_check_name(name)}-seed{check_int(seed, 'seed', low=0)}.ckpt"
 
 
 def cache_folder(cache: str | os.PathLike | None = None) -> Path:
-    """The user cache of artifacts: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``."""
+    """The user cache of artifacts: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     return Path(cache).expanduser() if cache is not None else config.cache_dir() / "zoo"
 
 
@@ -276,6 +295,8 @@ def shipping(folder: str | os.PathLike | None = None) -> Iterator[list[Path]]:
 
     Yields:
         The list of the files written so far (filled as the calls run).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     state = _Shipping(Path(folder) if folder is not None else shipped_dir(), [])
     _MODE.append(state)
@@ -288,7 +309,10 @@ def shipping(folder: str | os.PathLike | None = None) -> Iterator[list[Path]]:
 @contextlib.contextmanager
 def planning() -> Iterator[list[PlannedArtifact]]:
     """Inside this context :func:`cached` reads and builds nothing: it records a
-    :class:`PlannedArtifact` per call and returns zeros shaped like the artifact."""
+    :class:`PlannedArtifact` per call and returns zeros shaped like the artifact.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     plan = _Planning()
     _MODE.append(plan)
     try:
@@ -304,7 +328,10 @@ _MEMORY: dict[str, tuple[int, Artifact]] = {}
 
 
 def forget(path: str | os.PathLike | None = None) -> None:
-    """Drop the in-memory copy of the artifact read from ``path`` (of every artifact if ``None``)."""
+    """Drop the in-memory copy of the artifact read from ``path`` (of every artifact if ``None``).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     if path is None:
         _MEMORY.clear()
     else:
@@ -445,6 +472,8 @@ def find(
     as in :func:`cached`. Inside :func:`shipping` or :func:`planning` it returns ``None`` (a
     shipped file is always built from its seed). A stale or damaged shipped file is reported
     as in :func:`cached`; a damaged cached file is ignored.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     name = _check_name(name)
     seed = check_int(seed, "seed", low=0)
@@ -507,6 +536,8 @@ def cached(
     Raises:
         ValueError: for a bad name, seed or storage dtype.
         TimeoutError: if another process holds the lock longer than ``lock_timeout``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     from filelock import FileLock
     from filelock import Timeout as LockTimeout

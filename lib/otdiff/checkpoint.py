@@ -43,11 +43,17 @@ _FORMAT_VERSION = 1
 
 
 class CorruptCheckpointError(ValueError):
-    """A checkpoint file is truncated, corrupted or not a checkpoint at all."""
+    """A checkpoint file is truncated, corrupted or not a checkpoint at all.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
 
 class CheckpointMismatchError(ValueError):
-    """A sound checkpoint file that belongs to another model or another training run."""
+    """A sound checkpoint file that belongs to another model or another training run.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
 
 def _leaf_specs(tree) -> list[list]:
@@ -69,6 +75,8 @@ def save(path: str | os.PathLike, tree, metadata: dict | None = None) -> Path:
 
     Raises:
         TypeError: if ``metadata`` is not JSON-serialisable (the old file, if any, is kept).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     path = Path(path)
     metadata = {} if metadata is None else dict(metadata)
@@ -148,6 +156,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     Raises:
         FileNotFoundError: if there is no file.
         CorruptCheckpointError: if the file is truncated or corrupted.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     return _read(Path(path))[0]["metadata"]
 
@@ -165,6 +175,8 @@ def load(path: str | os.PathLike, like) -> tuple[Any, dict]:
         FileNotFoundError: if there is no file.
         CorruptCheckpointError: if the file is truncated or corrupted.
         CheckpointMismatchError: if the stored leaves do not match ``like``'s shapes and dtypes.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     path = Path(path)
     header, payload = _read(path)

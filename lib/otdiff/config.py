@@ -46,7 +46,13 @@ T = TypeVar("T")
 
 
 def default_device_kind() -> str:
-    """The platform of JAX's default backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    """The platform of JAX's default backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
+    """
     import jax
 
     return jax.default_backend()
@@ -57,6 +63,8 @@ def active_scale() -> str:
 
     Raises:
         ValueError: if ``OTDIFF_SCALE`` is set to anything but ``demo`` or ``full``.
+
+    Taught in: book/ot/03_progot.ipynb, book/ot/05_m3g.ipynb.
     """
     value = os.environ.get(ENV_VAR, "").strip().lower()
     if value:
@@ -74,6 +82,11 @@ def choose(*, demo: T, full: T, scale: str | None = None) -> T:
 
     Chapters read their sizes from one place at the top with this helper, e.g.
     ``n = choose(demo=500, full=20_000)``.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
     """
     scale = active_scale() if scale is None else scale
     if scale not in SCALES:
@@ -89,6 +102,11 @@ def seed_offset() -> int:
 
     Raises:
         ValueError: if the variable is set to anything but a non-negative integer.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
     """
     value = os.environ.get(SEED_OFFSET_VAR, "").strip()
     if not value:
@@ -110,6 +128,11 @@ def seed(base: int = 0) -> int:
 
     ``jax.random.key(config.seed(3))`` is ``jax.random.key(3)`` by default and
     ``jax.random.key(3 + k)`` under ``OTDIFF_SEED_OFFSET=k``.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/appendix/jax_primer.ipynb.
     """
     return _shift(base, "base")
 
@@ -121,7 +144,13 @@ def _shift(base, name: str) -> int:
 
 
 def seeds(n: int, start: int = 0) -> list[int]:
-    """``n`` consecutive seeds from ``start``, shifted by :func:`seed_offset` (for averaging)."""
+    """``n`` consecutive seeds from ``start``, shifted by :func:`seed_offset` (for averaging).
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/06_rdsb.ipynb,
+    book/optim/01_bloop.ipynb.
+    """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}.")
     return [seed(start + i) for i in range(int(n))]
@@ -131,6 +160,11 @@ def cache_dir() -> Path:
     """The user cache folder of the book (``$XDG_CACHE_HOME/otdiff`` or ``~/.cache/otdiff``).
 
     ``$OTDIFF_CACHE_DIR`` overrides it.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
     """
     override = os.environ.get("OTDIFF_CACHE_DIR")
     if override:
@@ -145,6 +179,11 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     JAX only caches programs that took at least one second to compile and are at least a few
     kilobytes, unless both thresholds are lowered: a chapter's many small kernels then load from
     disk on the second run instead of compiling again.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
     """
     import jax
 
@@ -174,6 +213,11 @@ def unguarded():
     Eager calls need nothing: they check their arguments at once and their compiled programs
     hold no callback. :class:`otdiff.ui.Explorer` traces its compute function this way (its
     sliders are range-checked).
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
     """
     from otdiff._checks import unguarded as _unguarded
 
@@ -181,7 +225,13 @@ def unguarded():
 
 
 def device_report() -> str:
-    """A one-line description of the devices JAX sees and the active preset."""
+    """A one-line description of the devices JAX sees and the active preset.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
+    """
     import jax
 
     devices = jax.devices()
@@ -224,6 +274,11 @@ def setup_notebook(seed: int = 0, *, quiet: bool = False, compilation_cache: boo
 
     Returns:
         The active preset, ``"demo"`` or ``"full"``.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb, book/appendix/jax_primer.ipynb.
     """
     shifted = _shift(seed, "seed")
     import matplotlib as mpl

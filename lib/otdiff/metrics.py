@@ -57,6 +57,8 @@ def mode_occupancy(mixture, x: jax.Array, log_weights: jax.Array | None = None) 
 
     With ``log_weights`` (``(n,)``, normalised: the particles of an SMC sampler), the share of
     the *weight* in each component, :math:`\\sum_{i: k(x_i) = k} W^i`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     x = check_points(x, "x")
     labels = jnp.argmax(mixture.responsibilities(x), axis=-1)
@@ -71,7 +73,10 @@ def mode_occupancy(mixture, x: jax.Array, log_weights: jax.Array | None = None) 
 
 
 def total_variation(p: jax.Array, q: jax.Array) -> jax.Array:
-    """The total-variation distance :math:`\\tfrac12\\sum_k |p_k - q_k|` over the last axis."""
+    """The total-variation distance :math:`\\tfrac12\\sum_k |p_k - q_k|` over the last axis.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
+    """
     p, q = jnp.asarray(p), jnp.asarray(q)
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"p and q must have the same length, got {p.shape[-1]} and {q.shape[-1]}.")
@@ -82,7 +87,10 @@ def mode_tv(
     mixture, x: jax.Array, target: jax.Array | None = None, log_weights: jax.Array | None = None
 ) -> jax.Array:
     """Total variation between the (weighted) mode occupancy of ``x`` and ``target`` (the
-    mixture's weights by default)."""
+    mixture's weights by default).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     target = mixture.weights if target is None else jnp.asarray(target)
     return total_variation(mode_occupancy(mixture, x, log_weights), target)
 
@@ -98,6 +106,8 @@ def distinct_modes(x: jax.Array, centres: jax.Array) -> jax.Array:
     are nearest to: 1 if the whole batch collapses on one mode, ``min(n, K)`` at most.
 
     ``jax.vmap`` it over a stack of batches.
+
+    Taught in: book/diffusion/03_spell.ipynb.
     """
     x = check_points(x, "x")
     centres = check_points(centres, "centres")
@@ -108,7 +118,10 @@ def distinct_modes(x: jax.Array, centres: jax.Array) -> jax.Array:
 
 def crowded_fraction(x: jax.Array, radius: float) -> jax.Array:
     """The share of the points of ``x`` (``(n, d)``, ``n >= 2``) with another point closer than
-    ``radius`` (an exact, quadratic-cost diversity measure for small batches)."""
+    ``radius`` (an exact, quadratic-cost diversity measure for small batches).
+
+    Taught in: book/diffusion/03_spell.ipynb.
+    """
     x = check_points(x, "x", min_points=2)
     check_nonnegative(radius, "radius")
     d2 = jnp.sum((x[:, None] - x[None]) ** 2, axis=-1)
@@ -125,7 +138,10 @@ def _mean_pairwise(x, y, exclude_diagonal):
 
 
 def energy_distance(x: jax.Array, y: jax.Array) -> jax.Array:
-    """The energy distance between two samples ``(n, d)`` and ``(m, d)`` (each at least 2 points)."""
+    """The energy distance between two samples ``(n, d)`` and ``(m, d)`` (each at least 2 points).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     x = check_points(x, "x", min_points=2)
     y = check_points(y, "y", min_points=2)
     check_same_dim(x, y)
@@ -135,7 +151,12 @@ def energy_distance(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def sinkhorn_divergence(x: jax.Array, y: jax.Array, epsilon: float = 0.05) -> jax.Array:
-    """ott-jax's Sinkhorn divergence with squared-Euclidean cost and absolute ``epsilon`` > 0."""
+    """ott-jax's Sinkhorn divergence with squared-Euclidean cost and absolute ``epsilon`` > 0.
+
+    Taught in: book/ot/03_progot.ipynb, book/diffusion/01_score_based.ipynb,
+    book/diffusion/02_energy_smc.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb.
+    """
     from ott.geometry import pointcloud
     from ott.tools import sinkhorn_divergence as sd
 
@@ -153,6 +174,8 @@ class DigitClassifier:
     Args:
         images, labels: training digits ``(n, 64)`` in ``[-1, 1]`` and their labels (default:
             :func:`otdiff.data.load_digits`'s training split).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb.
     """
 
     def __init__(self, images=None, labels=None):
@@ -290,6 +313,8 @@ def spherical_mmd2(x, y=None, *, kappa: float = 10.0, unbiased: bool = True) -> 
 
     Returns:
         The estimate of :math:`\\mathrm{MMD}^2` (a scalar).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     x = check_points(x, "x", min_points=2)
     check_positive(kappa, "kappa")
@@ -367,7 +392,12 @@ def frechet_distance(x, y) -> float:
 
 def nearest_distance(x, reference, *, chunk_size: int = 1024) -> np.ndarray:
     """The Euclidean distance from each point of ``x`` (``(n, d)``) to its nearest point of
-    ``reference`` (``(m, d)``), in float64, ``chunk_size`` rows of ``x`` at a time."""
+    ``reference`` (``(m, d)``), in float64, ``chunk_size`` rows of ``x`` at a time.
+
+    Taught in: book/ot/03_progot.ipynb, book/diffusion/01_score_based.ipynb,
+    book/diffusion/02_energy_smc.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb.
+    """
     x = np.asarray(check_points(x, "x"), np.float64)
     ref = np.asarray(check_points(reference, "reference"), np.float64)
     check_same_dim(x, ref, ("x", "reference"))

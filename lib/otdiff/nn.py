@@ -59,6 +59,10 @@ class TimeEmbedding(eqx.Module):
         n_frequencies: the number of sinusoidal features (even; default ``embed_dim``).
         max_period: the ratio :math:`\\Omega` of the fastest to the slowest frequency.
         time_scale: multiplies ``t`` before the sinusoids (1000: DDPM's step scale).
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/03_progot.ipynb, book/ot/05_m3g.ipynb,
+    book/diffusion/02_energy_smc.ipynb, book/diffusion/04_projective_composition.ipynb,
+    book/diffusion/03_spell.ipynb, book/appendix/jax_primer.ipynb.
     """
 
     n_features: int = eqx.field(static=True)
@@ -110,6 +114,10 @@ class TimeMLP(eqx.Module):
         hidden: the widths of the hidden layers (static).
         embed_dim: the size of the time embedding (static).
         key: a JAX random key.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/03_progot.ipynb, book/ot/05_m3g.ipynb,
+    book/diffusion/02_energy_smc.ipynb, book/diffusion/04_projective_composition.ipynb,
+    book/diffusion/03_spell.ipynb, book/appendix/jax_primer.ipynb.
     """
 
     in_size: int = eqx.field(static=True)
@@ -201,6 +209,10 @@ class TimeConvNet(eqx.Module):
         groups: the GroupNorm groups (must divide ``channels``; 0 turns normalisation off).
         key: a JAX random key.
         in_channels: the number of input channels (static; default 1, the image alone).
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/03_progot.ipynb, book/ot/05_m3g.ipynb,
+    book/diffusion/02_energy_smc.ipynb, book/diffusion/04_projective_composition.ipynb,
+    book/diffusion/03_spell.ipynb, book/appendix/jax_primer.ipynb.
     """
 
     side: int = eqx.field(static=True)

@@ -45,7 +45,7 @@ random key comes first. The ESS threshold is a dynamic float (a slider over it n
 the number of particles and of steps are static. The log-weights are guarded at the boundaries
 (what :func:`init`, a kernel step and :func:`run` return): a potential that returns NaN raises a
 ``ValueError``, or an error at run time when the call is traced by the caller's ``jit``; the scan
-inside :func:`run` runs unguarded (see :mod:`otdiff._checks`).
+inside :func:`run` runs unguarded (see ``otdiff._checks``).
 
 Taught in: book/diffusion/02_energy_smc.ipynb
 """
@@ -126,6 +126,8 @@ def normalize_log_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]
 
     Raises:
         ValueError: on NaN or ``+inf`` entries, or if every weight is zero.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     return _normalize(check_log_weights(log_weights))
 
@@ -146,6 +148,8 @@ def ess(log_weights: jax.Array, *, relative: bool = False) -> jax.Array:
 
     Raises:
         ValueError: on NaN or ``+inf`` entries, or if every weight is zero.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     log_weights = check_log_weights(log_weights)
     value = _ess(log_weights)
@@ -204,6 +208,8 @@ def multinomial(key: jax.Array, weights: jax.Array, n_samples: int | None = None
     Raises:
         ValueError: for weights that are negative, non-finite or do not sum to one (at run time
             too under ``jit``), or ``n_samples < 1``.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     weights, n = _prepare(weights, n_samples)
     u = jnp.sort(jax.random.uniform(key, (n,), weights.dtype))
@@ -217,6 +223,8 @@ def stratified(key: jax.Array, weights: jax.Array, n_samples: int | None = None)
         a_i = \\min\\{j : \\textstyle\\sum_{l\\le j} W^l > u_i\\}.
 
     Arguments, return value and errors as :func:`multinomial`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     weights, n = _prepare(weights, n_samples)
     return _inverse_cdf(weights, _strata(n, jax.random.uniform(key, (n,), weights.dtype)))
@@ -230,6 +238,8 @@ def systematic(key: jax.Array, weights: jax.Array, n_samples: int | None = None)
 
     Each particle is copied :math:`\\lfloor NW^i\\rfloor` or :math:`\\lceil NW^i\\rceil` times.
     Arguments, return value and errors as :func:`multinomial`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     weights, n = _prepare(weights, n_samples)
     return _inverse_cdf(weights, _strata(n, jax.random.uniform(key, (), weights.dtype)))
@@ -263,6 +273,8 @@ def resample_indices(
         n_samples: how many indices (static; default ``n``).
         resampler: :func:`systematic`, :func:`stratified`, :func:`multinomial` or any function
             with their signature (static).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     _check_resampler(resampler)
     log_weights = _checked_log_weights(log_weights)
@@ -281,6 +293,8 @@ def resample(key: jax.Array, particles, log_weights: jax.Array, *, resampler=sys
 
     Returns:
         ``(particles, ancestors)``: the selected particles (equally weighted) and their indices.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     idx = resample_indices(key, log_weights, resampler=resampler)
     _check_particles(particles, idx.shape[0])
@@ -338,6 +352,8 @@ def maybe_resample(
     Returns:
         ``(particles, log_weights, ancestors, resampled)``; after a resampling the log-weights
         are uniform, :math:`-\\log n`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     _check_resampler(resampler)
     ess_threshold = _guard_threshold(ess_threshold)
@@ -365,6 +381,8 @@ class FeynmanKac(NamedTuple):
             Fusing the two lets a potential reuse what the proposal computed (a mean, a
             gradient).
         inputs: a pytree of arrays with leading axis ``K``, one slice per step (times, data).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     init: Callable[[jax.Array, int], tuple[Any, jax.Array]]
@@ -379,6 +397,8 @@ class SMCState(NamedTuple):
         particles: a pytree of arrays with leading axis ``n``.
         log_weights: ``(n,)`` normalised log-weights (``logsumexp == 0``).
         log_evidence: the running estimate :math:`\\log\\hat Z_k`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     particles: Any
@@ -394,6 +414,8 @@ class SMCInfo(NamedTuple):
         resampled: whether the step resampled before moving.
         log_increment: :math:`\\log\\sum_i W^i_{k-1} G^i_k`, this step's factor of :math:`\\hat Z`.
         ancestors: ``(n,)`` the index of each particle's parent (identity without resampling).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     ess: jax.Array
@@ -412,6 +434,8 @@ class SMCResult(NamedTuple):
         ess: ``(K + 1,)`` the ESS after the initial weighting and after every step.
         resampled: ``(K,)`` booleans, whether step ``k`` resampled first.
         ancestors: ``(K, n)`` parent indices (``None`` unless requested).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     particles: Any
@@ -436,7 +460,10 @@ def _guard_state(state: SMCState) -> SMCState:
 
 
 def init(key: jax.Array, model: FeynmanKac, n_particles: int) -> SMCState:
-    """Draw ``n_particles`` (static) from :math:`M_0` and weigh them by :math:`G_0`."""
+    """Draw ``n_particles`` (static) from :math:`M_0` and weigh them by :math:`G_0`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
+    """
     return _guard_state(_init(key, model, check_int(n_particles, "n_particles", low=1)))
 
 
@@ -468,6 +495,8 @@ def build_kernel(model: FeynmanKac, resampler: Resampler = systematic) -> Callab
         The pure kernel; ``inputs`` is the step's slice of ``model.inputs``, ``ess_threshold``
         :math:`\\kappa \\in (0, 1]` is dynamic. The new state's log-weights are guarded (a
         ``ValueError`` on NaN, or a run-time error when the kernel is traced).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     kernel = _build_kernel(model, resampler)
 
@@ -525,6 +554,8 @@ def run(
     Raises:
         ValueError: for ``n_particles < 1`` or an ``ess_threshold`` outside ``(0, 1]``; if a
             potential produces NaN weights (at run time under ``jit``).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     n_particles = check_int(n_particles, "n_particles", low=1)
     ess_threshold = _guard_threshold(ess_threshold)

@@ -101,6 +101,8 @@ class TrainState(NamedTuple):
         opt_state: the optax optimiser state.
         ema_params: the exponential moving average of ``params`` (``None`` without an EMA).
         step: the number of steps taken (an ``int32`` scalar array).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
 
     params: Any
@@ -117,6 +119,8 @@ class FitResult(NamedTuple):
         ema_model: the model with the EMA weights (use this one to sample), or ``None``.
         losses: the training loss of every step, shape ``(n_steps,)``.
         state: the final :class:`TrainState`.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
 
     model: Any
@@ -132,6 +136,8 @@ def split(model) -> tuple[Any, Any]:
     """``(params, static)``: the floating-point arrays of ``model`` and everything else.
 
     ``eqx.combine(params, static)`` rebuilds the model.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     return eqx.partition(model, eqx.is_inexact_array)
 
@@ -143,6 +149,8 @@ def init(params, optimizer: optax.GradientTransformation, *, ema: bool = True) -
         params: the trainable arrays (the first output of :func:`split`).
         optimizer: an optax transformation.
         ema: keep an EMA of the weights (``False``: ``ema_params`` is ``None``).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("the model has no floating-point arrays to train.")
@@ -160,6 +168,8 @@ def ema_update(ema_params, params, step: jax.Array, decay: float | jax.Array):
     within :math:`6\\times 10^{-8}` of one (``1 - 1e-8 == 1`` in float32), and the step count
     :math:`k` is exact in float32 up to :math:`2^{24}` steps. The ratio :math:`(1+k)/(10+k)` needs
     no power of :math:`\\rho` and stays in ``[0.1, 1)``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     k = jnp.asarray(step, jnp.float32)
     rho = jnp.minimum(decay, (1.0 + k) / (10.0 + k))
@@ -176,6 +186,8 @@ def make_optimizer(
         n_steps: the total number of steps the schedule spans (static).
         warmup_steps: the warm-up length (default ``min(100, n_steps // 10)``).
         clip_norm: the global gradient norm above which gradients are rescaled (> 0).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     check_positive(learning_rate, "learning_rate")
     n_steps = check_int(n_steps, "n_steps", low=1)
@@ -197,6 +209,8 @@ def minibatch(batch_size: int) -> Callable[[jax.Array, Any], Any]:
     """``sample_batch(key, data)``: ``batch_size`` rows of ``data`` drawn uniformly with replacement.
 
     ``data`` is an array or a pytree of arrays with a common leading axis (static ``batch_size``).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     batch_size = check_int(batch_size, "batch_size", low=1)
 
@@ -237,6 +251,8 @@ def shard_batch(batch, mesh: Mesh | None):
 
     Inside ``jit`` this is a sharding constraint; outside, a ``device_put``. With ``mesh=None``
     the batch is returned unchanged.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     return _place(batch, mesh, P(DATA_AXIS))
 
@@ -284,6 +300,8 @@ def make_step(
     Returns:
         The step; its ``info`` is a dict with the mini-batch ``"loss"``, the value of every
         extra loss under its name and, with ``has_aux``, the loss's ``"aux"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(model, key, batch), got {loss!r}.")
@@ -348,6 +366,8 @@ def run_steps(step: Callable, key: jax.Array, state: TrainState, data, n_steps: 
         state: the :class:`TrainState` to start from.
         data: what the step draws its batches from.
         n_steps: the number of steps (static int >= 1).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     n_steps = check_int(n_steps, "n_steps", low=1)
 
@@ -358,7 +378,10 @@ def run_steps(step: Callable, key: jax.Array, state: TrainState, data, n_steps: 
 
 
 def make_chunk(step: Callable, n_steps: int) -> Callable:
-    """``chunk(key, state, data) -> (state, infos)``: :func:`run_steps` of ``n_steps``, jitted."""
+    """``chunk(key, state, data) -> (state, infos)``: :func:`run_steps` of ``n_steps``, jitted.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
+    """
     n_steps = check_int(n_steps, "n_steps", low=1)
 
     @jax.jit
@@ -369,7 +392,10 @@ def make_chunk(step: Callable, n_steps: int) -> Callable:
 
 
 def data_parallel_mesh(devices=None) -> Mesh:
-    """A one-axis ``Mesh`` named ``"data"`` over ``devices`` (default: every device JAX sees)."""
+    """A one-axis ``Mesh`` named ``"data"`` over ``devices`` (default: every device JAX sees).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
+    """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("devices must list at least one device.")
@@ -513,6 +539,8 @@ def fit(
         otdiff.checkpoint.CorruptCheckpointError: if ``checkpoint_path`` holds a damaged file.
         otdiff.checkpoint.CheckpointMismatchError: if it holds the checkpoint of another run.
         ValueError, TypeError: for bad arguments, or a loss that fails on a batch of ``data``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     check_key(key)
     n_steps = check_int(n_steps, "n_steps", low=1)

@@ -55,6 +55,8 @@ class Param:
         static: passed to ``jax.jit`` as a static argument (one compilation per distinct
             value). Choices and integer sliders are static by default; float sliders never are.
         label: the text beside the control (defaults to ``name``).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     name: str
@@ -112,6 +114,11 @@ def slider(
 
     Raises:
         ValueError: if ``low >= high``, if ``log`` with ``low <= 0``, or ``value`` out of range.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb.
     """
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"slider {name!r}: need finite low < high, got low={low}, high={high}.")
@@ -124,7 +131,12 @@ def slider(
 
 
 def choice(name: str, options: Sequence, value: Any = None, *, label: str | None = None) -> Param:
-    """A drop-down over ``options`` (static: each option compiles once, then is cached)."""
+    """A drop-down over ``options`` (static: each option compiles once, then is cached).
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_composition.ipynb,
+    book/diffusion/03_spell.ipynb, book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb.
+    """
     options = tuple(options)
     if not options:
         raise ValueError(f"choice {name!r}: options must not be empty.")
@@ -146,6 +158,11 @@ class Explorer:
         fixed: keyword arguments passed unchanged to ``compute`` and ``plot`` (static).
         ncols: number of side-by-side axes handed to ``plot``.
         figsize: the figure size in inches.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb.
     """
 
     def __init__(
@@ -322,6 +339,11 @@ class Player:
 
     Attributes:
         name: the swept parameter; ``values``: its grid; ``frames``: ``compute``'s results.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb,
+    book/diffusion/06_rdsb.ipynb, book/optim/01_bloop.ipynb.
     """
 
     def __init__(

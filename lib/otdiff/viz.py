@@ -43,7 +43,10 @@ def _weights(w, n: int, name: str) -> np.ndarray:
 
 
 def point_cloud(ax, x, weights=None, *, color=SOURCE_COLOR, label=None, size=30.0, **kwargs):
-    """A point cloud, each marker's area proportional to its weight (``size`` at uniform weight)."""
+    """A point cloud, each marker's area proportional to its weight (``size`` at uniform weight).
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/diffusion/06_rdsb.ipynb.
+    """
     x = _points(x, "x")
     w = _weights(weights, len(x), "weights")
     ax.scatter(
@@ -61,7 +64,10 @@ def point_cloud(ax, x, weights=None, *, color=SOURCE_COLOR, label=None, size=30.
 
 
 def point_clouds(ax, x, y, a=None, b=None, *, labels=("source", "target"), size=30.0):
-    """Source ``x`` (weights ``a``) and target ``y`` (weights ``b``) in two colours."""
+    """Source ``x`` (weights ``a``) and target ``y`` (weights ``b``) in two colours.
+
+    Taught in: book/ot/01_sinkhorn.ipynb.
+    """
     point_cloud(ax, x, a, color=SOURCE_COLOR, label=labels[0], size=size)
     point_cloud(ax, y, b, color=TARGET_COLOR, label=labels[1], size=size, marker="s")
     if labels[0] or labels[1]:
@@ -73,6 +79,8 @@ def coupling_lines(ax, x, y, coupling, *, max_lines: int = 400, color="0.3", lin
     """A coupling as segments x_i -- y_j, opacity proportional to P_ij / max P.
 
     Only the ``max_lines`` heaviest entries are drawn (a dense coupling has n*m of them).
+
+    Taught in: book/ot/01_sinkhorn.ipynb.
     """
     from matplotlib.collections import LineCollection
     from matplotlib.colors import to_rgb
@@ -98,7 +106,10 @@ def coupling_lines(ax, x, y, coupling, *, max_lines: int = 400, color="0.3", lin
 
 
 def coupling_matrix(ax, coupling, *, log: bool = False, cmap="magma_r", colorbar: bool = False):
-    """A coupling as an image (rows: source points, columns: target points)."""
+    """A coupling as an image (rows: source points, columns: target points).
+
+    Taught in: book/ot/01_sinkhorn.ipynb.
+    """
     P = np.asarray(coupling, dtype=float)
     if P.ndim != 2:
         raise ValueError(f"coupling must be a 2-D matrix, got shape {P.shape}.")
@@ -115,7 +126,10 @@ def coupling_matrix(ax, coupling, *, log: bool = False, cmap="magma_r", colorbar
 def trajectories(
     ax, paths, *, color=SOURCE_COLOR, alpha=0.35, max_paths: int = 200, endpoints=True
 ):
-    """Paths of shape (steps, n, d): one line per particle, with start and end marked."""
+    """Paths of shape (steps, n, d): one line per particle, with start and end marked.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/diffusion/06_rdsb.ipynb.
+    """
     from matplotlib.collections import LineCollection
 
     paths = np.asarray(paths)
@@ -150,6 +164,8 @@ def convergence(
         errors: the error after each recorded iteration.
         tolerance: if given, drawn as a dashed horizontal line.
         every: iterations between two recorded errors (ott-jax records every ``inner_iterations``).
+
+    Taught in: book/ot/01_sinkhorn.ipynb.
     """
     if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
         raise ValueError(f"every must be a positive integer, got {every!r}.")

@@ -64,8 +64,9 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, config, train
+from otdiff import artifacts, checkpoint, config, train
 from otdiff._checks import check_choice, check_int, check_positive
+from otdiff.progress import Progress
 
 __all__ = [
     "PARAMETERISATIONS",
@@ -115,6 +116,9 @@ class Recipe:
         storage_dtype: how a shipped file stores the weights (``None``: float32 as trained;
             ``"float16"`` where the model's quality survives it, measured). Not part of the
             fingerprint: the user cache keeps float32.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
 
     name: str
@@ -179,6 +183,9 @@ class ZooModel(NamedTuple):
         info: a dict: name, seed, description, recipe_hash, path, source (``"shipped"``,
             ``"cache"`` or ``"built"``), trained_now (this call trained it), n_steps,
             final_loss, train_seconds (of the run that built the file), storage_dtype.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
 
     model: Any
@@ -266,7 +273,11 @@ _REGISTRY: dict[str, Recipe] = {}
 
 
 def register(recipe: Recipe, *, overwrite: bool = False) -> Recipe:
-    """Add ``recipe`` to the registry (``overwrite=True`` replaces one of the same name)."""
+    """Add ``recipe`` to the registry (``overwrite=True`` replaces one of the same name).
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a zoo.Recipe, got {type(recipe).__name__}.")
     if recipe.name in _REGISTRY and not overwrite:
@@ -328,12 +339,20 @@ for _name, _make, _what in (
 
 
 def available() -> list[str]:
-    """The names of the registered recipes."""
+    """The names of the registered recipes.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     return sorted(_REGISTRY)
 
 
 def recipe(name: str) -> Recipe:
-    """The registered recipe called ``name``."""
+    """The registered recipe called ``name``.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string or a zoo.Recipe, got {type(name).__name__}.")
     if name not in _REGISTRY:
@@ -342,7 +361,11 @@ def recipe(name: str) -> Recipe:
 
 
 def zoo_dir(cache: str | os.PathLike | None = None) -> Path:
-    """The zoo's user cache: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``."""
+    """The zoo's user cache: ``cache`` if given, else ``otdiff.config.cache_dir() / "zoo"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     return artifacts.cache_folder(cache)
 
 
@@ -364,19 +387,42 @@ def _template(rec: Recipe, seed: int):
     return params, static
 
 
+def _progress_bar(rec: Recipe, seed: int) -> Progress:
+    """A bar over the recipe's steps (updated after every compiled chunk), stating the duration
+    of the shipped build of the same recipe when one is shipped (its machine said beside it)."""
+    expected, basis = None, None
+    for shipped_seed in (seed, 0):
+        try:
+            meta = checkpoint.read_metadata(artifacts.shipped_path(rec.name, shipped_seed))
+        except (OSError, ValueError, checkpoint.CorruptCheckpointError):
+            continue
+        if meta.get("n_steps") == rec.n_steps and meta.get("build_seconds"):
+            expected = float(meta["build_seconds"])
+            basis = f"as the shipped build on {meta.get('platform', 'its machine')}"
+            break
+    return Progress(
+        rec.n_steps, f"otdiff.zoo: training {rec.name!r} (seed {seed})",
+        expected_seconds=expected, basis=basis,
+    )  # fmt: skip
+
+
 def _trainer(rec: Recipe, seed: int, verbose: bool) -> Callable[[Path], tuple[Any, dict]]:
     def build(progress: Path):
         data = rec.make_data(seed)
         process = rec.process()
         key = jax.random.key(seed)
         model = rec.make_model(jax.random.fold_in(key, 0), process)
-        if verbose:
-            print(f"otdiff.zoo: training {rec.name!r} for {rec.n_steps} steps...", flush=True)
-        result = train.fit(
-            jax.random.fold_in(key, 1), model, data, rec.make_loss(process),
-            n_steps=rec.n_steps, batch_size=rec.batch_size, learning_rate=rec.learning_rate,
-            ema_decay=rec.ema_decay, chunk_size=rec.chunk_size, checkpoint_path=progress,
-        )  # fmt: skip
+        bar = _progress_bar(rec, seed) if verbose else None
+        try:
+            result = train.fit(
+                jax.random.fold_in(key, 1), model, data, rec.make_loss(process),
+                n_steps=rec.n_steps, batch_size=rec.batch_size, learning_rate=rec.learning_rate,
+                ema_decay=rec.ema_decay, chunk_size=rec.chunk_size, checkpoint_path=progress,
+                **({} if bar is None else {"callback": bar}),
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
         last = result.model if result.ema_model is None else result.ema_model
         losses = np.asarray(result.losses, np.float32)
         meta = {
@@ -426,6 +472,8 @@ def load(
     Raises:
         ValueError: for an unknown name or a bad seed.
         TimeoutError: if another process holds the lock longer than ``lock_timeout``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb.
     """
     rec = name if isinstance(name, Recipe) else recipe(name)
     seed = check_int(seed, "seed", low=0)
@@ -457,7 +505,11 @@ def load(
 
 
 def training_losses(name: str | Recipe, *, seed: int = 0, cache: str | os.PathLike | None = None):
-    """The per-step training losses stored with a model (trains it if needed)."""
+    """The per-step training losses stored with a model (trains it if needed).
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     rec = name if isinstance(name, Recipe) else recipe(name)
     art, _ = _artifact(rec, check_int(seed, "seed", low=0), cache=cache, verbose=False)
     return np.asarray(art.tree["losses"])
@@ -468,6 +520,9 @@ def clear(name: str | None = None, *, cache: str | os.PathLike | None = None) ->
 
     The shipped files are never touched. Returns the deleted paths. Lock files are left in place
     (they are empty).
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string or None, got {type(name).__name__}.")
@@ -535,7 +590,11 @@ def _selected(names) -> list[str]:
 def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
     """Retrain the shipped artifacts (all, or those of :data:`SHIPPED` named in ``names``) from
     their seeds and write the shipped files (into ``folder``, default the package's). What
-    ``make zoo`` runs. Returns the files written."""
+    ``make zoo`` runs. Returns the files written.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     if config.seed_offset() != 0:
         raise ValueError(
             f"the shipped files are those of seed offset 0; unset {config.SEED_OFFSET_VAR} "
@@ -554,7 +613,11 @@ def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
 
 def shipping_plan(names=None) -> list[artifacts.PlannedArtifact]:
     """What the shipped files must hold for the current recipes (name, seed, fingerprint,
-    storage dtype), computed without reading or training anything."""
+    storage dtype), computed without reading or training anything.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     plan: list[artifacts.PlannedArtifact] = []
     for name in _selected(names):
         with artifacts.planning() as entries:
@@ -564,7 +627,11 @@ def shipping_plan(names=None) -> list[artifacts.PlannedArtifact]:
 
 
 def shipped_status(names=None) -> list[tuple[artifacts.PlannedArtifact, str]]:
-    """For each planned shipped file, ``"ok"``, ``"missing"``, ``"stale"`` or ``"damaged"``."""
+    """For each planned shipped file, ``"ok"``, ``"missing"``, ``"stale"`` or ``"damaged"``.
+
+    Taught in: book/diffusion/01_score_based.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
+    """
     from otdiff import checkpoint
 
     out = []

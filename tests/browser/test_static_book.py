@@ -465,3 +465,47 @@ def test_sweep_players(visit, chapter):
         )
         assert player["frames"] >= 2, f"{where} has {player['frames']} frame(s)"
         assert before != after, f"{where}: 'Next frame' did not change the displayed frame"
+
+
+# -- the appendices: the API reference, the performance page, the download button -----------------
+def _page(docname: str) -> Chapter:
+    chapter = next((c for c in CHAPTERS if c.docname == docname), None)
+    if chapter is None:
+        pytest.skip(f"{docname} is not in this book's toc")
+    return chapter
+
+
+def test_api_reference_renders_its_math(visit):
+    """The docstrings' ``.. math::`` blocks are typeset offline on the API pages."""
+    report = visit(_page("book/api/ot"))
+    assert report.facts["mathCount"] > 0, "the API page of otdiff.ot shows no math"
+    assert report.facts["mjxCount"] > 0 and not report.facts["mathUnrendered"]
+    assert not report.external_requests
+
+
+def test_performance_page_shows_a_chart_per_results_file(visit):
+    report = visit(_page("book/appendix/performance"))
+    results = REPO / "benchmarks" / "results"
+    n_files = len(list(results.glob("*.json")) + list((results / "gpu").glob("*.json")))
+    charts = [img for img in report.images if "timings, log scale" in (img.get("alt") or "")]
+    assert len(charts) == n_files, f"{len(charts)} charts for {n_files} results files"
+    assert all(img["complete"] and img["width"] > 0 for img in charts)
+    assert not report.external_requests
+
+
+def test_download_button_offers_the_notebook(browser_context, server):
+    """Each chapter page links its source notebook (the theme's download button), served locally."""
+    chapter = next((c for c in CHAPTERS if c.source and c.source.suffix == ".ipynb"), None)
+    if chapter is None:
+        pytest.skip("no notebook chapter in this book")
+    page = browser_context.new_page()
+    try:
+        page.goto(f"{server}/{chapter.docname}.html", wait_until="load", timeout=LOAD_TIMEOUT_MS)
+        link = page.locator("a[href$='.ipynb']").first
+        href = link.get_attribute("href")
+        assert href and "_sources" in href, "no download link to the page's notebook"
+        response = page.request.get(page.url.rsplit("/", 1)[0] + "/" + href)
+        assert response.status == 200, f"{href}: HTTP {response.status}"
+        assert "cells" in json.loads(response.text()), f"{href} is not a notebook"
+    finally:
+        page.close()

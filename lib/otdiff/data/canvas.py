@@ -45,6 +45,8 @@ class Canvas(eqx.Module):
         width: the blob width :math:`w` in pixels.
         jitter: the largest offset :math:`j` of a blob's centre from its cell's centre, in pixels.
         noise_std: the pixel noise :math:`s`.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     side: int = eqx.field(static=True)
@@ -163,6 +165,8 @@ def canvas(
         width: the blob width in pixels, > 0.
         jitter: the largest offset of a blob's centre from its cell's centre, >= 0 pixels.
         noise_std: the pixel noise, > 0.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     side = check_int(side, "side", low=1)
     grid = check_int(grid, "grid", low=1, high=side)

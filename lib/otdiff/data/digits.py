@@ -20,7 +20,11 @@ N_PIXELS = 64
 
 
 class DigitsData(NamedTuple):
-    """A seeded train/test split of the digits as flat ``float32`` vectors in ``[-1, 1]``."""
+    """A seeded train/test split of the digits as flat ``float32`` vectors in ``[-1, 1]``.
+
+    Taught in: book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb,
+    book/diffusion/03_spell.ipynb, book/optim/01_bloop.ipynb.
+    """
 
     train_images: np.ndarray  # (n_train, 64)
     train_labels: np.ndarray  # (n_train,)
@@ -33,6 +37,9 @@ def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
 
     Reads the CSV file that scikit-learn ships without importing scikit-learn (which takes
     seconds); falls back to ``sklearn.datasets.load_digits`` if the file is not where expected.
+
+    Taught in: book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb,
+    book/diffusion/03_spell.ipynb, book/optim/01_bloop.ipynb.
     """
     import importlib.util
     from pathlib import Path
@@ -58,6 +65,9 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> DigitsData:
     Args:
         test_fraction: the share of images held out, in ``(0, 1)``.
         seed: the NumPy seed of the split (a non-negative int).
+
+    Taught in: book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb,
+    book/diffusion/03_spell.ipynb.
     """
     check_in_range(test_fraction, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
     seed = check_int(seed, "seed", low=0)
@@ -70,7 +80,11 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> DigitsData:
 
 
 def to_image(x) -> np.ndarray:
-    """Flat vectors ``(..., 64)`` in ``[-1, 1]`` to images ``(..., 8, 8)`` in ``[0, 1]``."""
+    """Flat vectors ``(..., 64)`` in ``[-1, 1]`` to images ``(..., 8, 8)`` in ``[0, 1]``.
+
+    Taught in: book/ot/05_m3g.ipynb, book/diffusion/01_score_based.ipynb,
+    book/diffusion/03_spell.ipynb.
+    """
     x = np.asarray(x)
     if x.ndim < 1 or not np.issubdtype(x.dtype, np.number) or x.shape[-1] != N_PIXELS:
         raise ValueError(f"x must have {N_PIXELS} pixels on its last axis, got shape {x.shape}.")

@@ -58,6 +58,8 @@ class EarthData(NamedTuple):
         lonlat: longitudes and latitudes in degrees, ``(n, 2)``.
         weights: probability weights ``(n,)`` (population shares for cities).
         names: one label per point.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     x: np.ndarray
@@ -80,6 +82,8 @@ class LandMask(NamedTuple):
         lat: cell-centre latitudes in degrees, ``(n_lat,)``.
         lon: cell-centre longitudes in degrees, ``(n_lon,)``.
         resolution: the cell size in degrees.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     land: np.ndarray
@@ -95,13 +99,19 @@ class LandMask(NamedTuple):
 
 
 def lonlat_to_xyz(lon, lat) -> np.ndarray:
-    """Unit vectors ``(..., 3)`` from longitudes and latitudes in degrees."""
+    """Unit vectors ``(..., 3)`` from longitudes and latitudes in degrees.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     lon, lat = np.radians(np.asarray(lon, np.float64)), np.radians(np.asarray(lat, np.float64))
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
 
 
 def xyz_to_lonlat(x) -> np.ndarray:
-    """Longitudes in ``[-180, 180]`` and latitudes in ``[-90, 90]`` (degrees) of points ``(..., 3)``, as ``(..., 2)``."""
+    """Longitudes in ``[-180, 180]`` and latitudes in ``[-90, 90]`` (degrees) of points ``(..., 3)``, as ``(..., 2)``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     check_sphere_points(x, "x", batch=True)
     x = np.asarray(x, np.float64)
     r = np.maximum(np.linalg.norm(x, axis=-1), 1e-300)
@@ -143,6 +153,8 @@ def load_cities(min_population: int = 15000) -> EarthData:
 
     Returns:
         An :class:`EarthData` with ``weights`` proportional to the population.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     if min_population not in CITY_POPULATIONS:
         raise ValueError(
@@ -178,6 +190,8 @@ def load_land_mask(resolution: float = 0.25) -> LandMask:
 
     Args:
         resolution: the cell size in degrees; 180 must be a multiple of it (e.g. 1, 0.5, 0.25).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     check_positive(resolution, "resolution")
     n_lat = round(180.0 / resolution)
@@ -197,7 +211,10 @@ def load_land_mask(resolution: float = 0.25) -> LandMask:
 
 
 def is_land(x, mask: LandMask | None = None) -> np.ndarray:
-    """Whether each point ``(..., 3)`` of the unit sphere falls in a land cell of ``mask``."""
+    """Whether each point ``(..., 3)`` of the unit sphere falls in a land cell of ``mask``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     mask = load_land_mask() if mask is None else mask
     lonlat = xyz_to_lonlat(x)
     n_lat, n_lon = mask.land.shape
@@ -216,6 +233,8 @@ def sample_land(key: jax.Array, n: int, mask: LandMask | None = None) -> jax.Arr
 
     Returns:
         ``(n, 3)`` unit vectors (float32).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     n = check_int(n, "n", low=1)
     mask = load_land_mask() if mask is None else mask

@@ -38,6 +38,8 @@ class GaussianMixture(eqx.Module):
         means: ``(K, d)`` component means.
         covs: ``(K, d, d)`` component covariances (symmetric positive definite).
         weights: ``(K,)`` mixture weights, summing to one.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     means: jax.Array
@@ -132,6 +134,8 @@ def gaussian_mixture(
     Raises:
         ValueError: on non-finite means, non-positive standard deviations, covariances that are
             not symmetric positive definite, or weights that are negative or do not sum to one.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     means = jnp.asarray(means, dtype=jnp.result_type(float))
     if means.ndim != 2:
@@ -161,7 +165,10 @@ def gaussian_mixture(
 
 
 def ring(n_modes: int = 8, radius: float = 3.0, std: float = 0.3, weights=None) -> GaussianMixture:
-    """``n_modes`` equal Gaussians evenly spaced on a circle in the plane."""
+    """``n_modes`` equal Gaussians evenly spaced on a circle in the plane.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb.
+    """
     n_modes = check_int(n_modes, "n_modes", low=1)
     check_positive(radius, "radius")
     check_positive(std, "std")
@@ -171,7 +178,10 @@ def ring(n_modes: int = 8, radius: float = 3.0, std: float = 0.3, weights=None) 
 
 
 def grid(n_per_side: int = 3, spacing: float = 2.0, std: float = 0.3) -> GaussianMixture:
-    """An ``n_per_side x n_per_side`` grid of equal Gaussians centred on the origin."""
+    """An ``n_per_side x n_per_side`` grid of equal Gaussians centred on the origin.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     n_per_side = check_int(n_per_side, "n_per_side", low=1)
     check_positive(spacing, "spacing")
     check_positive(std, "std")
@@ -181,7 +191,10 @@ def grid(n_per_side: int = 3, spacing: float = 2.0, std: float = 0.3) -> Gaussia
 
 
 def exact_log_prob(mixture: GaussianMixture, process):
-    """The exact noised log-density ``log_prob(x, t)`` of ``mixture`` under the Gaussian ``process``."""
+    """The exact noised log-density ``log_prob(x, t)`` of ``mixture`` under the Gaussian ``process``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
     def log_prob(x: jax.Array, t: jax.Array) -> jax.Array:
         return mixture.noised(process, t).log_prob(x)
@@ -190,7 +203,11 @@ def exact_log_prob(mixture: GaussianMixture, process):
 
 
 def exact_score(mixture: GaussianMixture, process):
-    """The exact noised score ``score(x, t)`` :math:`= \\nabla_x\\log p_t(x)` of ``mixture``."""
+    """The exact noised score ``score(x, t)`` :math:`= \\nabla_x\\log p_t(x)` of ``mixture``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/03_spell.ipynb.
+    """
 
     def score(x: jax.Array, t: jax.Array) -> jax.Array:
         return mixture.noised(process, t).score(x)

@@ -78,6 +78,8 @@ def check_slot_set(which, n_slots: int, name: str = "slots") -> tuple[int, ...]:
     Raises:
         TypeError: if ``which`` is not an iterable of integers.
         ValueError: for a slot out of range, a repeated slot, or more slots than ``n_slots``.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     if isinstance(which, int | np.integer) and not isinstance(which, bool):
         which = (which,)
@@ -117,6 +119,8 @@ class Slots(eqx.Module):
         std: :math:`s > 0`, the spread of an empty slot and of an object.
         plus_prob: :math:`\\pi \\in [0, 1]`, the probability that an object sits at :math:`+a`.
         features: the ``(d, d)`` invertible feature map :math:`A`, :math:`x = Az`.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     n_slots: int = eqx.field(static=True)
@@ -275,6 +279,8 @@ class SlotScore(eqx.Module):
         basis: the eigenvectors :math:`V` of the shared covariance, ``(d, d)``.
         eigenvalues: its eigenvalues :math:`\\lambda`, ``(d,)``.
         process: the forward Gaussian process.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     means: jax.Array
@@ -325,6 +331,8 @@ def slots(
     Raises:
         ValueError: for a bad size, a non-positive scale, ``plus_prob`` outside ``[0, 1]``, or
             features of the wrong shape, non-finite or singular (checked when concrete).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     n_slots = check_int(n_slots, "n_slots", low=1, high=MAX_SLOTS)
     check_positive(object_mean, "object_mean")
@@ -353,6 +361,8 @@ def angled_features(n_slots: int, angle, i: int = 0, j: int = 1) -> jax.Array:
     so slot ``j`` shows along a direction at angle :math:`\\theta` to slot ``i``'s
     (:math:`\\theta = \\pi/2`: the identity, orthogonal). ``angle`` may be traced; keep it in
     ``(0, pi)`` (at 0 or pi the map is singular).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     n_slots = check_int(n_slots, "n_slots", low=2, high=MAX_SLOTS)
     i = check_int(i, "i", low=0, high=n_slots - 1)
@@ -367,7 +377,10 @@ def angled_features(n_slots: int, angle, i: int = 0, j: int = 1) -> jax.Array:
 
 
 def random_rotation(key: jax.Array, n_slots: int) -> jax.Array:
-    """A random orthogonal ``(d, d)`` matrix (Haar measure: QR of a Gaussian, signs fixed)."""
+    """A random orthogonal ``(d, d)`` matrix (Haar measure: QR of a Gaussian, signs fixed).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
+    """
     n_slots = check_int(n_slots, "n_slots", low=1, high=MAX_SLOTS)
     q, r = jnp.linalg.qr(jax.random.normal(key, (n_slots, n_slots)))
     return q * jnp.sign(jnp.diag(r))

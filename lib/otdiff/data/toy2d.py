@@ -45,6 +45,8 @@ def two_moons(
         noise: standard deviation of the Gaussian blur (before scaling), > 0.
         n_quadrature: nodes of the midpoint rule along each half circle (static).
         scale: a factor applied to the centred moons (the default gives a spread close to 1).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     check_positive(noise, "noise")
     n_quadrature = check_int(n_quadrature, "n_quadrature", low=2)
@@ -63,6 +65,8 @@ class Checkerboard(eqx.Module):
         lows: ``(S, 2)`` lower corners of the dark squares.
         side: the side length of one square.
         alpha, sigma: the signal and noise scale of the marginal (1 and 0 for the data itself).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     lows: jax.Array
@@ -111,7 +115,10 @@ class Checkerboard(eqx.Module):
 
 
 def checkerboard(n_per_side: int = 4, side: float = 1.0) -> Checkerboard:
-    """The uniform density on the dark squares of an ``n_per_side`` board centred on 0."""
+    """The uniform density on the dark squares of an ``n_per_side`` board centred on 0.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     n_per_side = check_int(n_per_side, "n_per_side", low=2)
     check_positive(side, "side")
     ij = np.array(

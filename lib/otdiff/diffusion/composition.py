@@ -86,6 +86,8 @@ class Composition(eqx.Module):
         fns: the per-point functions :math:`f_i(x, t)` (scores or energies; modules or functions).
         weights: ``(n,)`` weights :math:`w_i` (dynamic).
         background: the background :math:`b(x, t)`, or ``None``.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb, book/diffusion/04_projective_composition.ipynb.
     """
 
     fns: tuple
@@ -125,6 +127,8 @@ def compose(fns: Fn | Sequence[Fn], weights=None, *, background: Fn | None = Non
     Raises:
         TypeError: if ``fns`` or ``background`` are not callables.
         ValueError: for weights of the wrong shape, negative, non-finite or all zero.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     fns = (fns,) if callable(fns) else tuple(fns)
     if not fns or not all(callable(f) for f in fns):
@@ -137,12 +141,18 @@ def compose(fns: Fn | Sequence[Fn], weights=None, *, background: Fn | None = Non
 
 
 def product(fns: Fn | Sequence[Fn], weights=None) -> Composition:
-    """The weighted product :math:`\\prod_i p_i^{w_i}`: :math:`\\sum_i w_i f_i` (scores or energies)."""
+    """The weighted product :math:`\\prod_i p_i^{w_i}`: :math:`\\sum_i w_i f_i` (scores or energies).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
+    """
     return compose(fns, weights)
 
 
 def bayes(conditionals: Fn | Sequence[Fn], unconditional: Fn) -> Composition:
-    """Bayes composition :math:`p\\prod_i p(\\cdot\\mid c_i)/p`: :math:`f_u + \\sum_i (f_i - f_u)`."""
+    """Bayes composition :math:`p\\prod_i p(\\cdot\\mid c_i)/p`: :math:`f_u + \\sum_i (f_i - f_u)`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb, book/diffusion/04_projective_composition.ipynb.
+    """
     return compose(conditionals, None, background=unconditional)
 
 
@@ -156,6 +166,8 @@ def guidance(conditional: Fn, unconditional: Fn, weight=1.0) -> Composition:
         conditional: the conditional score (or energy) ``f_c(x, t)``.
         unconditional: the unconditional one ``f_u(x, t)``.
         weight: the guidance weight :math:`w`, finite and >= 0 (dynamic).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb, book/diffusion/04_projective_composition.ipynb.
     """
     if not callable(conditional):
         raise TypeError(f"conditional must be a callable f(x, t), got {conditional!r}.")
@@ -192,6 +204,8 @@ def mean_cosines(conditional_means, background_mean) -> jax.Array:
     Raises:
         ValueError: for mismatched shapes, non-finite values, or a mean equal to the background's
             (its direction is undefined).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     means = jnp.asarray(conditional_means, dtype=jnp.result_type(float))
     mu_b = jnp.asarray(background_mean, dtype=means.dtype)
@@ -233,6 +247,8 @@ def sample_mean_cosines(conditional_samples, background_samples, features=None) 
 
     Returns:
         The ``(k, k)`` cosines of :math:`\\bar\\phi_i - \\bar\\phi_b`.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     if isinstance(conditional_samples, jax.Array | np.ndarray):
         groups = list(conditional_samples)

@@ -84,6 +84,8 @@ class ConditionalMLP(eqx.Module):
         key: a JAX random key.
         data_std: if given, the per-coordinate standard deviation of the data (input scaling).
         process: the forward process the scaling follows (required with ``data_std``).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     dim: int = eqx.field(static=True)
@@ -129,6 +131,8 @@ class LocalSlotNet(eqx.Module):
         key: a JAX random key.
         data_std: optional input scaling, as for :class:`ConditionalMLP`.
         process: the forward process the scaling follows (required with ``data_std``).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     n_slots: int = eqx.field(static=True)
@@ -173,6 +177,8 @@ class ConditionalConvNet(eqx.Module):
         key: a JAX random key.
         data_std: optional input scaling of the canvas, as for :class:`ConditionalMLP`.
         process: the forward process the scaling follows (required with ``data_std``).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     side: int = eqx.field(static=True)
@@ -217,6 +223,8 @@ class ConditionalScore(eqx.Module):
         model: the conditional noise predictor ``model(x, t, c)``.
         process: the forward process it was trained for.
         condition: the condition ``c``.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
 
     model: Callable
@@ -253,6 +261,8 @@ def conditional_dsm_loss(
         process: the forward Gaussian process.
         weighting: ``"eps"`` or ``"likelihood"`` (static).
         t_min: the smallest training time, in ``(0, 1)``.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     check_choice(weighting, "weighting", WEIGHTINGS)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)

@@ -109,6 +109,8 @@ class MixtureEnergy(eqx.Module):
     Attributes:
         mixture: an :class:`otdiff.data.GaussianMixture`.
         process: the forward :class:`~otdiff.diffusion.AbstractGaussianProcess`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     mixture: Any
@@ -123,6 +125,8 @@ class EnergyScore(eqx.Module):
 
     Attributes:
         energy: the energy ``E(x, t)`` (a module or a function).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     energy: EnergyFn
@@ -132,7 +136,10 @@ class EnergyScore(eqx.Module):
 
 
 def energy_score(energy: EnergyFn) -> EnergyScore:
-    """The score :math:`s(x, t) = -\\nabla_x E(x, t)` of an energy (a module: its weights are traced)."""
+    """The score :math:`s(x, t) = -\\nabla_x E(x, t)` of an energy (a module: its weights are traced).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
+    """
     if not callable(energy):
         raise TypeError(f"energy must be a function E(x, t), got {energy!r}.")
     return EnergyScore(energy)
@@ -195,6 +202,8 @@ def distillation_loss(
             marginal of :math:`\\lambda x_0^i + (1-\\lambda)x_0^j` with
             :math:`\\lambda\\sim\\mathcal U[0, 1]` and a random partner :math:`j`.
         box: if given, use uniform points in the box :math:`[-b, b]^d` instead.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
     check_in_range(off_support, "off_support", 0.0, 1.0, high_open=True)
@@ -209,7 +218,10 @@ def distillation_loss(
 
 
 class DistilResult(NamedTuple):
-    """What :func:`distil` returns: the trained ``energy`` and the loss of every step."""
+    """What :func:`distil` returns: the trained ``energy`` and the loss of every step.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
+    """
 
     energy: Any
     losses: Any
@@ -247,6 +259,8 @@ def distil(
         batch_size: the mini-batch size (static).
         learning_rate: the peak learning rate (> 0).
         t_min, off_support, box: as :func:`distillation_loss`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     n_steps = check_int(n_steps, "n_steps", low=1)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
@@ -281,6 +295,8 @@ def relative_score_error(
 
     with stratified times and :math:`x_{t_i}` drawn from the forward marginal of ``x0[i]``: the
     relative error of the implied noise predictions :math:`-\\sigma_t s` on noised data.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     x0 = check_points(x0, "x0")
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
@@ -301,6 +317,8 @@ class EnergyParticles(NamedTuple):
         x: positions, ``(n, d)``.
         energy: :math:`\\bar E(x, t_k)`, ``(n,)`` (the value weighs).
         grad: :math:`\\nabla_x\\bar E(x, t_k)`, ``(n, d)`` (the gradient drives the next move).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     x: jax.Array
@@ -342,6 +360,8 @@ def fk_model(
 
     Returns:
         An :class:`otdiff.smc.FeynmanKac` whose particles are :class:`EnergyParticles`.
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     dim = check_int(dim, "dim", low=1)
     ts = time_grid(n_steps, t_min, t_max)
@@ -379,6 +399,8 @@ class EnergySMCResult(NamedTuple):
         resampled: ``(K,)`` whether each step resampled.
         log_evidence: :math:`\\log\\hat Z`, an estimate of
             :math:`\\log\\int e^{-\\bar E(x, t_{\\min})}dx` (the integral of the target).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     x: jax.Array
@@ -433,6 +455,8 @@ def smc_sample(
     Raises:
         ValueError: for ``n_particles < 1``, an ``ess_threshold`` outside ``(0, 1]``, a negative
             ``t_stop``, or NaN weights (at run time under ``jit``).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     n_particles = check_int(n_particles, "n_particles", low=1)
     dim = check_int(dim, "dim", low=1)
@@ -522,5 +546,8 @@ def product_smc(
     weights=None,
     **kwargs,
 ) -> EnergySMCResult:
-    """Composition ("AND"): SMC sampling of :math:`\\prod_j p_j^{w_j}` (weights dynamic, >= 0)."""
+    """Composition ("AND"): SMC sampling of :math:`\\prod_j p_j^{w_j}` (weights dynamic, >= 0).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
+    """
     return smc_sample(key, product(energies, weights), process, n_particles, dim, **kwargs)

@@ -44,7 +44,10 @@ DIVERGENCES = ("exact", "hutchinson")
 
 
 def divergence(fn: Callable[[jax.Array], jax.Array], x: jax.Array, z: jax.Array | None = None):
-    """:math:`\\nabla\\!\\cdot f(x)`: exact if ``z`` is ``None``, else Hutchinson's :math:`z^\\top J z`."""
+    """:math:`\\nabla\\!\\cdot f(x)`: exact if ``z`` is ``None``, else Hutchinson's :math:`z^\\top J z`.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     if z is None:
         return jnp.trace(jax.jacfwd(fn)(x))
     _, jz = jax.jvp(fn, (x,), (z,))
@@ -78,6 +81,8 @@ def log_likelihood(
 
     Returns:
         ``(n,)`` log-densities.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     x = check_points(x, "x")
     t_min = guard_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)

@@ -59,6 +59,8 @@ def stratified_times(key: jax.Array, n: int, t_min: float = 1e-3) -> jax.Array:
 
     A single random shift of an evenly spaced grid (a low-variance stand-in for i.i.d. uniform
     times with the same marginal distribution). ``n`` is static; ``t_min`` in :math:`(0, 1)`.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     n = check_int(n, "n", low=1)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
@@ -91,6 +93,8 @@ def dsm_loss(
 
     Returns:
         The scalar loss (mean over the batch and the dimensions).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
     check_choice(weighting, "weighting", WEIGHTINGS)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
@@ -115,6 +119,8 @@ class EpsScore(eqx.Module):
     Attributes:
         model: the noise predictor ``model(x, t)``.
         process: the forward process it was trained for.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     model: Callable
@@ -125,12 +131,18 @@ class EpsScore(eqx.Module):
 
 
 def score_from_eps(model: Callable, process: AbstractGaussianProcess) -> EpsScore:
-    """The score :math:`s(x, t) = -\\hat\\varepsilon(x, t)/\\sigma_t` of an epsilon-predictor."""
+    """The score :math:`s(x, t) = -\\hat\\varepsilon(x, t)/\\sigma_t` of an epsilon-predictor.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
+    """
     return EpsScore(model, process)
 
 
 def eps_from_score(score: ScoreFn, process: AbstractGaussianProcess) -> Callable:
-    """The noise prediction :math:`\\hat\\varepsilon(x, t) = -\\sigma_t s(x, t)` of a score."""
+    """The noise prediction :math:`\\hat\\varepsilon(x, t) = -\\sigma_t s(x, t)` of a score.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
     def eps(x: jax.Array, t: jax.Array) -> jax.Array:
         return -process.sigma(t) * score(x, t)
@@ -139,7 +151,10 @@ def eps_from_score(score: ScoreFn, process: AbstractGaussianProcess) -> Callable
 
 
 def denoiser(score: ScoreFn, process: AbstractGaussianProcess) -> Callable:
-    """Tweedie's denoiser :math:`D(x, t) = (x + \\sigma_t^2 s(x, t))/\\alpha_t = \\mathbb E[X_0\\mid X_t = x]`."""
+    """Tweedie's denoiser :math:`D(x, t) = (x + \\sigma_t^2 s(x, t))/\\alpha_t = \\mathbb E[X_0\\mid X_t = x]`.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
     def denoise(x: jax.Array, t: jax.Array) -> jax.Array:
         check_times(t, "t")

@@ -51,6 +51,8 @@ class InputScaling(eqx.Module):
         data_std: the per-coordinate standard deviation :math:`\\sqrt v` of the data (> 0).
         process: the forward process (an :class:`~otdiff.diffusion.AbstractGaussianProcess`); a
             static copy is kept.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
 
     data_std: float = eqx.field(static=True)
@@ -88,6 +90,8 @@ class ScoreMLP(eqx.Module):
         data_std: if given, the per-coordinate standard deviation of the data: the input is
             scaled by :class:`InputScaling` under ``process``.
         process: the forward process the scaling follows (required with ``data_std``).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
 
     dim: int = eqx.field(static=True)
@@ -126,6 +130,8 @@ class ScoreConvNet(eqx.Module):
         key: a JAX random key.
         data_std: optional input scaling, as for :class:`ScoreMLP`.
         process: the forward process the scaling follows (required with ``data_std``).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
 
     net: TimeConvNet
@@ -181,6 +187,8 @@ class EnergyMLP(eqx.Module):
         data_std: per-coordinate standard deviation of the data, or ``None``.
         process: the forward process (required with ``data_std`` or ``noise_scaled``).
         noise_scaled: divide the network term by :math:`\\sigma_t` (static).
+
+    Taught in: book/diffusion/02_energy_smc.ipynb.
     """
 
     dim: int = eqx.field(static=True)

@@ -90,6 +90,8 @@ class AbstractProcess(eqx.Module, strict=True):
 
     It inherits the drifts of the time reversal and of the probability-flow ODE, written once
     here for every sampler.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     @abc.abstractmethod
@@ -136,6 +138,8 @@ class AbstractGaussianProcess(AbstractProcess, strict=True):
     A subclass must provide ``log_alpha(t)`` and ``sigma(t)`` (computed without cancellation:
     both are tested against float64 down to :math:`t = 10^{-5}`), and, for the SDE view,
     ``drift`` and ``diffusion_squared``. The reference law is :math:`\\mathcal N(0, I)`.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     @abc.abstractmethod
@@ -188,6 +192,8 @@ class AbstractVP(AbstractGaussianProcess, strict=True):
 
     A subclass must provide ``beta(t)`` and ``log_alpha(t)`` (accurate at small ``t``: every
     other quantity follows from :math:`\\log\\alpha_t` without cancellation).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     @abc.abstractmethod
@@ -237,6 +243,9 @@ class LinearVP(AbstractVP, strict=True):
 
     Raises:
         ValueError: unless ``0 < beta_min < beta_max``.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb, book/diffusion/03_spell.ipynb.
     """
 
     beta_min: jax.Array = eqx.field(default=0.1, converter=_float_array)
@@ -296,6 +305,8 @@ class CosineVP(AbstractVP, strict=True):
 
     Raises:
         ValueError: unless ``s > 0`` and ``0 < c < 1``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     s: jax.Array = eqx.field(default=0.008, converter=_float_array)
@@ -333,6 +344,9 @@ PROCESSES = {"linear": LinearVP, "cosine": CosineVP}
 
 
 def make_process(kind: str = "linear", **kwargs) -> AbstractVP:
-    """A VP process by name (``"linear"`` or ``"cosine"``) with its keyword arguments."""
+    """A VP process by name (``"linear"`` or ``"cosine"``) with its keyword arguments.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     check_choice(kind, "kind", PROCESSES)
     return PROCESSES[kind](**kwargs)

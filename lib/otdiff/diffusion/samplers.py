@@ -99,6 +99,8 @@ class SampleResult(NamedTuple):
         x: the final samples, ``(n, d)``.
         trajectory: ``(n_steps + 1, n, d)`` states from the prior to the samples, or ``None``.
         aux: the ``hook``'s outputs stacked over the steps, or ``None``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
 
     x: jax.Array
@@ -119,6 +121,8 @@ def time_grid(n_steps: int, t_min: float = 1e-3, t_max: float = 1.0) -> jax.Arra
     Raises:
         ValueError: unless ``0 < t_min < t_max <= 1`` (at run time, too, when the times are
             traced).
+
+    Taught in: book/diffusion/03_spell.ipynb.
     """
     n_steps = check_int(n_steps, "n_steps", low=1)
     t_min, t_max = _guard_interval(t_min, t_max)
@@ -126,7 +130,10 @@ def time_grid(n_steps: int, t_min: float = 1e-3, t_max: float = 1.0) -> jax.Arra
 
 
 def batch_score(score: ScoreFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """A per-point score ``score(x, t)`` mapped over a batch ``x`` of shape ``(n, d)``."""
+    """A per-point score ``score(x, t)`` mapped over a batch ``x`` of shape ``(n, d)``.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     return jax.vmap(score, in_axes=(0, None))
 
 
@@ -149,6 +156,8 @@ def reverse_kernel(
 
     Returns:
         ``(mean, std)``: ``mean`` of shape ``(n, d)``, ``std`` a scalar.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     dt = t - t_next
     mean = x - process.reverse_drift(x, t, score) * dt
@@ -156,7 +165,10 @@ def reverse_kernel(
 
 
 def gaussian_log_prob(y: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    """Log-density of :math:`\\mathcal N(\\text{mean}, \\text{std}^2 I)` at ``y``, summed over the last axis."""
+    """Log-density of :math:`\\mathcal N(\\text{mean}, \\text{std}^2 I)` at ``y``, summed over the last axis.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
     d = y.shape[-1]
     return -0.5 * jnp.sum(((y - mean) / std) ** 2, axis=-1) - d * (
         jnp.log(std) + 0.5 * math.log(2 * math.pi)
@@ -183,6 +195,8 @@ def euler_maruyama_step(
         score: per-point score ``score(x, t)``.
         process: the forward process.
         noise: a factor on the noise (dynamic; 0 returns the kernel's mean).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     mean, std = reverse_kernel(process, x, t, t_next, batch_score(score)(x, t))
     return mean + noise * std * jax.random.normal(key, x.shape, x.dtype)
@@ -209,6 +223,8 @@ def ddim_step(
 
     ``eta = 0`` is the deterministic sampler (a discretisation of the probability-flow ODE);
     ``eta = 1`` matches DDPM's ancestral sampler. Arguments as :func:`euler_maruyama_step`.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     s = batch_score(score)(x, t)
     sigma, sigma_next = process.sigma(t), process.sigma(t_next)
@@ -253,6 +269,8 @@ def run_sampler(
     Returns:
         A :class:`SampleResult`. The final samples are guarded: NaN or infinite values raise
         (at run time under ``jit``).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     n_steps = times.shape[0] - 1
     if n_steps < 1:
@@ -301,6 +319,9 @@ def euler_maruyama(
         t_min, t_max: the time interval, ``0 < t_min < t_max <= 1``.
         hook: optional ``hook(x, t) -> (x, aux)`` run on the batch after every step.
         save_trajectory: also return every intermediate state (static).
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/04_projective_composition.ipynb.
     """
     x_init = check_points(x_init, "x_init")
     ts = time_grid(n_steps, t_min, t_max)
@@ -328,6 +349,8 @@ def ddim(
     """DDIM sampling: :func:`run_sampler` with :func:`ddim_step` (no noise at the last step).
 
     Arguments as :func:`euler_maruyama`, plus ``eta >= 0`` (dynamic).
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     x_init = check_points(x_init, "x_init")
     check_nonnegative(eta, "eta")
@@ -343,7 +366,10 @@ def ddim(
 def pf_ode_drift(
     score: ScoreFn, process: AbstractProcess
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The probability-flow velocity :math:`v(x, t) = f(x, t) - \\tfrac12 g(t)^2 s(x, t)` of one point."""
+    """The probability-flow velocity :math:`v(x, t) = f(x, t) - \\tfrac12 g(t)^2 s(x, t)` of one point.
+
+    Taught in: book/diffusion/01_score_based.ipynb.
+    """
 
     def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
         return process.ode_drift(x, t, score(x, t))
@@ -394,6 +420,8 @@ def probability_flow(
     failed solve are host callbacks, which JAX never stores in its persistent compilation cache;
     on a fixed interval they are decided when the program is traced, and the solver's status is
     checked here instead. (A ``save_trajectory`` still brings diffrax's check on the saved times.)
+
+    Taught in: book/diffusion/01_score_based.ipynb.
     """
     x_init = check_points(x_init, "x_init")
     check_in_range(rtol, "rtol", 0.0, 1.0, low_open=True)
@@ -461,6 +489,8 @@ def sample(
 ) -> SampleResult:
     """Draw ``n_samples`` points in dimension ``dim`` with the named ``sampler`` (``"sde"``,
     ``"ddim"`` or ``"ode"``; the ODE uses ``n_steps`` fixed Heun steps), starting from the prior.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb.
     """
     n_samples = check_int(n_samples, "n_samples", low=1)
     dim = check_int(dim, "dim", low=1)

@@ -98,6 +98,8 @@ class Repellency(NamedTuple):
         delta: ``(n, d)`` the sparse correction :math:`\\Delta(\\hat x_0)` (zero outside the shield).
         n_active: ``(n,)`` the number of balls that contain each prediction.
         nearest: ``(n,)`` the distance to the nearest reference (``inf`` if there is none).
+
+    Taught in: book/diffusion/03_spell.ipynb.
     """
 
     delta: jax.Array
@@ -114,6 +116,8 @@ class SpellInfo(NamedTuple):
         active_fraction: the fraction of trajectories where it fired.
         correction_norm: ``(n,)`` the norm of the applied correction :math:`\\lambda\\|\\Delta\\|`.
         nearest: ``(n,)`` the distance of each prediction to its nearest reference.
+
+    Taught in: book/diffusion/03_spell.ipynb.
     """
 
     t: jax.Array

@@ -58,6 +58,8 @@ class Manifold(eqx.Module):
 
     Subclasses hold only static Python values (their dimensions), so a manifold is a pytree with
     no array leaves: it can be passed to jitted functions and compared for equality.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     #: The intrinsic dimension :math:`d` (a static int).
@@ -155,7 +157,7 @@ class Manifold(eqx.Module):
         """A finite ``(n, D)`` array of points on the manifold, or a ``ValueError`` naming ``name``.
 
         The distance check runs on concrete values only (outside ``jit``), like every eager check
-        of :mod:`otdiff._checks`.
+        of ``otdiff._checks``.
         """
         x = check_points(x, name, min_points=min_points)
         if x.shape[1] != self.ambient_dim:

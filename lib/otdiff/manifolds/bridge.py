@@ -141,6 +141,8 @@ class BridgeConfig:
         first_loss: ``"heat"`` (denoising score matching with the heat kernel, :math:`S^2` and a
             Brownian reference only) or ``"implicit"`` for the first backward half-step.
         divergence: ``"exact"`` or ``"hutchinson"`` in the implicit score-matching loss.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     horizon: float = 0.2
@@ -195,6 +197,8 @@ class DriftNet(eqx.Module):
     Attributes:
         net: the time-conditioned MLP (input the ambient point, output an ambient vector).
         manifold: the manifold whose tangent projector is applied to the output.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     net: eqx.Module
@@ -208,7 +212,10 @@ class DriftNet(eqx.Module):
 def make_drift_network(
     key: jax.Array, manifold: Manifold, hidden=(128, 128), embed_dim: int = 32
 ) -> DriftNet:
-    """A fresh :class:`DriftNet`: an :class:`otdiff.nn.TimeMLP` from and to the ambient coordinates."""
+    """A fresh :class:`DriftNet`: an :class:`otdiff.nn.TimeMLP` from and to the ambient coordinates.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     d = manifold.ambient_dim
     net = TimeMLP(d, d, hidden=tuple(hidden), embed_dim=embed_dim, key=key)
     return DriftNet(net, manifold)
@@ -240,6 +247,8 @@ class Bridge(NamedTuple):
         losses: the training losses of every half-step in the order they ran
             (``b^0, f^1, b^1, ...``), each ``(train_steps,)``.
         seconds: the wall-clock time of each half-step (simulation and training).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     manifold: Manifold
@@ -262,7 +271,10 @@ def _check_iteration(bridge: Bridge, iteration: int) -> int:
 
 
 def forward_drift(bridge: Bridge, iteration: int) -> Drift | None:
-    """The forward drift ``f(x, t)`` of IPF iteration ``iteration`` (1 = the reference)."""
+    """The forward drift ``f(x, t)`` of IPF iteration ``iteration`` (1 = the reference).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     iteration = _check_iteration(bridge, iteration)
     if iteration == 1:
         return bridge.reference
@@ -270,7 +282,10 @@ def forward_drift(bridge: Bridge, iteration: int) -> Drift | None:
 
 
 def backward_drift(bridge: Bridge, iteration: int) -> Drift:
-    """The backward drift ``b(y, s)`` (backward time ``s``) of IPF iteration ``iteration``."""
+    """The backward drift ``b(y, s)`` (backward time ``s``) of IPF iteration ``iteration``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     iteration = _check_iteration(bridge, iteration)
     return _Timed(bridge.backward[iteration - 1], jnp.asarray(bridge.config.horizon, jnp.float32))
 
@@ -282,6 +297,8 @@ def sample_forward(
 
     ``n_steps`` (static) defaults to the training grid; a finer grid evaluates the drift network
     at times it was not trained on.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     drift = forward_drift(bridge, iteration)
     n = bridge.config.n_steps if n_steps is None else n_steps
@@ -297,6 +314,8 @@ def sample_backward(
 
     Its state at backward index ``j`` (``path[j]``) approximates the forward marginal at
     :math:`t = T - s_j`; ``x`` approximates :math:`\\pi_0`.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     drift = backward_drift(bridge, iteration)
     n = bridge.config.n_steps if n_steps is None else n_steps
@@ -306,7 +325,10 @@ def sample_backward(
 
 
 def empirical(points, weights=None) -> Callable[[jax.Array, int], jax.Array]:
-    """``sample(key, n)``: ``n`` draws with replacement from weighted points ``(m, D)``."""
+    """``sample(key, n)``: ``n`` draws with replacement from weighted points ``(m, D)``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     points = jnp.asarray(points)
     if points.ndim != 2 or points.shape[0] < 1:
         raise ValueError(f"points must have shape (m, D), got {points.shape}.")
@@ -344,6 +366,8 @@ def ism_loss(
         other: the other direction's drift :math:`h` at those points ``(B, D)`` (zero for the
             Brownian reference); ``other_div``: its divergence ``(B,)`` (a constant for the fit).
         key: ``None`` for the exact divergence, else a key for Hutchinson's tangent probes.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     u = jax.vmap(drift)(x, tau) + other
     if key is None:
@@ -374,6 +398,8 @@ def heat_dsm_loss(
             matching forward times ``(B,)`` (> 0).
         key: a key for the heat-kernel samples.
         n_terms: the series' terms (static).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     x = sample_heat_kernel(key, x0, t, n_terms=n_terms)
     target = heat_kernel_score(x, x0, t, n_terms=n_terms)
@@ -395,6 +421,8 @@ def reversal_targets(manifold: Manifold, path: jax.Array, other, horizon: jax.Ar
         ``(points, drift, div)`` of shapes ``(K, N, D)``, ``(K, N, D)``, ``(K, N)``: entry ``i``
         holds the states :math:`W_{K-i}` (where the new network's step ``i`` starts) and
         :math:`h_{K-1-i}` and its divergence there (see the module docstring).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     k_steps = path.shape[0] - 1
     idx = jnp.arange(k_steps)
@@ -530,6 +558,8 @@ def ipf(
 
     Returns:
         A :class:`Bridge` with ``n_iterations`` backward networks.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     if not isinstance(manifold, Manifold):
         raise TypeError(f"manifold must be an otdiff.manifolds.Manifold, got {manifold!r}.")
@@ -742,6 +772,8 @@ class ChapterBridges(NamedTuple):
         land: the first seed's bridge from the cities to the uniform law on land (three
             iterations).
         seeds: the seeds.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     config: BridgeConfig

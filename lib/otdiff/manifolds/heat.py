@@ -71,7 +71,10 @@ _VARADHAN_BELOW = 1e-4
 
 
 def truncation_error(t: float, n_terms: int) -> float:
-    """The bound :math:`\\varepsilon_L(t)` on :math:`|p_t - p_t^{(L)}|` for ``n_terms`` :math:`= L` (float64)."""
+    """The bound :math:`\\varepsilon_L(t)` on :math:`|p_t - p_t^{(L)}|` for ``n_terms`` :math:`= L` (float64).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     check_positive(t, "t")
     n_terms = check_int(n_terms, "n_terms", low=1)
     extra = int(60.0 / math.sqrt(t)) + 100  # e^{-l(l+1)t/2} < e^{-1800} beyond, i.e. zero
@@ -80,7 +83,10 @@ def truncation_error(t: float, n_terms: int) -> float:
 
 
 def n_terms_for(t_min: float, tol: float = 1e-6) -> int:
-    """The smallest ``n_terms`` whose :func:`truncation_error` is at most ``tol`` for all ``t >= t_min``."""
+    """The smallest ``n_terms`` whose :func:`truncation_error` is at most ``tol`` for all ``t >= t_min``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     check_positive(t_min, "t_min")
     check_positive(tol, "tol")
     n = 1
@@ -135,6 +141,8 @@ def heat_kernel(x, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Array:
     (broadcast) and a time ``t > 0`` (dynamic; broadcast against the points' batch shape).
 
     ``n_terms`` (static) sets the truncation; see :func:`truncation_error`.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     _check_s2(x, "x")
     _check_s2(x0, "x0")
@@ -146,7 +154,10 @@ def heat_kernel(x, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Array:
 
 
 def log_heat_kernel(x, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Array:
-    """:math:`\\log p_t(x \\mid x_0)`, floored at the float32 resolution of the series."""
+    """:math:`\\log p_t(x \\mid x_0)`, floored at the float32 resolution of the series.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     p = heat_kernel(x, x0, t, n_terms=n_terms)
     return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
 
@@ -156,6 +167,8 @@ def heat_kernel_score(x, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Array:
 
     Varadhan's :math:`\\log_x(x_0)/t` replaces the series where the density is below ``1e-4`` of
     its peak (see the module docstring).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     _check_s2(x, "x")
     _check_s2(x0, "x0")
@@ -179,7 +192,10 @@ def heat_kernel_score(x, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Array:
 
 
 def heat_kernel_cdf(theta, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Array:
-    """:math:`F_t(\\theta) = \\mathbb P(d(X_t, x_0) \\le \\theta)` for Brownian motion on :math:`S^2`."""
+    """:math:`F_t(\\theta) = \\mathbb P(d(X_t, x_0) \\le \\theta)` for Brownian motion on :math:`S^2`.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     _check_times(t)
     n_terms = check_int(n_terms, "n_terms", low=1)
     theta = jnp.asarray(theta, jnp.result_type(float))
@@ -200,6 +216,8 @@ def sample_heat_kernel(key, x0, t, *, n_terms: int = DEFAULT_N_TERMS) -> jax.Arr
     Returns:
         ``(n, 3)`` points: the distance to ``x0`` inverts :func:`heat_kernel_cdf` by bisection,
         the direction is uniform.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     key = check_key(key)
     x0 = check_sphere_points(x0, "x0")

@@ -68,6 +68,8 @@ class Sphere(Manifold):
 
     Args:
         dim: the intrinsic dimension :math:`d \\ge 1` (static; :math:`S^2` by default).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     dim: int = eqx.field(static=True)
@@ -134,6 +136,8 @@ def vmf_log_normalizer(dim: int, kappa) -> jax.Array:
     Args:
         dim: the sphere's intrinsic dimension :math:`d \\ge 1` (static).
         kappa: concentration(s) :math:`\\ge 0` (a dynamic scalar or array).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     dim = check_int(dim, "dim", low=1)
     kappa = jnp.asarray(kappa, jnp.result_type(float))
@@ -150,7 +154,10 @@ def vmf_log_normalizer(dim: int, kappa) -> jax.Array:
 
 
 def vmf_log_prob(x, mu, kappa) -> jax.Array:
-    """The vMF log-density at the points ``x`` ``(..., d+1)`` with mean direction ``mu`` ``(d+1,)``."""
+    """The vMF log-density at the points ``x`` ``(..., d+1)`` with mean direction ``mu`` ``(d+1,)``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     x, mu = jnp.asarray(x), jnp.asarray(mu)
     dim = x.shape[-1] - 1
     return vmf_log_normalizer(dim, kappa) + kappa * jnp.sum(x * mu, axis=-1)
@@ -199,6 +206,8 @@ def vmf_sample(key, mu, kappa, n: int) -> jax.Array:
         mu: the mean direction, a unit vector ``(d+1,)`` (normalised here).
         kappa: the concentration :math:`\\ge 0` (dynamic).
         n: the number of samples (static).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     n = check_int(n, "n", low=1)
     mu = jnp.asarray(mu)
@@ -222,6 +231,8 @@ class VMFMixture(eqx.Module):
         means: the unit mean directions, ``(K, d+1)``.
         kappas: the concentrations, ``(K,)``.
         weights: the mixture weights, ``(K,)``, summing to one.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     means: jax.Array
@@ -275,6 +286,8 @@ def vmf_mixture(means, kappa, weights=None) -> VMFMixture:
         means: mean directions ``(K, d+1)`` (each normalised to unit length).
         kappa: one concentration for all components or one per component, each :math:`\\ge 0`.
         weights: mixture weights ``(K,)`` summing to one (uniform by default).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     means = jnp.asarray(means, jnp.result_type(float))
     if means.ndim != 2 or means.shape[1] < 2:
@@ -304,6 +317,8 @@ def vmf_kde(points, kappa: float = 20.0):
     Args:
         points: the sample ``(n, d+1)`` on the unit sphere.
         kappa: the kernel's concentration (> 0).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     points = jnp.asarray(points)
     if points.ndim != 2 or points.shape[0] < 1:

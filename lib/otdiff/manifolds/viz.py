@@ -35,6 +35,8 @@ def coastlines(resolution: float = 0.5) -> tuple[np.ndarray, ...]:
 
     The quarter-degree mask is averaged over blocks of ``resolution`` degrees first (a multiple
     of 0.25), which smooths the outline and keeps the number of vertices small.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/diffusion/06_rdsb.ipynb.
     """
     import contourpy
 
@@ -90,6 +92,8 @@ def plot_lonlat(
             bottom is 0. A shared ``vmax`` makes several panels comparable.
         title: the axes' title.
         **scatter: passed to ``ax.scatter`` (``s``, ``color``, ``alpha``, ...).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     if density is not None:
         lat = np.linspace(-90, 90, resolution)
@@ -124,7 +128,10 @@ def _frame(view) -> np.ndarray:
 
 
 def orthographic_project(x, view=(0.0, 20.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Screen coordinates ``(n, 2)`` of points ``(n, 3)`` seen from above ``view`` and whether each is visible."""
+    """Screen coordinates ``(n, 2)`` of points ``(n, 3)`` seen from above ``view`` and whether each is visible.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/diffusion/06_rdsb.ipynb.
+    """
     check_sphere_points(x, "x")
     return _project(x, view)
 
@@ -151,6 +158,8 @@ def plot_orthographic(
     """The orthographic view from above ``view = (lon, lat)`` (degrees): the visible hemisphere.
 
     Arguments as in :func:`plot_lonlat`; ``resolution`` is the side of the density image.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     from matplotlib.patches import Circle
 

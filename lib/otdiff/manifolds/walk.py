@@ -54,6 +54,8 @@ class WalkResult(NamedTuple):
         path: every state ``(n_steps + 1, n, D)`` (index ``k`` at time ``t_k``), or ``None``
             when ``keep_path=False``.
         times: the grid :math:`t_k = kT/K`, ``(n_steps + 1,)``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
 
     x: jax.Array
@@ -62,7 +64,10 @@ class WalkResult(NamedTuple):
 
 
 def time_grid(horizon, n_steps: int) -> jax.Array:
-    """The walk's times :math:`t_k = k\\,T/K`, :math:`k = 0, \\dots, K` (``n_steps`` :math:`= K` static)."""
+    """The walk's times :math:`t_k = k\\,T/K`, :math:`k = 0, \\dots, K` (``n_steps`` :math:`= K` static).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     n_steps = check_int(n_steps, "n_steps", low=1)
     return jnp.asarray(horizon, jnp.result_type(float)) * jnp.arange(n_steps + 1) / n_steps
 
@@ -94,6 +99,8 @@ def geodesic_random_walk(
 
     Raises:
         ValueError: for points off the manifold, ``horizon <= 0`` or ``n_steps < 1``.
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
     """
     if not isinstance(manifold, Manifold):
         raise TypeError(f"manifold must be an otdiff.manifolds.Manifold, got {manifold!r}.")
@@ -133,7 +140,10 @@ def _walk(key, manifold, x0, horizon, n_steps, drift, keep_path):
 def langevin_drift(manifold: Manifold, log_prob: Callable[[jax.Array], jax.Array]) -> Drift:
     """The drift :math:`f(x, t) = \\tfrac12\\nabla_{\\mathcal M}\\log\\pi(x)` of the Langevin process
     :math:`dX = \\tfrac12\\nabla_{\\mathcal M}\\log\\pi(X)\\,dt + dB^{\\mathcal M}` (invariant law
-    :math:`\\pi`), from an ambient formula ``log_prob(x)`` of one point (differentiated by JAX)."""
+    :math:`\\pi`), from an ambient formula ``log_prob(x)`` of one point (differentiated by JAX).
+
+    Taught in: book/diffusion/06_rdsb.ipynb.
+    """
     if not isinstance(manifold, Manifold):
         raise TypeError(f"manifold must be an otdiff.manifolds.Manifold, got {manifold!r}.")
     grad = jax.grad(log_prob)

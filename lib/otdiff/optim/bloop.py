@@ -99,6 +99,8 @@ class BloopState(NamedTuple):
             structure. It starts at zero and is *not* bias-corrected in storage; :func:`bloop`
             divides by :math:`1 - (1-\\rho)^t` when it uses it.
         count: the number of updates so far (an int32 scalar).
+
+    Taught in: book/optim/01_bloop.ipynb.
     """
 
     ema: PyTree
@@ -107,7 +109,10 @@ class BloopState(NamedTuple):
 
 class SurgeryState(NamedTuple):
     """State of the memoryless directions (:func:`weighted_sum`, :func:`projected`,
-    :func:`pcgrad`): only the number of updates so far."""
+    :func:`pcgrad`): only the number of updates so far.
+
+    Taught in: book/optim/01_bloop.ipynb.
+    """
 
     count: jax.Array
 
@@ -130,6 +135,8 @@ def tree_project(u: PyTree, v: PyTree, eps: float | jax.Array = DEFAULT_EPS) -> 
     Returns:
         A pytree like ``u``; :math:`\\langle \\pi(u; v), v\\rangle = \\delta\\langle u, v\\rangle
         / (\\|v\\|^2+\\delta)`, zero up to the guard.
+
+    Taught in: book/optim/01_bloop.ipynb.
     """
     coef = tree_vdot(u, v) / (tree_vdot(v, v) + eps)
     return tree_add_scale(u, -coef, v)

@@ -80,6 +80,8 @@ class LeastSquaresProblem(eqx.Module):
         theta_bilevel: the exact bilevel solution :math:`\\theta_{\\rm bl}`.
         row_basis: an orthonormal basis of the row space of :math:`X`, shape ``(d, n)``: the
             directions in which :math:`L_{\\rm main}` changes.
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb, book/optim/01_bloop.ipynb.
     """
 
     X: jax.Array
@@ -201,6 +203,8 @@ def mlp_init(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]]
     Weights are drawn from :math:`\\mathcal N(0, 2/\\text{fan-in})` (He initialisation for ReLU),
     biases start at zero. A plain list keeps every weight matrix in sight, which the Lipschitz
     proxy needs, and any optax transformation works on it as it is.
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb, book/optim/01_bloop.ipynb.
     """
     sizes = tuple(check_int(s, "sizes", low=1) for s in sizes)
     if len(sizes) < 2:
@@ -221,7 +225,10 @@ def _mlp_init(key: jax.Array, sizes: tuple[int, ...]) -> list[dict[str, jax.Arra
 
 
 def mlp_apply(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-    """The logits of the MLP: ReLU between layers, none after the last."""
+    """The logits of the MLP: ReLU between layers, none after the last.
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb, book/optim/01_bloop.ipynb.
+    """
     for layer in params[:-1]:
         x = jax.nn.relu(x @ layer["w"] + layer["b"])
     return x @ params[-1]["w"] + params[-1]["b"]
@@ -232,6 +239,8 @@ def lipschitz_proxy(params: list[dict[str, jax.Array]]) -> jax.Array:
 
     The product of the layers' spectral norms bounds the Lipschitz constant of a ReLU network;
     the auxiliary loss of the MNIST experiment of :cite:`hsieh2024bloop`.
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb, book/optim/01_bloop.ipynb.
     """
     return sum(jnp.log(spectral_norm(layer["w"])) for layer in params)
 
@@ -242,6 +251,8 @@ def spectral_norm(w: jax.Array) -> jax.Array:
     Computed as the square root of the largest eigenvalue of the smaller of :math:`W^\\top W`
     and :math:`W W^\\top` with ``eigvalsh``: exact, and its gradient is many times cheaper on a
     CPU than differentiating an SVD.
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb, book/optim/01_bloop.ipynb.
     """
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
     return jnp.sqrt(jnp.linalg.eigvalsh(gram)[-1])
@@ -261,6 +272,8 @@ class DigitsProblem(eqx.Module):
         x_train, y_train, x_test, y_test: pixels scaled to [-1, 1] (64 per image) and labels:
             the split of :func:`otdiff.data.load_digits`, the one every chapter uses.
         hidden: the hidden layer widths (static).
+
+    Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb, book/optim/01_bloop.ipynb.
     """
 
     x_train: jax.Array

@@ -27,7 +27,7 @@ with the best (entropic) polymatching,
 i.e. :math:`\mathrm{M3G} = \langle \mathcal J, \mathcal C\rangle + \varepsilon (k - 1)\log n
 - \mathrm{OT}_{k,\varepsilon}(\mathcal C)`, where :math:`\mathcal U` is the set of tensors
 with uniform marginals and :math:`\mathrm{OT}_{k,\varepsilon}` is the value computed by
-:func:`otdiff.ot.solve_multimarginal` (for :math:`k = 2`, the matching gap of two views and
+:func:`otdiff.ot.multimarginal.solve_multimarginal` (for :math:`k = 2`, the matching gap of two views and
 :func:`otdiff.ot.solve`'s ``reg_ot_cost``). Since :math:`F_\varepsilon` is linear in
 :math:`\mathcal C` for a fixed :math:`\mathcal P`, Danskin's theorem :cite:`danskin1967theory`
 (the Fenchel-Young view :cite:`blondel2020fenchelyoung`) gives its gradient without
@@ -203,6 +203,8 @@ class M3GOutput(NamedTuple):
         converged: whether the marginal error fell below the threshold.
         marginal_error: :math:`\sum_\ell \|m_\ell(\mathcal P) - \frac1n\mathbf 1\|_1`.
         epsilon: the regularisation, in the units of :math:`c_{\mathrm{cv}}`.
+
+    Taught in: book/ot/05_m3g.ipynb.
     """
 
     loss: jax.Array
@@ -245,7 +247,7 @@ def m3g_core(
         embeddings: ``(k, n, d)``, unit vectors (not checked).
         epsilon, threshold: dynamic scalars (> 0).
         max_iterations, inner_iterations: static ints (see
-            :func:`otdiff.ot.solve_multimarginal`).
+            :func:`otdiff.ot.multimarginal.solve_multimarginal`).
 
     Taught in: book/ot/05_m3g.ipynb
     """
@@ -366,7 +368,7 @@ def matching_gap(
 
     Raises:
         ValueError, TypeError: naming the argument and the accepted range (``k < 2``, views of
-        different sizes, ``epsilon <= 0``, a tensor too large).
+            different sizes, ``epsilon <= 0``, a tensor too large).
 
     Taught in: book/ot/05_m3g.ipynb
     """
@@ -560,6 +562,8 @@ class TrainConfig(NamedTuple):
         width, depth, dim: the encoder, an :class:`otdiff.nn.SphereMLP` (static).
         threshold: MM-Sinkhorn's tolerance, > 0.
         max_iterations: MM-Sinkhorn's most sweeps per step, a multiple of 10. Static.
+
+    Taught in: book/ot/05_m3g.ipynb.
     """
 
     method: str = "m3g"
@@ -586,6 +590,8 @@ class TrainResult(NamedTuple):
         encoder: the trained encoder, an :class:`otdiff.nn.SphereMLP`.
         losses: the training loss at every step, ``(n_steps,)``.
         iterations: MM-Sinkhorn sweeps at every step (zeros for InfoNCE), ``(n_steps,)``.
+
+    Taught in: book/ot/05_m3g.ipynb.
     """
 
     encoder: nn.SphereMLP
@@ -979,6 +985,8 @@ class ChapterEncoders(NamedTuple):
             ``sweep_seeds``.
         explore: the M3G encoder behind the chapter's explorer (the demo setting, first seed).
         seeds, sweep_seeds: the seeds.
+
+    Taught in: book/ot/05_m3g.ipynb.
     """
 
     configs: dict
@@ -1058,6 +1066,8 @@ class Evaluation(NamedTuple):
         linear_probe: test accuracy of a logistic regression on the embeddings.
         knn: test accuracy of the ``n_neighbors`` nearest training embeddings' vote.
         retrieval: cross-view top-1 retrieval accuracy within batches.
+
+    Taught in: book/ot/05_m3g.ipynb.
     """
 
     linear_probe: float

@@ -101,6 +101,8 @@ class MultiMarginalOutput(NamedTuple):
             marginal error after each block of ``inner_iterations``, ``-1`` after the stop.
         converged: whether the error fell below ``threshold``.
         epsilon: the regularisation used.
+
+    Taught in: book/ot/05_m3g.ipynb.
     """
 
     potentials: tuple[jax.Array, ...]
@@ -212,7 +214,7 @@ def cost_tensor(x_s: Any, cost_fn: Any = None, *, cost_scale: Any = 1.0) -> jax.
 
     Raises:
         ValueError, TypeError: naming the argument and the accepted range; a ``ValueError`` if
-        the tensor would exceed :data:`MAX_TENSOR_ENTRIES` entries.
+            the tensor would exceed :data:`MAX_TENSOR_ENTRIES` entries.
 
     Taught in: book/ot/05_m3g.ipynb
     """
@@ -341,7 +343,7 @@ def solve_multimarginal(
 
     Raises:
         ValueError, TypeError: naming the argument and the accepted range (``k < 2``, clouds
-        of different dimensions, ``epsilon <= 0``, bad weights, a tensor too large).
+            of different dimensions, ``epsilon <= 0``, bad weights, a tensor too large).
 
     Taught in: book/ot/05_m3g.ipynb
     """

@@ -93,6 +93,8 @@ class ProgOTState(NamedTuple):
         x: the current points :math:`x^{(k)}`, shape ``(n, d)``.
         f, g: the potentials the next Sinkhorn solve starts from, shapes ``(n,)`` and ``(m,)``
             (:math:`(1 - \alpha_{k-1}) f_{k-1}` with warm starts, zero at first).
+
+    Taught in: book/ot/03_progot.ipynb.
     """
 
     x: jax.Array
@@ -124,6 +126,8 @@ class ProgOTOutput(NamedTuple):
         cost_fn: the cost (an ott-jax ``CostFn``).
         coupling: the last step's coupling :math:`P`, whose row ``i`` is the original point
             ``x[i]``, shape ``(n, m)``, when asked for (``return_coupling=True``); else ``None``.
+
+    Taught in: book/ot/03_progot.ipynb.
     """
 
     xs: jax.Array
@@ -507,8 +511,8 @@ def progot(
 
     Raises:
         ValueError, TypeError: naming the argument and the accepted range (``n_steps < 1``,
-        ``alphas`` outside :math:`(0, 1]`, ``epsilons`` or ``threshold`` <= 0, mismatched
-        lengths, bad points, weights or cost).
+            ``alphas`` outside :math:`(0, 1]`, ``epsilons`` or ``threshold`` <= 0, mismatched
+            lengths, bad points, weights or cost).
 
     Taught in: book/ot/03_progot.ipynb.
     """

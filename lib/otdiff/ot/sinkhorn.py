@@ -112,6 +112,8 @@ class SinkhornOutput(NamedTuple):
         epsilon: the (absolute) regularisation used.
         coupling: the transport plan :math:`P`, shape ``(n, m)``, when asked for
             (``return_coupling=True``); ``None`` otherwise.
+
+    Taught in: book/ot/01_sinkhorn.ipynb.
     """
 
     f: jax.Array
@@ -134,6 +136,8 @@ class AssignmentOutput(NamedTuple):
         cost: the unregularised OT cost :math:`\\frac1n\\sum_i c(x_i, y_{\\sigma(i)})` (a Python
             float; computed in float64 for the squared Euclidean cost).
         permutation: :math:`\\sigma`, an integer array: ``x[i]`` is sent to ``y[permutation[i]]``.
+
+    Taught in: book/ot/01_sinkhorn.ipynb.
     """
 
     cost: float
@@ -244,7 +248,7 @@ def _sinkhorn(
 
 def _guard_inputs(x, y, a, b, epsilon, name: str = "epsilon"):
     """The boundary guards of a solve: ``epsilon`` > 0, finite points, weights on the simplex
-    (checked now when concrete, at run time when traced; see :mod:`otdiff._checks`)."""
+    (checked now when concrete, at run time when traced; see ``otdiff._checks``)."""
     epsilon = _checks.guard_positive(epsilon, name)
     if not _checks.is_concrete((x, y, a, b)):  # concrete ones were checked eagerly
         x, y = _checks.guard_finite(x, "x"), _checks.guard_finite(y, "y")
