@@ -62,6 +62,9 @@ def test_noised_mixture_matches_forward_samples():
     second = jnp.einsum("k,kij->ij", noised.weights, noised.covs) + jnp.einsum(
         "k,ki,kj->ij", noised.weights, noised.means, noised.means
     )
+    # measured over 10 seed offsets: largest |mean error| median 0.0023, range [0.0005, 0.0060];
+    # threshold 0.02; largest second-moment error median 0.0071, range [0.0046, 0.0125];
+    # threshold 0.03
     np.testing.assert_allclose(xt.mean(0), mean, atol=0.02)
     np.testing.assert_allclose(xt.T @ xt / len(xt), second, atol=0.03)
 
@@ -70,6 +73,8 @@ def test_noised_mixture_matches_forward_samples():
 def test_mixture_sampler_weights_and_moments():
     m = _mixture_full_cov()
     x, lab = m.sample_with_labels(jax.random.key(config.seed(0)), 100_000)
+    # measured over 10 seed offsets: largest weight error median 0.0011, range [0.0001, 0.0026];
+    # threshold 0.01; largest covariance error median 0.0019, range [0.0009, 0.0077]; threshold 0.02
     np.testing.assert_allclose(np.bincount(lab) / len(lab), m.weights, atol=0.01)
     sel = np.asarray(x[lab == 0])
     np.testing.assert_allclose(np.cov(sel.T), m.covs[0], atol=0.02)

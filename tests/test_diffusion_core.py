@@ -135,6 +135,9 @@ def test_forward_marginal_moments(process):
     x0 = jnp.full((200_000, 2), 1.5)
     for t in (0.1, 0.5, 0.9):
         xt, eps = process.sample_marginal(jax.random.key(config.seed(0)), x0, t)
+        # measured over 10 seed offsets, both processes, all three times: largest |mean error|
+        # median 0.0017, range [0.0002, 0.0058]; threshold 0.01. Relative std error: median
+        # 0.0016, range [0.0009, 0.0048]; threshold 0.01 (both about 4.5 standard errors)
         np.testing.assert_allclose(xt.mean(0), 1.5 * process.alpha(t), atol=0.01)
         np.testing.assert_allclose(xt.std(0), process.sigma(t), rtol=0.01)
         np.testing.assert_allclose(xt, process.alpha(t) * x0 + process.sigma(t) * eps, rtol=1e-6)
@@ -155,7 +158,11 @@ def test_forward_marginal_matches_simulated_sde():
     ts = jnp.linspace(0.0, 0.6, n_steps + 1)[:-1]
     x, _ = jax.lax.scan(step, x0, (jax.random.split(jax.random.key(config.seed(0)), n_steps), ts))
     mean, std = process.marginal(2.0, 0.6)
-    np.testing.assert_allclose(float(x.mean()), float(mean), atol=0.01)
+    # measured over 10 seed offsets: |mean error| median 0.0035, range [0.0006, 0.0080];
+    # threshold 0.02 (the standard error of the mean of 50,000 paths is 0.0045: 0.01 failed
+    # about one draw in thirty). Relative std error: median 0.0027, range [0.0009, 0.0047];
+    # threshold 0.01 (three standard errors)
+    np.testing.assert_allclose(float(x.mean()), float(mean), atol=0.02)
     np.testing.assert_allclose(float(x.std()), float(std), rtol=0.01)
 
 
@@ -204,8 +211,11 @@ def test_dsm_is_minimised_by_the_exact_score():
         )
         for c in (0.9, 1.0, 1.1)
     ]
+    # measured over 10 seed offsets: loss at c = 0.9 and 1.1 above the exact score's by median
+    # 0.0071 and 0.0070, ranges [0.0069, 0.0073] and [0.0068, 0.0071]; threshold 0
     assert losses[1] < losses[0] and losses[1] < losses[2]
-    assert 0.0 < losses[1] < 1.0  # the irreducible part of the loss
+    # the irreducible part of the loss: median 0.296, range [0.294, 0.298]; thresholds 0 and 1
+    assert 0.0 < losses[1] < 1.0
     lk = dsm_loss(eps_exact, jax.random.key(config.seed(1)), x0, process, weighting="likelihood")
     assert np.isfinite(float(lk))
 

@@ -53,9 +53,12 @@ def test_energy_distance_known_values():
         m.sample(jax.random.key(config.seed(0)), 1500),
         m.sample(jax.random.key(config.seed(1)), 1500),
     )
+    # measured over 10 seed offsets: |same law| median 0.0018, range [0.0002, 0.0081]; scaled by
+    # 1.2: median 0.095, range [0.089, 0.113]; threshold 0.02 between them (0.01 was within a
+    # fifth of the largest same-law value)
     assert (
         abs(float(metrics.energy_distance(a, b)))
-        < 0.01
+        < 0.02
         < float(metrics.energy_distance(a, 1.2 * b))
     )
     with pytest.raises(ValueError, match="same dimension"):
@@ -71,7 +74,10 @@ def test_sinkhorn_divergence_orders_samples():
     )
     near = metrics.sinkhorn_divergence(a, b, epsilon=0.5)
     far = metrics.sinkhorn_divergence(a, b + 1.0, epsilon=0.5)
-    assert 0.0 <= float(near) < 0.3 and float(far) > 1.5  # a shift by (1, 1) costs |shift|^2 = 2
+    # a shift by (1, 1) costs |shift|^2 = 2; two draws of 500 points differ in their mode counts,
+    # which the divergence sees. Measured over 10 seed offsets: near median 0.27, range
+    # [0.09, 0.60]; far median 2.34, range [1.62, 2.92]; thresholds 0.8 and 1.2.
+    assert 0.0 <= float(near) < 0.8 and float(far) > 1.2
     with pytest.raises(ValueError, match="epsilon"):
         metrics.sinkhorn_divergence(a, b, epsilon=0.0)
 
@@ -103,18 +109,24 @@ def test_spherical_mmd_uniform_term_is_exact():
         s = Sphere(dim)
         u = np.asarray(s.random_uniform(jax.random.key(config.seed(dim)), 200_000), np.float64)
         mc = np.mean(np.exp(10.0 * (u[:, 0] - 1.0)))
+        # measured over 10 seed offsets, d = 1, 2, 3: median 5e-4, 2e-4, 2e-4, largest 1.1e-3
+        # (d = 1); threshold 3e-3
         assert abs(_uniform_kernel_mean(10.0, dim) - mc) < 3e-3
     # uniform samples: unbiased estimate centred on zero; a concentrated law: clearly positive
     vals = [
         float(spherical_mmd2(Sphere(2).random_uniform(jax.random.key(config.seed(s)), 1000)))
         for s in range(8)
     ]
+    # measured over 10 seed offsets: |mean| median 9e-5, range [5e-5, 1.3e-4]; threshold 2e-4
     assert abs(np.mean(vals)) < 2e-4
     cap = vmf_sample(jax.random.key(config.seed(0)), jnp.array([0.0, 0.0, 1.0]), 20.0, 1000)
+    # measured over 10 seed offsets: median 0.452, range [0.440, 0.470]; threshold 0.1
     assert float(spherical_mmd2(cap)) > 0.1
     # against a uniform *sample* it agrees with the closed form up to noise
     u2 = Sphere(2).random_uniform(jax.random.key(config.seed(9)), 3000)
-    assert abs(float(spherical_mmd2(cap, u2)) - float(spherical_mmd2(cap))) < 5e-3
+    # measured over 10 seed offsets: median 0.0041, range [0.0020, 0.0072]; threshold 0.01 (5e-3
+    # failed at 2 of 10 offsets)
+    assert abs(float(spherical_mmd2(cap, u2)) - float(spherical_mmd2(cap))) < 1e-2
 
 
 @pytest.mark.statistical
@@ -127,8 +139,11 @@ def test_spherical_mmd_two_samples():
     b = vmf_sample(jax.random.key(config.seed(1)), north, 10.0, 1500)
     c = vmf_sample(jax.random.key(config.seed(2)), jnp.array([1.0, 0.0, 0.0]), 10.0, 1500)
     same, different = float(spherical_mmd2(a, b)), float(spherical_mmd2(a, c))
-    assert abs(same) < 1e-3 and different > 0.1
-    assert float(spherical_mmd2(a, b, unbiased=False)) > same  # the V-statistic's upward bias
+    # measured over 10 seed offsets: |same| median 3.5e-4, range [2e-5, 1.02e-3]; different
+    # median 0.658, range [0.641, 0.670]; thresholds 3e-3 and 0.1 (1e-3 failed at one offset)
+    assert abs(same) < 3e-3 and different > 0.1
+    # the V-statistic's upward bias, (1 - E k) / n: measured 8.8e-4 at every offset
+    assert float(spherical_mmd2(a, b, unbiased=False)) > same
     np.testing.assert_allclose(float(spherical_mmd2(a, c)), float(spherical_mmd2(c, a)), rtol=1e-5)
     # blocks: a sample larger than one block gives the same value as a direct computation
     big = vmf_sample(jax.random.key(config.seed(3)), north, 3.0, 2500)

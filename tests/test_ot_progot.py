@@ -149,9 +149,16 @@ def test_last_coupling_cost_is_on_original_points(clouds, fitted):
 
 @pytest.mark.statistical
 def test_map_is_close_to_the_known_map_in_2d():
-    x, y, x_test, y_test = known_map_problem(jax.random.key(config.seed(1)), 400, 2, n_test=200)
-    out = ot.progot(x, y, n_steps=4)
-    assert float(metrics.map_error(ot.transport(out, x_test), y_test)) < 0.1
+    # One draw's error is heavy-tailed: measured over 10 seed offsets (one draw each): median
+    # 0.040, range [0.014, 0.107] (2 of 10 above 0.1). The median of five draws: measured over
+    # offsets 0-5: median 0.039, range [0.025, 0.051]; threshold 0.12 (an identity map scores
+    # about 1).
+    errors = []
+    for s in config.seeds(5, start=1):
+        x, y, x_test, y_test = known_map_problem(jax.random.key(s), 400, 2, n_test=200)
+        out = ot.progot(x, y, n_steps=4)
+        errors.append(float(metrics.map_error(ot.transport(out, x_test), y_test)))
+    assert np.median(errors) < 0.12, errors
 
 
 # -- agreement with ott-jax where the two should agree -------------------------------------------

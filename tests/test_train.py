@@ -212,6 +212,8 @@ def test_train_step_is_pure_and_learns(data):
     chunk = make_chunk(make_step(DSM, opt, static=static, batch_size=64), 200)
     _, infos = chunk(key, state, data)
     losses = np.asarray(infos["loss"])
+    # late / early loss, measured over 10 seed offsets: median 0.44, range [0.41, 0.48];
+    # threshold 0.9
     assert np.mean(losses[-50:]) < 0.9 * np.mean(losses[:20])
 
 

@@ -64,6 +64,7 @@ import os
 import textwrap
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -157,8 +158,27 @@ class _StripDocstrings(ast.NodeTransformer):
     visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Module = _strip
 
 
+# Digests already computed, by function or class: reading a class's source searches its whole
+# module, and a chapter that loads twenty shipped networks fingerprints the same code each time.
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _code_digest(obj) -> str:
-    """The syntax tree of ``obj``'s source without docstrings (raw source if it does not parse)."""
+    """The syntax tree of ``obj``'s source without docstrings (raw source if it does not parse).
+
+    Computed once per function or class object (a module reloaded gives new objects, read anew).
+    """
+    try:
+        return _DIGESTS[obj]
+    except (KeyError, TypeError):  # not seen yet, or an object without weak references
+        pass
+    digest = _code_digest_uncached(obj)
+    with contextlib.suppress(TypeError):
+        _DIGESTS[obj] = digest
+    return digest
+
+
+def _code_digest_uncached(obj) -> str:
     try:
         source = textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError):

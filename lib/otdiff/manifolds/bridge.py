@@ -657,6 +657,12 @@ def _code() -> list:
     ]  # fmt: skip
 
 
+def _is_float_spec(leaf) -> bool:
+    # a floating-point leaf of a network built by eqx.filter_eval_shape (eqx.is_inexact_array
+    # for the real network)
+    return isinstance(leaf, jax.ShapeDtypeStruct) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+
+
 def cached_ipf(
     name: str,
     seed: int,
@@ -703,14 +709,17 @@ def cached_ipf(
             "v": _CACHE_VERSION, "iterations": iters, "code": code,
         }  # fmt: skip
 
+    def skeleton():  # the network's structure, shapes and dtypes, without computing its weights
+        return eqx.filter_eval_shape(
+            make_drift_network, jax.random.key(0), manifold, config.hidden, config.embed_dim
+        )
+
     def like(iters):
-        net = make_drift_network(jax.random.key(0), manifold, config.hidden, config.embed_dim)
-        params = eqx.filter(net, eqx.is_inexact_array)
+        params = eqx.filter(skeleton(), _is_float_spec)
         return {"forward": [params] * (iters - 1), "backward": [params] * iters}
 
     def to_bridge(art, iters) -> Bridge:
-        skeleton = make_drift_network(jax.random.key(0), manifold, config.hidden, config.embed_dim)
-        _, static = eqx.partition(skeleton, eqx.is_inexact_array)
+        _, static = eqx.partition(skeleton(), _is_float_spec)
         nets = {k: tuple(eqx.combine(p, static) for p in v) for k, v in art.tree.items()}
         # (an artifact planned by otdiff.artifacts.planning has zeros and no metadata)
         losses = tuple(np.asarray(x, np.float32) for x in art.meta.get("losses", ()))
