@@ -44,7 +44,10 @@ shipped. ``"slots_local"`` and ``"slots_mlp"`` are slot-conditional noise predic
 ``model(x, t, c)`` (:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws
 of ``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
 condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`; seeds 0-2 of both
-are shipped.
+are shipped. ``"canvas"`` (shipped, seed 0) and ``"canvas_full"`` are location-conditioned
+convolutional noise predictors on the 12x12 canvases of ``otdiff.data.canvas(12, 3)``
+(:func:`chapter_canvas_model`), trained on empty and one-object canvases, a tenth of them with
+the null condition (the unconditional law).
 
 Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/04_projective_composition.ipynb
 """
