@@ -14,10 +14,20 @@ so one reverse-diffusion run costs about ``k + 1`` single-score runs. Rows per n
   :class:`~otdiff.diffusion.conditional.ConditionalMLP` with (256, 256, 256); random weights, the
   cost does not depend on them), ``d + 1`` network calls per step.
 
+A second table times the canvas experiment (``--canvas-k``, written to
+``benchmarks/results/composition_canvas.json``): one reverse-diffusion run (``--canvas-n-steps``
+steps of Euler-Maruyama, ``--canvas-n-samples`` canvases of 12x12) with the location-conditioned
+:class:`otdiff.diffusion.conditional.ConditionalConvNet` of the ``"canvas"`` zoo recipe (16
+channels, two residual blocks; random weights), composed over ``k`` cells against the empty
+canvas (:func:`otdiff.diffusion.conditional.compose_conditions`, ``k + 1`` network calls per step,
+``composed_ms``), against the run with one condition (``single_ms``: one call per step, the cost
+of sampling one conditional model).
+
 Each timing is the median of ``--repeats`` calls after a compiling warm-up (interleaved rounds,
 ``block_until_ready``). Results go to ``benchmarks/results/composition.json``.
 
-Usage: ``python benchmarks/bench_composition.py [--slots 2 4 8] [--repeats 5]``.
+Usage: ``python benchmarks/bench_composition.py [--slots 2 4 8] [--canvas-k 1 2 3] [--repeats 5]``
+(``--slots`` or ``--canvas-k`` with no value skips that table).
 """
 
 from __future__ import annotations
@@ -30,23 +40,78 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from otdiff.data import slots
+from otdiff.data import canvas, slots
 from otdiff.diffusion import LinearVP, euler_maruyama
 from otdiff.diffusion.composition import compose
-from otdiff.diffusion.conditional import ConditionalMLP, ConditionalScore, LocalSlotNet
+from otdiff.diffusion.conditional import (
+    ConditionalConvNet,
+    ConditionalMLP,
+    ConditionalScore,
+    LocalSlotNet,
+    compose_conditions,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "composition.json"
+CANVAS_RESULTS = Path(__file__).resolve().parent / "results" / "composition_canvas.json"
+
+
+def bench_canvas(args) -> None:
+    """The canvas table: composed against single-condition sampling with the conv network."""
+    process = LinearVP()
+    board = canvas(12, 3)
+    key = jax.random.key(0)
+    net = ConditionalConvNet(side=12, channels=16, n_blocks=2, embed_dim=32, groups=8, key=key,
+                             data_std=0.12, process=process)  # fmt: skip
+    x0 = process.prior_sample(key, (args.canvas_n_samples, board.dim))
+
+    def run(model, conditions, background, x0):
+        score = compose_conditions(model, process, conditions, background=background)
+        return euler_maruyama(key, score, process, x0, args.canvas_n_steps).x
+
+    def single(model, condition, x0):
+        score = ConditionalScore(model, process, condition)
+        return euler_maruyama(key, score, process, x0, args.canvas_n_steps).x
+
+    rows = []
+    single_run = eqx.filter_jit(single)
+    composed_run = eqx.filter_jit(run)
+    for k in args.canvas_k:
+        cells = (0, 4, 8)[:k] if k <= 3 else tuple(range(k))  # the diagonal first
+        conditions = jnp.stack([board.condition((i,)) for i in cells])
+        calls = {
+            "single_ms": (single_run, (net, board.condition(cells), x0)),
+            "composed_ms": (composed_run, (net, conditions, board.condition(()), x0)),
+        }
+        seconds = _record.median_seconds(calls, args.repeats)
+        row = {"k": k, "cells": list(cells), **{n: round(1e3 * v, 1) for n, v in seconds.items()}}
+        row["ratio"] = round(row["composed_ms"] / row["single_ms"], 2)
+        print(row, flush=True)
+        rows.append(row)
+    settings = {n: getattr(args, n) for n in ("canvas_k", "canvas_n_samples", "canvas_n_steps",
+                                              "repeats")}  # fmt: skip
+    _record.write(args.canvas_out, "composition_canvas", settings, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slots", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--slots", type=int, nargs="*", default=[2, 4, 8])
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--n-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--canvas-k", type=int, nargs="*", default=[1, 2, 3])
+    parser.add_argument("--canvas-n-samples", type=int, default=100)
+    parser.add_argument("--canvas-n-steps", type=int, default=50)
+    parser.add_argument("--canvas-out", type=Path, default=CANVAS_RESULTS)
     args = parser.parse_args()
+    if args.slots:
+        bench_slots(args)
+    if args.canvas_k:
+        bench_canvas(args)
 
+
+def bench_slots(args) -> None:
+    """The slots table (module docstring)."""
     process = LinearVP()
     rows = []
     for d in args.slots:

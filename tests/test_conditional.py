@@ -13,11 +13,13 @@ import pytest
 from otdiff import config, train
 from otdiff.data import canvas, slots
 from otdiff.diffusion import LinearVP, dsm_loss
+from otdiff.diffusion.composition import compose
 from otdiff.diffusion.conditional import (
     ConditionalConvNet,
     ConditionalMLP,
     ConditionalScore,
     LocalSlotNet,
+    compose_conditions,
     conditional_dsm_loss,
 )
 
@@ -63,6 +65,51 @@ def test_conv_net_shapes():
                              key=jax.random.key(config.seed(8)))  # fmt: skip
     out = net(jnp.zeros(36), 0.3, cv.condition((1,)))
     assert out.shape == (36,)
+
+
+def test_compose_conditions_is_the_background_operator_on_conditional_scores():
+    cv = canvas(6, 2)
+    net = ConditionalConvNet(side=6, channels=8, n_blocks=1, groups=4, embed_dim=8,
+                             key=jax.random.key(config.seed(10)))  # fmt: skip
+    x = jax.random.normal(jax.random.key(config.seed(11)), (36,))
+    cells = [cv.condition((i,)) for i in (0, 3)]
+    empty, null = cv.condition(()), cv.null_condition()
+    w = jnp.array([0.7, 1.3])
+    for t in (0.05, 0.5, 1.0):
+        s = [-net(x, t, c) / PROCESS.sigma(t) for c in cells]
+        for bg in (empty, null):
+            b = -net(x, t, bg) / PROCESS.sigma(t)
+            ref = b + w[0] * (s[0] - b) + w[1] * (s[1] - b)
+            got = compose_conditions(net, PROCESS, cells, background=bg, weights=w)(x, t)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+        product = compose_conditions(net, PROCESS, cells, background=None)(x, t)
+        np.testing.assert_allclose(product, s[0] + s[1], rtol=1e-5, atol=1e-5)
+    # the same object as composing the ConditionalScores by hand
+    by_hand = compose([ConditionalScore(net, PROCESS, c) for c in cells],
+                      background=ConditionalScore(net, PROCESS, empty))  # fmt: skip
+    np.testing.assert_allclose(
+        compose_conditions(net, PROCESS, jnp.stack(cells), background=empty)(x, 0.3),
+        by_hand(x, 0.3), rtol=1e-6,
+    )  # fmt: skip
+
+
+def test_compose_conditions_bad_input():
+    cv = canvas(6, 2)
+    net = ConditionalConvNet(side=6, channels=8, n_blocks=1, groups=4, embed_dim=8,
+                             key=jax.random.key(0))  # fmt: skip
+    cells = [cv.condition((0,)), cv.condition((1,))]
+    with pytest.raises(TypeError, match="model must be a callable"):
+        compose_conditions("net", PROCESS, cells, background=None)
+    with pytest.raises(ValueError, match="at least one condition"):
+        compose_conditions(net, PROCESS, [], background=None)
+    with pytest.raises(ValueError, match="one shape"):
+        compose_conditions(net, PROCESS, cells, background=jnp.zeros(4))
+    with pytest.raises(ValueError, match="one shape"):
+        compose_conditions(net, PROCESS, [cells[0], jnp.zeros(5)], background=None)
+    with pytest.raises(ValueError, match="weights"):
+        compose_conditions(net, PROCESS, cells, background=None, weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="weights"):
+        compose_conditions(net, PROCESS, cells, background=None, weights=[1.0])
 
 
 def test_bad_input():

@@ -190,6 +190,28 @@ def test_canvas_objects_stay_in_their_cells():
     assert cv.to_images(x).shape == (200, 12, 12)
 
 
+def test_canvas_null_condition_replaces_a_share_of_the_conditions():
+    cv = canvas(12, 3)
+    key = jax.random.key(config.seed(10))
+    x0, c0 = cv.training_data(key, 4000)
+    x1, c1 = cv.training_data(key, 4000, null_prob=0.25)
+    np.testing.assert_array_equal(np.asarray(x0), np.asarray(x1))  # the canvases are kept
+    null = np.all(np.asarray(c1) == -1.0, axis=1)
+    kept = ~null
+    np.testing.assert_array_equal(np.asarray(c1)[kept], np.asarray(c0)[kept])
+    # binomial share: standard error sqrt(0.25 * 0.75 / 4000) = 0.007
+    assert abs(null.mean() - 0.25) < 0.03
+    assert cv.null_condition().shape == (144,)
+    # the success measure on real canvases: exactly the composed cells, nothing more or less
+    for cells in [(), (2,), (0, 8), (1, 3, 5, 7)]:
+        x = cv.sample(jax.random.key(config.seed(11)), 100, cells)
+        assert float(cv.success(x, cells).mean()) == 1.0
+        assert not bool(cv.success(x, (4,) if cells != (4,) else (5,)).any())
+    # a blob at a third of the height is no object
+    faint = canvas(12, 3, height=1 / 3).sample(jax.random.key(config.seed(12)), 100, (4,))
+    assert not bool(cv.detect(faint).any())
+
+
 def test_canvas_bad_input():
     with pytest.raises(ValueError, match="multiple"):
         canvas(10, 3)
@@ -197,5 +219,7 @@ def test_canvas_bad_input():
         canvas(12, 3, width=0.0)
     with pytest.raises(ValueError, match="jitter"):
         canvas(12, 3, jitter=-1.0)
+    with pytest.raises(ValueError, match="null_prob"):
+        canvas(12, 3).training_data(jax.random.key(0), 10, null_prob=1.0)
     with pytest.raises(ValueError, match="only n_slots=9|9"):
         canvas(12, 3).condition(tuple(range(10)))

@@ -10,6 +10,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,3 +274,31 @@ def test_clear(tmp_cache):
         warnings.simplefilter("error")
         assert zoo.load(TINY, verbose=False).info["trained_now"]
     assert zoo.clear() and zoo.clear() == []
+
+
+@pytest.mark.parametrize("name", ["canvas", "canvas_full"])
+def test_canvas_recipes_build_a_location_conditioned_network(name):
+    from otdiff.data import canvas
+
+    rec = zoo.recipe(name)
+    x, c = rec.make_data(0)
+    board = canvas(12, 3)
+    assert x.shape == c.shape == (20_000, board.dim)
+    null = np.all(np.asarray(c) == -1.0, axis=1)
+    assert 0.08 < null.mean() < 0.12  # a tenth of the rows learn the unconditional law
+    process = rec.process()
+
+    def loss_of_a_fresh_model(key):
+        model = rec.make_model(key, process)
+        return model(x[0], 0.5, c[0]), rec.make_loss(process)(model, key, (x[:8], c[:8]))
+
+    out, loss = eqx.filter_eval_shape(loss_of_a_fresh_model, jax.random.key(0))
+    assert out.shape == (board.dim,) and loss.shape == ()
+
+
+def test_chapter_canvas_model_is_seed_zero_at_every_offset(monkeypatch):
+    monkeypatch.setenv(config.SEED_OFFSET_VAR, "3")
+    with artifacts.planning() as plan:
+        zoo.chapter_canvas_model(scale="demo")
+        zoo.chapter_canvas_model(scale="full")
+    assert [(p.name, p.seed) for p in plan] == [("canvas", 0), ("canvas_full", 0)]

@@ -17,7 +17,12 @@ each of them, a law no training image follows.
 
 A condition is a map over the pixels (:meth:`Canvas.condition`): 1 on the cells that should
 hold an object, 0 elsewhere, the form a convolutional network can read at every location
-(:class:`otdiff.diffusion.conditional.ConditionalConvNet`).
+(:class:`otdiff.diffusion.conditional.ConditionalConvNet`). The map of all zeros asks for the
+empty canvas. A third map, -1 everywhere (:meth:`Canvas.null_condition`), asks for nothing: a
+network trained with it on a share of the rows (:meth:`Canvas.training_data` with ``null_prob``,
+the label dropout of classifier-free guidance) also learns the
+**unconditional** law, the mixture of the empty and one-object canvases, the background of the
+Bayes composition.
 
 Taught in: book/diffusion/04_projective_composition.ipynb
 """
@@ -29,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff._checks import check_int, check_nonnegative, check_positive
+from otdiff._checks import check_in_range, check_int, check_nonnegative, check_positive
 from otdiff.data.slots import check_slot_set
 
 __all__ = ["Canvas", "canvas"]
@@ -84,6 +89,10 @@ class Canvas(eqx.Module):
         mask = np.isin(self._cell_of_pixel(), cells)
         return jnp.asarray(mask, dtype=float)
 
+    def null_condition(self) -> jax.Array:
+        """The condition map ``(side**2,)`` of the unconditional law: -1 on every pixel."""
+        return -jnp.ones((self.dim,), dtype=jnp.result_type(float))
+
     def _blobs(self, key: jax.Array, occupied: jax.Array) -> jax.Array:
         """Blob images for a batch: ``occupied`` ``(n, n_cells)`` in {0, 1} -> ``(n, side**2)``."""
         n = occupied.shape[0]
@@ -109,19 +118,34 @@ class Canvas(eqx.Module):
         noise = self.noise_std * jax.random.normal(k_noise, (n, self.dim))
         return self._blobs(k_blob, occupied) + noise
 
-    def training_data(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    def training_data(
+        self, key: jax.Array, n: int, *, null_prob: float = 0.0
+    ) -> tuple[jax.Array, jax.Array]:
         """Empty and one-object canvases with their condition maps, ``(x, c)``, both ``(n, side**2)``.
 
         Each row draws uniformly among "empty" and "an object in cell ``i``" (``n_cells + 1``
-        choices).
+        choices). With probability ``null_prob`` a row's condition is replaced by
+        :meth:`null_condition` (its canvas is kept), so that one network learns the conditionals
+        and the unconditional law (the uniform mixture of the ``n_cells + 1`` laws).
+
+        Args:
+            key: a JAX random key.
+            n: the number of rows (>= 1).
+            null_prob: the share of rows with the null condition, in ``[0, 1)``; with 0 (the
+                default) the draws are those of earlier versions.
         """
         n = check_int(n, "n", low=1)
+        check_in_range(null_prob, "null_prob", 0.0, 1.0, high_open=True)
         k_label, k_blob, k_noise = jax.random.split(key, 3)
         label = jax.random.randint(k_label, (n,), 0, self.n_cells + 1)  # n_cells: empty
         occupied = jax.nn.one_hot(label, self.n_cells + 1)[:, : self.n_cells]
         noise = self.noise_std * jax.random.normal(k_noise, (n, self.dim))
         x = self._blobs(k_blob, occupied) + noise
-        return x, occupied @ self.cell_masks()
+        c = occupied @ self.cell_masks()
+        if null_prob > 0:
+            drop = jax.random.bernoulli(jax.random.fold_in(key, 1), null_prob, (n,))
+            c = jnp.where(drop[:, None], self.null_condition(), c)
+        return x, c
 
     def detect(self, x: jax.Array, threshold: float | None = None) -> jax.Array:
         """``(..., n_cells)`` booleans: the brightest pixel of the cell exceeds ``threshold``

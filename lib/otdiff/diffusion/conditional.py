@@ -27,7 +27,9 @@ them depends on the architecture (the composition chapter measures it):
 the condition passed through; train with
 ``otdiff.train.fit(key, model, (x, c), jax.tree_util.Partial(conditional_dsm_loss,
 process=process), ...)``. :class:`ConditionalScore` is the score of one condition, ready for
-:mod:`otdiff.diffusion.composition`.
+:mod:`otdiff.diffusion.composition`; :func:`compose_conditions` builds the composed score of
+several conditions of one network against a background condition (or without one: the plain
+product).
 
 Taught in: book/diffusion/04_projective_composition.ipynb
 """
@@ -41,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from otdiff._checks import check_choice, check_in_range, check_int
+from otdiff.diffusion.composition import Composition, compose
 from otdiff.diffusion.losses import WEIGHTINGS, stratified_times
 from otdiff.diffusion.networks import InputScaling
 from otdiff.diffusion.processes import AbstractGaussianProcess
@@ -51,6 +54,7 @@ __all__ = [
     "LocalSlotNet",
     "ConditionalConvNet",
     "ConditionalScore",
+    "compose_conditions",
     "conditional_dsm_loss",
 ]
 
@@ -233,6 +237,61 @@ class ConditionalScore(eqx.Module):
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
         return -self.model(x, t, self.condition) / self.process.sigma(t)
+
+
+def compose_conditions(
+    model: Callable,
+    process: AbstractGaussianProcess,
+    conditions,
+    *,
+    background,
+    weights=None,
+) -> Composition:
+    """The composed score of one conditional network over several conditions.
+
+    .. math::
+
+        s(x, t) = s_\\theta(x, t, c_b) + \\sum_i w_i\\,\\big(s_\\theta(x, t, c_i) - s_\\theta(x, t, c_b)\\big)
+        \\quad\\text{or, with no background,}\\quad s(x, t) = \\sum_i w_i\\, s_\\theta(x, t, c_i),
+
+    with :math:`s_\\theta(x, t, c) = -\\hat\\varepsilon_\\theta(x, t, c)/\\sigma_t`
+    (:class:`ConditionalScore`): the composition operator of :cite:`bradley2025projective`
+    (their Definition 5.1) applied to the learned noised scores, by
+    :func:`otdiff.diffusion.composition.compose`. The background condition is the empty one for
+    a projective composition, the unconditional (null) one for the Bayes composition.
+
+    Args:
+        model: the conditional noise predictor ``model(x, t, c)`` for one point.
+        process: the forward process it was trained for.
+        conditions: a non-empty sequence of conditions ``c_i`` (or an array ``(k, ...)``), all of
+            one shape.
+        background: the background condition ``c_b`` (same shape), or ``None`` for the plain
+            product of the conditionals.
+        weights: ``(k,)`` weights, finite, >= 0 and not all zero (default: all ones; dynamic).
+
+    Returns:
+        A :class:`otdiff.diffusion.composition.Composition`, a per-point score ``s(x, t)``.
+
+    Raises:
+        TypeError: if ``model`` is not callable.
+        ValueError: for no condition, conditions of different shapes, or bad weights.
+    """
+    if not callable(model):
+        raise TypeError(f"model must be a callable model(x, t, c), got {model!r}.")
+    conds = [jnp.asarray(c) for c in conditions]
+    if not conds:
+        raise ValueError("conditions must hold at least one condition.")
+    shapes = {c.shape for c in conds}
+    if background is not None:
+        background = jnp.asarray(background)
+        shapes.add(background.shape)
+    if len(shapes) != 1:
+        raise ValueError(
+            f"conditions and background must all have one shape, got shapes {sorted(shapes)}."
+        )
+    terms = [ConditionalScore(model, process, c) for c in conds]
+    bg = None if background is None else ConditionalScore(model, process, background)
+    return compose(terms, weights, background=bg)
 
 
 def conditional_dsm_loss(
