@@ -33,7 +33,7 @@ the argmin of a convex problem, :mod:`otdiff.ot.costs`).
 
 Public: :func:`monge_map`, :func:`inverse_monge_map` (checked) and their ``*_core``,
 :func:`pair_loss`, :class:`CostFitState`, :func:`fit_cost_init`, :func:`fit_cost_step`,
-:func:`fit_cost`, :func:`map_error`.
+:func:`fit_cost_core`, :func:`fit_cost`, :func:`map_error`.
 
 Taught in: book/ot/04_monge.ipynb.
 """
@@ -64,8 +64,12 @@ __all__ = [
     "CostFitState",
     "fit_cost_init",
     "fit_cost_step",
+    "fit_cost_core",
     "fit_cost",
     "DIFFERENTIATIONS",
+    "ChapterCosts",
+    "chapter_settings",
+    "chapter_costs",
 ]
 
 #: How gradients pass through Sinkhorn in :func:`pair_loss`: ``"implicit"`` (ott-jax's implicit
@@ -256,6 +260,7 @@ def pair_loss(
     epsilon_fraction: Any,
     gamma_max: Any = 1e-4,
     threshold: Any = 1e-3,
+    pair_weights: jax.Array | None = None,
     *,
     max_iterations: int = 1000,
     differentiation: str = "implicit",
@@ -288,6 +293,9 @@ def pair_loss(
         epsilon_fraction: :math:`\varepsilon` relative to the mean cost, > 0. Dynamic.
         gamma_max: the weight :math:`\gamma_{\max} \ge 0`. Dynamic.
         threshold: Sinkhorn's tolerance. Dynamic.
+        pair_weights: non-negative weights of the pairs, shape ``(k,)``, not all zero
+            (``None``: uniform); the means over pairs become weighted means, so that a mask
+            chooses how many pairs count without changing shapes (dynamic).
         max_iterations: Sinkhorn's cap (static).
         differentiation: one of :data:`DIFFERENTIATIONS` (static).
         n_unroll: the iterations unrolled by ``"unrolled"`` (static).
@@ -321,8 +329,13 @@ def pair_loss(
         )
         f, g = jax.lax.stop_gradient((out.f, out.g))
         f, g = _refine(cost, a, b, f, g, epsilon, n_unroll)
-    forward = map_error(monge_map_core(x_pairs, y, g, epsilon, cost_fn), y_pairs)
-    reverse = map_error(inverse_monge_map_core(y_pairs, x, f, epsilon, cost_fn), x_pairs)
+    if pair_weights is None:
+        pair_weights = jnp.ones(x_pairs.shape[0], x.dtype)
+    pair_weights = pair_weights / jnp.sum(pair_weights)
+    forward = monge_map_core(x_pairs, y, g, epsilon, cost_fn) - y_pairs
+    reverse = inverse_monge_map_core(y_pairs, x, f, epsilon, cost_fn) - x_pairs
+    forward = pair_weights @ jnp.sum(forward**2, axis=-1)
+    reverse = pair_weights @ jnp.sum(reverse**2, axis=-1)
     spread = jax.nn.logsumexp(jnp.abs(cost))
     loss = 0.5 * forward + 0.5 * reverse + gamma_max * spread
     return loss, PairLossInfo(forward, reverse, out.n_iterations, epsilon)
@@ -357,6 +370,7 @@ def fit_cost_step(
     epsilon_fraction: Any,
     gamma_max: Any = 1e-4,
     threshold: Any = 1e-3,
+    pair_weights: jax.Array | None = None,
     *,
     max_iterations: int = 1000,
     differentiation: str = "implicit",
@@ -378,6 +392,7 @@ def fit_cost_step(
         epsilon_fraction,
         gamma_max,
         threshold,
+        pair_weights,
         max_iterations=max_iterations,
         differentiation=differentiation,
         n_unroll=n_unroll,
@@ -400,8 +415,33 @@ def fit_cost_step(
     jax.jit, static_argnames=("n_steps", "max_iterations", "differentiation", "n_unroll")
 )
 @_checks.unguarded()
-def _fit_core(cost_fn, x, y, x_pairs, y_pairs, learning_rate, epsilon_fraction, gamma_max,
-              threshold, *, n_steps, max_iterations, differentiation, n_unroll):  # fmt: skip
+def fit_cost_core(
+    cost_fn: costs.TICost,
+    x: jax.Array,
+    y: jax.Array,
+    x_pairs: jax.Array,
+    y_pairs: jax.Array,
+    learning_rate: Any,
+    epsilon_fraction: Any,
+    gamma_max: Any,
+    threshold: Any,
+    pair_weights: jax.Array | None = None,
+    *,
+    n_steps: int,
+    max_iterations: int = 1000,
+    differentiation: str = "implicit",
+    n_unroll: int = 20,
+) -> tuple[costs.TICost, dict]:
+    """The jitted core of :func:`fit_cost`: ``n_steps`` of :func:`fit_cost_step` in a ``lax.scan``.
+
+    Pure, unchecked (pass what :func:`fit_cost` checks) and safe under ``vmap`` (e.g. over
+    problems drawn with several seeds). Float arguments and ``pair_weights`` are dynamic;
+    ``n_steps``, ``max_iterations``, ``differentiation`` and ``n_unroll`` static. Returns the
+    learned cost and the per-step ``info`` of :func:`fit_cost_step`, stacked.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+
     def body(state, _):
         return fit_cost_step(
             state,
@@ -413,6 +453,7 @@ def _fit_core(cost_fn, x, y, x_pairs, y_pairs, learning_rate, epsilon_fraction, 
             epsilon_fraction,
             gamma_max,
             threshold,
+            pair_weights,
             max_iterations=max_iterations,
             differentiation=differentiation,
             n_unroll=n_unroll,
@@ -530,8 +571,8 @@ def fit_cost(
 
 def _fit(cost_fn, x, y, x_pairs, y_pairs, dtype, learning_rate, epsilon_fraction, gamma_max,
          threshold, n_steps, max_iterations, differentiation, n_unroll):  # fmt: skip
-    """Run :func:`_fit_core` and bring its per-step records to the host."""
-    learned, info = _fit_core(
+    """Run :func:`fit_cost_core` and bring its per-step records to the host."""
+    learned, info = fit_cost_core(
         cost_fn,
         x,
         y.astype(dtype),
@@ -547,3 +588,134 @@ def _fit(cost_fn, x, y, x_pairs, y_pairs, dtype, learning_rate, epsilon_fraction
         n_unroll=n_unroll,
     )
     return learned, jax.device_get(info)
+
+
+# --------------------------------------------------------------------------------------------
+# The chapter's learned costs (shipped for the demo preset)
+# --------------------------------------------------------------------------------------------
+
+
+class ChapterCosts(NamedTuple):
+    """The Mahalanobis costs the chapter learns (what :func:`chapter_costs` returns).
+
+    Attributes:
+        settings: the sizes and hyperparameters (a dict, see :func:`chapter_settings`).
+        seeds: the problems' seeds (``jax.random.key(seed)`` draws each problem).
+        factors: the learned factors :math:`L`, shape ``(n_seeds, n_counts, d, d)``: entry
+            ``[s, c]`` learned from the first ``settings["pair_counts"][c]`` labelled pairs.
+        losses: the training losses, shape ``(n_seeds, n_counts, n_steps)``.
+    """
+
+    settings: dict
+    seeds: list
+    factors: jax.Array
+    losses: jax.Array
+
+    def cost(self, seed_index: int, count_index: int = -1) -> ti_costs.Mahalanobis:
+        """The learned cost of one seed and pair count (default: the most pairs)."""
+        return ti_costs.Mahalanobis(self.factors[seed_index, count_index], self.settings["alpha"])
+
+
+def chapter_settings(scale: str | None = None) -> dict:
+    """The chapter's sizes under a preset: ``demo`` (default on a CPU) or ``full``.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    from otdiff import config as _config
+
+    choose = functools.partial(_config.choose, scale=scale)
+    return dict(
+        n=choose(demo=200, full=1000),  # points per cloud (the labelled ones included)
+        n_test=choose(demo=300, full=2000),  # fresh pairs the map error is measured on
+        pair_counts=choose(demo=(3, 10, 30), full=(3, 10, 30, 100)),  # labelled pairs used
+        n_steps=choose(demo=60, full=200),  # Adam steps
+        n_seeds=choose(demo=5, full=10),  # problems drawn
+        learning_rate=3e-2,
+        epsilon_fraction=0.03,
+        gamma_max=1e-4,
+        threshold=1e-3,
+        alpha=0.01,
+    )
+
+
+def _learn_chapter_costs(seed: int, settings: dict) -> dict:
+    from otdiff import data
+
+    counts = settings["pair_counts"]
+    k = max(counts)
+    problem = data.mahalanobis_problem(jax.random.key(seed), settings["n"], k, settings["n_test"])
+    masks = jnp.stack([(jnp.arange(k) < c).astype(problem.x.dtype) for c in counts])
+    start = ti_costs.Mahalanobis.euclidean(2, settings["alpha"])
+    dtype = problem.x.dtype
+
+    def one(mask):
+        return fit_cost_core(
+            start,
+            problem.x,
+            problem.y,
+            problem.x[:k],
+            problem.y[:k],
+            jnp.asarray(settings["learning_rate"], dtype),
+            jnp.asarray(settings["epsilon_fraction"], dtype),
+            jnp.asarray(settings["gamma_max"], dtype),
+            jnp.asarray(settings["threshold"], dtype),
+            mask,
+            n_steps=settings["n_steps"],
+        )
+
+    learned, info = jax.lax.map(one, masks)
+    if not bool(jnp.all(info["finite"])):
+        raise FloatingPointError(f"non-finite gradients while learning the costs of seed {seed}.")
+    return {"factor": learned.factor, "loss": info["loss"]}
+
+
+def chapter_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterCosts:
+    r"""The chapter's learned Mahalanobis costs, cached as artifacts (shipped for ``demo``).
+
+    For each seed of ``config.seeds(n_seeds)``: the problem
+    :func:`otdiff.data.mahalanobis_problem` and one :func:`fit_cost_core` run per count of
+    labelled pairs (a pair-weight mask on the same problem), from :math:`M = I`.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    from otdiff import artifacts
+    from otdiff import config as _config
+
+    settings = chapter_settings(scale)
+    seeds = _config.seeds(settings["n_seeds"])
+    counts, n_steps = settings["pair_counts"], settings["n_steps"]
+    like = {
+        "factor": jax.ShapeDtypeStruct((len(counts), 2, 2), jnp.float32),
+        "loss": jax.ShapeDtypeStruct((len(counts), n_steps), jnp.float32),
+    }
+    code = [
+        _learn_chapter_costs,
+        fit_cost_core,
+        fit_cost_step,
+        fit_cost_init,
+        pair_loss,
+        _refine,
+        monge_map_core,
+        inverse_monge_map_core,
+        potential_gradient,
+        ti_costs.Mahalanobis,
+        ti_costs.grad_h_legendre,
+        sinkhorn._sinkhorn,
+    ]
+    trees = []
+    for seed in seeds:
+        art = artifacts.cached(
+            "monge_mahalanobis",
+            seed,
+            {"settings": settings, "code": code, "version": 1},
+            build=lambda progress, seed=seed: (_learn_chapter_costs(seed, settings), {}),
+            like=like,
+            verbose=verbose,
+        )
+        trees.append(art.tree)
+    return ChapterCosts(
+        settings,
+        list(seeds),
+        jnp.stack([jnp.asarray(t["factor"]) for t in trees]),
+        jnp.stack([jnp.asarray(t["loss"]) for t in trees]),
+    )
