@@ -228,3 +228,14 @@ def test_mahalanobis_problem_map_is_optimal_for_its_cost():
     assert not np.array_equal(euclid.permutation, np.arange(64))
     with pytest.raises(ValueError, match="n_pairs"):
         data.mahalanobis_problem(jax.random.PRNGKey(0), 10, 11)
+
+
+def test_fit_neural_cost_unrolled_and_a_clear_error_for_implicit():
+    p = data.mahalanobis_problem(jax.random.PRNGKey(config.seed(12)), 50, 10, 10)
+    cost = tc.NeuralCost.create(jax.random.PRNGKey(config.seed(13)), 2, (8,))
+    with pytest.raises(ValueError, match="unrolled"):
+        monge.fit_cost(cost, p.x, p.y, p.x[:10], p.y[:10], n_steps=1)
+    fitted, info = monge.fit_cost(
+        cost, p.x, p.y, p.x[:10], p.y[:10], n_steps=2, differentiation="unrolled"
+    )
+    assert bool(info["finite"].all())

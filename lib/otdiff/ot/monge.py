@@ -507,7 +507,10 @@ def fit_cost(
         gamma_max: the cost-spread penalty, >= 0.
         threshold: Sinkhorn's tolerance, > 0.
         max_iterations: Sinkhorn's cap, an int >= 1 (static; multiple of 10).
-        differentiation: one of :data:`DIFFERENTIATIONS` (static).
+        differentiation: one of :data:`DIFFERENTIATIONS` (static); a
+            :class:`~otdiff.ot.costs.NeuralCost` needs ``"unrolled"`` (ott-jax 0.6's implicit
+            backward pass rejects its pytree; the gradient through :math:`\nabla h^*` is still
+            implicit).
         n_unroll: iterations differentiated by ``"unrolled"``, an int >= 1 (static).
 
     Returns:
@@ -544,6 +547,12 @@ def fit_cost(
     max_iterations, _ = _checks.check_iterations(max_iterations, 10)
     _checks.check_choice(differentiation, "differentiation", DIFFERENTIATIONS)
     n_unroll = _checks.check_int(n_unroll, "n_unroll", low=1)
+    if differentiation == "implicit" and isinstance(cost_fn, ti_costs.NeuralCost):
+        raise ValueError(
+            "differentiation='implicit' does not support NeuralCost: ott-jax 0.6's implicit "
+            "backward pass through Sinkhorn rejects the cotangent of a cost whose aux data is an "
+            "Equinox module (a pytree-structure TypeError); pass differentiation='unrolled'."
+        )
     dtype = x.dtype
     remedy = (
         f"({differentiation} differentiation through Sinkhorn at "
