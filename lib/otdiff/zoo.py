@@ -610,6 +610,7 @@ SHIPPED: dict[str, Callable[[], Any]] = {
     "ring8": lambda: load("ring8", seed=0),
     "digits": lambda: load("digits", seed=0),
     "m3g": lambda: _chapter("otdiff.ot.m3g", "chapter_encoders"),
+    "monge": lambda: _chapter("otdiff.ot.monge", "chapter_costs"),
     "rdsb": lambda: _chapter("otdiff.manifolds.bridge", "chapter_bridges"),
     "slots": lambda: chapter_slots_models(scale="demo"),
     "canvas": lambda: chapter_canvas_model(scale="demo"),

@@ -3,7 +3,8 @@
 - :mod:`otdiff.data.mixtures`: Gaussian mixtures, exact at every diffusion time.
 - :mod:`otdiff.data.toy2d`: two moons and a checkerboard, with exact noised densities.
 - :mod:`otdiff.data.digits`: scikit-learn's 8x8 digits in ``[-1, 1]``, with labels.
-- :mod:`otdiff.data.transport`: point clouds to match, and a transport map known in closed form.
+- :mod:`otdiff.data.transport`: point clouds to match, and transport maps known in closed
+  form (for the squared Euclidean cost and for a Mahalanobis cost).
 - :mod:`otdiff.data.earth`: world cities weighted by population and a land mask, on the sphere.
 - :mod:`otdiff.data.slots`: objects in slots, factorized conditionals with exact noised scores,
   seen through a linear feature map.
@@ -39,7 +40,16 @@ from otdiff.data.slots import (
     slots,
 )
 from otdiff.data.toy2d import Checkerboard, checkerboard, two_moons
-from otdiff.data.transport import gaussian_clouds, known_map, known_map_problem, mixture_clouds
+from otdiff.data.transport import (
+    CostMapProblem,
+    gaussian_clouds,
+    known_map,
+    known_map_problem,
+    mahalanobis_map,
+    mahalanobis_matrix,
+    mahalanobis_problem,
+    mixture_clouds,
+)
 
 __all__ = [
     "GaussianMixture",
@@ -59,6 +69,10 @@ __all__ = [
     "mixture_clouds",
     "known_map",
     "known_map_problem",
+    "CostMapProblem",
+    "mahalanobis_matrix",
+    "mahalanobis_map",
+    "mahalanobis_problem",
     "EarthData",
     "LandMask",
     "load_cities",

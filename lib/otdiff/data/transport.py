@@ -12,14 +12,23 @@ Taught in: book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from otdiff._checks import check_finite, check_int, check_key
 
-__all__ = ["gaussian_clouds", "mixture_clouds", "known_map", "known_map_problem"]
+__all__ = [
+    "gaussian_clouds",
+    "mixture_clouds",
+    "known_map",
+    "known_map_problem",
+    "CostMapProblem",
+    "mahalanobis_matrix",
+    "mahalanobis_map",
+    "mahalanobis_problem",
+]
 
 
 def gaussian_clouds(key: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array]:
@@ -144,3 +153,113 @@ def _known_map_problem(key, n, d, n_test):
     y = known_map(jax.random.normal(ky, (n, d)))
     x_test = jax.random.normal(kt, (n_test, d))
     return x, y, x_test, known_map(x_test)
+
+
+# --------------------------------------------------------------------------------------------
+# A known map for a known cost other than the squared Euclidean one
+# --------------------------------------------------------------------------------------------
+
+
+class CostMapProblem(NamedTuple):
+    r"""Samples of a map that is optimal for a known Mahalanobis cost (what :func:`mahalanobis_problem` returns).
+
+    Attributes:
+        x: source points, shape ``(n, d)``; the first ``n_pairs`` are labelled.
+        y: target points, shape ``(n, d)``; ``y[:n_pairs]`` are the images of ``x[:n_pairs]``,
+            the rest are images of *independent* source points (their pairing is not given).
+        x_test: fresh source points, shape ``(n_test, d)``.
+        y_test: their exact images, shape ``(n_test, d)``.
+        matrix: the true cost's matrix :math:`A`, shape ``(d, d)``.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    matrix: jax.Array
+
+
+def mahalanobis_matrix(angle: float = jnp.pi / 6, eigenvalues: tuple = (1.0, 9.0)) -> jax.Array:
+    r"""The 2-D cost matrix :math:`A = R\,\mathrm{diag}(\lambda_1, \lambda_2)\,R^\top`, :math:`R` a rotation by ``angle``.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    rotation = jnp.array([[c, -s], [s, c]])
+    return rotation @ jnp.diag(jnp.asarray(eigenvalues, dtype=rotation.dtype)) @ rotation.T
+
+
+def mahalanobis_map(
+    x: Any,
+    matrix: Any,
+    shift: tuple = (2.0, 1.0),
+    jump: float = 1.5,
+    width: float = 0.2,
+) -> jax.Array:
+    r"""A map that is optimal for the cost :math:`h_A(z) = \tfrac12 z^\top A z`, in closed form.
+
+    In the whitened coordinates :math:`u = A^{1/2}x` the cost is :math:`\tfrac12\|u - v\|^2`, so
+    any gradient of a convex function there is optimal (Brenier); we take
+
+    .. math::
+
+        T_A(x) = A^{-1/2}\,\nabla\varphi(A^{1/2}x), \qquad
+        \nabla\varphi(u) = u + \text{shift} + \text{jump}\,\tanh(u / \text{width}),
+
+    a monotone map (coordinate-wise :math:`\tanh`) that splits each whitened axis in two. Written
+    as Gangbo--McCann's :math:`T_A(x) = x - A^{-1}\nabla f(x)`, its potential
+    :math:`f(x) = -\langle \text{shift}, u\rangle - \text{jump}\cdot\text{width}\sum_k
+    \log\cosh(u_k/\text{width})` is concave, hence :math:`h_A`-concave :cite:`howard2024monge`.
+    The same map is *not* optimal for the squared Euclidean cost unless :math:`A \propto I`.
+
+    Args:
+        x: points, shape ``(..., d)``.
+        matrix: :math:`A`, symmetric positive definite, shape ``(d, d)``.
+        shift, jump, width: the map's constants (``width`` > 0).
+
+    Returns:
+        :math:`T_A(x)`, the shape of ``x``.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    x, matrix = jnp.asarray(x), jnp.asarray(matrix)
+    eigenvalues, vectors = jnp.linalg.eigh(matrix)
+    root = (vectors * jnp.sqrt(eigenvalues)) @ vectors.T
+    inverse_root = (vectors / jnp.sqrt(eigenvalues)) @ vectors.T
+    u = x @ root
+    return (u + jnp.asarray(shift, x.dtype) + jump * jnp.tanh(u / width)) @ inverse_root
+
+
+def mahalanobis_problem(
+    key: jax.Array, n: int, n_pairs: int, n_test: int = 500, matrix: Any = None
+) -> CostMapProblem:
+    r"""Map estimation with a known map (:func:`mahalanobis_map`) for a known cost (sizes static).
+
+    Source :math:`x \sim \mathcal N(0, I_2)`; ``n`` source and ``n`` target points, of which the
+    first ``n_pairs`` are labelled pairs :math:`(x_i, T_A(x_i))`, the others images of an
+    independent sample; and ``n_test`` fresh pairs to measure the error on. ``matrix`` is
+    :math:`A` (default :func:`mahalanobis_matrix`, :math:`R\,\mathrm{diag}(1, 9)R^\top`).
+
+    Returns:
+        A :class:`CostMapProblem`.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    n = check_int(n, "n", low=2)
+    n_pairs = check_int(n_pairs, "n_pairs", low=0, high=n)
+    n_test = check_int(n_test, "n_test", low=1)
+    matrix = mahalanobis_matrix() if matrix is None else jnp.asarray(matrix)
+    if matrix.shape != (2, 2):
+        raise ValueError(f"matrix must have shape (2, 2), got {matrix.shape}.")
+    check_finite(matrix, "matrix")
+    return _mahalanobis_problem(check_key(key), matrix, n, n_pairs, n_test)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "n_pairs", "n_test"))
+def _mahalanobis_problem(key, matrix, n, n_pairs, n_test):
+    kx, ky, kt = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (n, 2))
+    x_other = jax.random.normal(ky, (n, 2))
+    y = mahalanobis_map(jnp.concatenate([x[:n_pairs], x_other[n_pairs:]]), matrix)
+    x_test = jax.random.normal(kt, (n_test, 2))
+    return CostMapProblem(x, y, x_test, mahalanobis_map(x_test, matrix), matrix)

@@ -5,13 +5,16 @@
 - :mod:`otdiff.ot.initializers`: data-dependent starts (Gaussian, sorting, mixture, subsample);
 - :mod:`otdiff.ot.progot`: progressive entropic OT (state, init, step, run, out-of-sample map);
 - :mod:`otdiff.ot.multimarginal`: multi-marginal entropic OT over ott-jax's ``MMSinkhorn``, and
-  :mod:`otdiff.ot.m3g`: the multi-marginal matching gap :cite:`piran2024m3g` (import both by name).
+  :mod:`otdiff.ot.m3g`: the multi-marginal matching gap :cite:`piran2024m3g` (import both by name);
+- :mod:`otdiff.ot.costs`: learnable translation-invariant costs (Mahalanobis, neural), and
+  :mod:`otdiff.ot.monge`: cost-parameterized Monge map estimators :cite:`howard2024monge`
+  (import both by name).
 
 Test problems with known answers live in :mod:`otdiff.data` (``gaussian_clouds``,
-``mixture_clouds``, ``known_map``, ``known_map_problem``); map errors in :mod:`otdiff.metrics`.
+``mixture_clouds``, ``known_map``, ``known_map_problem``, ``mahalanobis_problem``); map errors in :mod:`otdiff.metrics`.
 
 Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
-book/ot/05_m3g.ipynb.
+book/ot/04_monge.ipynb, book/ot/05_m3g.ipynb.
 """
 
 from otdiff.ot.initializers import (
