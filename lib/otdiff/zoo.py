@@ -64,7 +64,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, config, train
+from otdiff import artifacts, config, metrics, nn, train
 from otdiff._checks import check_choice, check_int, check_positive
 
 __all__ = [
@@ -227,9 +227,9 @@ def _digits_data(seed: int):
 
 
 def _digits_model(key, process):
-    from otdiff.diffusion import ScoreMLP
+    from otdiff.nn import UNet
 
-    return ScoreMLP(64, hidden=(512, 512, 512), embed_dim=64, key=key)
+    return UNet(side=8, channels=(32, 64), n_middle=1, embed_dim=64, groups=8, key=key)
 
 
 #: The number of slots of the ``"slots_local"`` and ``"slots_mlp"`` models
@@ -261,6 +261,9 @@ def _slots_mlp_model(key, process):
 
     return ConditionalMLP(SLOTS_N_SLOTS, hidden=(256, 256, 256), embed_dim=32, key=key)
 
+
+#: The code of the digits network, part of the ``"digits"`` recipe's fingerprint.
+_UNET_CODE = (nn.UNet, nn._UNetBlock, nn.TimeEmbedding, nn._sinusoids, nn._zeroed)
 
 _REGISTRY: dict[str, Recipe] = {}
 
@@ -296,13 +299,14 @@ register(
         make_data=_digits_data,
         make_model=_digits_model,
         make_loss=_dsm,
-        # measured (DDIM, 100 steps, 500 digits): 63% judged confidently with the cosine
-        # schedule against 52% with the linear one, for the same network and training budget
+        # the cosine schedule: with the earlier MLP, 63% of DDIM samples judged confidently
+        # against 52% with the linear one, for the same network and training budget
         make_process=_cosine_vp,
-        n_steps=2500,
-        batch_size=256,
+        n_steps=5000,
+        batch_size=128,
         learning_rate=2e-3,
-        description="8x8 digits as 64-d vectors in [-1, 1], MLP noise predictor, cosine VP",
+        description="8x8 digits as 64-d vectors in [-1, 1], small U-Net noise predictor, cosine VP",
+        code=_UNET_CODE,
     )
 )
 for _name, _make, _what in (
@@ -496,6 +500,7 @@ SHIPPED: dict[str, Callable[[], Any]] = {
     "m3g": lambda: _chapter("otdiff.ot.m3g", "chapter_encoders"),
     "rdsb": lambda: _chapter("otdiff.manifolds.bridge", "chapter_bridges"),
     "slots": lambda: chapter_slots_models(scale="demo"),
+    "judge": lambda: metrics.DigitClassifier(),
 }
 
 
