@@ -499,7 +499,12 @@ class DigitClassifier:
             return _JudgeNet(cfg["hidden"], cfg["feature_dim"], key=key)
 
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
-        params_like, static = train.split(eqx.filter_eval_shape(make, init_key))
+        params_like, static = eqx.partition(
+            eqx.filter_eval_shape(make, init_key),
+            lambda leaf: (
+                isinstance(leaf, jax.ShapeDtypeStruct) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+            ),
+        )
 
         def build(progress):
             loss = jax.tree_util.Partial(_judge_loss, outlier_weight=cfg["outlier_weight"])
@@ -519,7 +524,7 @@ class DigitClassifier:
             "code": [_JudgeNet, _outliers, _judge_loss],
         }
         art = artifacts.cached(
-            "digit_judge", seed, inputs, build=build, like=params_like, verbose=verbose
+            "digit_judge", seed, inputs, build=build, like=lambda: params_like, verbose=verbose
         )
         self.network = eqx.combine(art.tree, static)
         self.info = {"source": art.source, "path": str(art.path), **art.meta}

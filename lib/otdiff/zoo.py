@@ -229,7 +229,7 @@ def _digits_data(seed: int):
 def _digits_model(key, process):
     from otdiff.nn import UNet
 
-    return UNet(side=8, channels=(32, 64), n_middle=1, embed_dim=64, groups=8, key=key)
+    return UNet(side=8, channels=(16, 32), n_middle=1, embed_dim=32, groups=8, key=key)
 
 
 #: The number of slots of the ``"slots_local"`` and ``"slots_mlp"`` models
