@@ -453,15 +453,15 @@ class DigitClassifier:
 
     with :math:`\tilde x` uniform, Gaussian or smooth noise, digits with shuffled pixels, or
     digits under heavy noise. So an image is *recognised* (:meth:`confident_fraction`) when its
-    top class has probability above a threshold: in our runs about 97% of the real test digits
-    and well under 1% of uniform or Gaussian noise at the threshold 0.8 (a logistic regression on
-    the same digits accepts about a quarter of uniform noise). The features (the last hidden
+    top class has probability above a threshold: in our runs 98% of the real test digits
+    (accuracy 99%) and none of 1,000 uniform or Gaussian noise images at the threshold 0.8 (a
+    logistic regression on the same digits accepts about a quarter of uniform noise). The features (the last hidden
     layer) are the space of :meth:`frechet_distance` (an FID for digits :cite:`heusel2017gans`)
     and of :meth:`memorised_fraction`.
 
     The weights for the book's training split (the defaults) are shipped with the package
-    (:mod:`otdiff.artifacts`, ``make zoo``); other training data trains a judge on first use (a
-    minute on a CPU) and caches it.
+    (:mod:`otdiff.artifacts`, ``make zoo``); other training data trains a judge on first use (about
+    two minutes on a busy 2-core CPU, 4,000 steps) and caches it.
 
     Args:
         images, labels: training digits ``(n, 64)`` in ``[-1, 1]`` and their labels in
