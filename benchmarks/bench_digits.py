@@ -1,7 +1,8 @@
 """The digits model judged by the digits judge: recognised share, Fréchet distance, memorisation.
 
-For each sampling seed, ``--n-samples`` digits are drawn from ``otdiff.zoo.load("digits")`` with
-DDIM (``--n-steps`` steps, the score-based chapter's sampler) and judged by
+For each sampler (``--samplers``: the reverse SDE, the score-based chapter's, and DDIM) and each
+sampling seed, ``--n-samples`` digits are drawn from ``otdiff.zoo.load("digits")`` in
+``--n-steps`` steps and judged by
 ``otdiff.metrics.DigitClassifier`` (the shipped judge). The held-out digits of
 ``otdiff.data.load_digits`` are split in two halves A and B. Rows per seed:
 
@@ -43,23 +44,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--n-samples", type=int, default=500)
     parser.add_argument("--n-steps", type=int, default=100)
+    parser.add_argument("--samplers", nargs="+", default=["sde", "ddim"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     model = zoo.load("digits")
     judge = metrics.DigitClassifier()
     digits = load_digits()
-    train, test = digits.train_images, digits.test_images
-    half = len(test) // 2
-    a, b = test[:half], test[half:]
+    test = digits.test_images
+    a, b = np.array_split(test, 2)
     real_fd = judge.frechet_distance(b, a)
-    generate = jax.jit(
-        lambda key: diffusion.sample(
-            key, model.score, model.process, args.n_samples, 64, sampler="ddim",
-            n_steps=args.n_steps,
-        ).x
-    )  # fmt: skip
-    jax.block_until_ready(generate(jax.random.key(12345)))
     rng = np.random.default_rng(0)
     results = [
         {"sample": "real test digits", "recognised": judge.confident_fraction(test)},
@@ -73,6 +67,37 @@ def main() -> None:
             "recognised": judge.confident_fraction(rng.normal(size=(args.n_samples, 64))),
         },
     ]
+    for sampler in args.samplers:
+        results += _generated(args, model, judge, digits, sampler, real_fd)
+    for sampler in args.samplers:
+        gen = [r for r in results if r.get("sampler") == sampler]
+        for key in ("recognised", "frechet_ratio", "memorised_features", "memorised_pixels"):
+            values = np.array([r[key] for r in gen])
+            print(
+                f"{sampler} {key}: median {np.median(values):.3f}, "
+                f"from {values.min():.3f} to {values.max():.3f}"
+            )
+    print(f"real test digits recognised: {results[0]['recognised']:.3f}; "
+          f"noise: {results[2]['recognised']:.3f} (uniform), {results[3]['recognised']:.3f} (Gaussian)")  # fmt: skip
+    settings = {
+        **vars(args),
+        "model": model.info["recipe_hash"],
+        "judge": judge.info["fingerprint"],
+    }
+    _record.write(args.out, "digits", settings, results)
+
+
+def _generated(args, model, judge, digits, sampler, real_fd) -> list:
+    train, test = digits.train_images, digits.test_images
+    a, b = np.array_split(test, 2)
+    generate = jax.jit(
+        lambda key: diffusion.sample(
+            key, model.score, model.process, args.n_samples, 64, sampler=sampler,
+            n_steps=args.n_steps,
+        ).x
+    )  # fmt: skip
+    jax.block_until_ready(generate(jax.random.key(12345)))
+    results = []
     for seed in args.seeds:
         start = time.perf_counter()
         x = np.asarray(jax.block_until_ready(generate(jax.random.key(seed))))
@@ -80,6 +105,7 @@ def main() -> None:
         fd = judge.frechet_distance(x[: len(b)], a)
         row = {
             "sample": "generated",
+            "sampler": sampler,
             "seed": seed,
             "recognised": judge.confident_fraction(x),
             "frechet": fd,
@@ -91,20 +117,7 @@ def main() -> None:
         }
         results.append(row)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    gen = [r for r in results if r["sample"] == "generated"]
-    for key in ("recognised", "frechet_ratio", "memorised_features", "memorised_pixels"):
-        values = np.array([r[key] for r in gen])
-        print(
-            f"{key}: median {np.median(values):.3f}, from {values.min():.3f} to {values.max():.3f}"
-        )
-    print(f"real test digits recognised: {results[0]['recognised']:.3f}; "
-          f"noise: {results[2]['recognised']:.3f} (uniform), {results[3]['recognised']:.3f} (Gaussian)")  # fmt: skip
-    settings = {
-        **vars(args),
-        "model": model.info["recipe_hash"],
-        "judge": judge.info["fingerprint"],
-    }
-    _record.write(args.out, "digits", settings, results)
+    return results
 
 
 if __name__ == "__main__":
