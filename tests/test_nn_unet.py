@@ -1,5 +1,13 @@
 """Tests of otdiff.nn.UNet: shapes, the zero start, jit and vmap safety, time dependence, and the
-argument checks."""
+argument checks.
+
+A conv net is slow to compile on a CPU, and so is its eager initialisation (one random kernel per
+weight shape). So one network is built eagerly and perturbed in NumPy, every number the test
+checks comes from one jitted function, compiled once (a single batched forward and backward pass
+and one unbatched call; the times are arrays, as a Python float argument of ``eqx.filter_jit`` is
+static and would compile again), and the three-level network is built and called under
+``eqx.filter_eval_shape``, which compiles nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,50 +19,80 @@ import pytest
 
 from otdiff.nn import UNet
 
+SMALL = {"side": 8, "channels": (4, 8), "n_middle": 1, "embed_dim": 8, "groups": 4}
+
 
 def small(key=0, **kwargs):
-    settings = {"side": 8, "channels": (4, 8), "n_middle": 1, "embed_dim": 8, "groups": 4}
-    return UNet(**{**settings, **kwargs}, key=jax.random.key(key))
+    return UNet(**{**SMALL, **kwargs}, key=jax.random.key(key))
 
 
-def perturbed(net, key):
-    """``net`` with every float array moved by small noise (the zero-initialised layers too)."""
+def abstract(**kwargs):
+    """A small U-Net's structure and shapes, built without computing (or compiling) anything."""
+    return eqx.filter_eval_shape(lambda: small(**kwargs))
+
+
+def perturbed(net, seed):
+    """``net`` with every float array moved by small noise (the zero-initialised layers too),
+    in NumPy (no compilation)."""
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(key), len(leaves))
-    leaves = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+    rng = np.random.default_rng(seed)
+    params = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(np.asarray(x) + 0.1 * rng.normal(size=x.shape).astype(np.float32)),
+        params,
+    )
+    return eqx.combine(params, static)
 
 
-# Compiled once each: an eager call of a conv net dispatches every operation on its own (minutes).
-batched = eqx.filter_jit(lambda net, x, t: jax.vmap(net)(x, t))
-single = eqx.filter_jit(lambda net, x, t: net(x, t))
+@eqx.filter_jit
+def outputs(net, x, t):
+    """One batched pass over the batch ``x``, the batch with image 1 moved, and image 0 at the
+    times 0.1 and 0.9 (with the gradient of the batch's squared output), and one unbatched call
+    on image 0."""
+    xs = jnp.concatenate([x, x.at[1].add(1.0), x[:1], x[:1]])
+    ts = jnp.concatenate([t, t, jnp.array([0.1, 0.9])])
+    n = x.shape[0]
+
+    def loss(m):
+        out = jax.vmap(m)(xs, ts)
+        return jnp.sum(out[:n] ** 2), out
+
+    (_, out), grads = eqx.filter_value_and_grad(loss, has_aux=True)(net)
+    norms = jnp.stack([jnp.sum(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)])
+    return out[:n], out[n : 2 * n], out[2 * n], out[2 * n + 1], net(x[0], t[0]), norms
 
 
 def test_shapes_zero_start_and_batching():
-    net = small()
     x = jax.random.normal(jax.random.key(1), (5, 64))
     t = jnp.linspace(0.1, 0.9, 5)
+    fresh = small()
+    net = perturbed(fresh, 2)
     # zero-initialised output layer: the network starts as zero
-    np.testing.assert_array_equal(batched(net, x, t), 0.0)
-    net = perturbed(net, 2)
-    out = np.asarray(batched(net, x, t))
+    np.testing.assert_array_equal(outputs(fresh, x, t)[0], 0.0)
+    out, moved, early, late, single, norms = (np.asarray(a) for a in outputs(net, x, t))
+    assert outputs._cached._cache_size() == 1  # the same shapes: compiled once
     assert out.shape == (5, 64) and np.all(np.isfinite(out))
-    one_by_one = np.stack([np.asarray(single(net, x[i], t[i])) for i in range(5)])
-    np.testing.assert_allclose(out, one_by_one, rtol=2e-4, atol=2e-5)
+    # a batched call equals an unbatched one
+    np.testing.assert_allclose(out[0], single, rtol=2e-4, atol=2e-5)
     # the time matters, and so does every image of the batch independently
-    assert not np.allclose(single(net, x[0], 0.1), single(net, x[0], 0.9))
-    moved = np.asarray(batched(net, x.at[1].add(1.0), t))
+    assert not np.allclose(early, late)
+    np.testing.assert_allclose(early, out[0], rtol=2e-4, atol=2e-5)  # t[0] = 0.1
     np.testing.assert_allclose(moved[[0, 2, 3, 4]], out[[0, 2, 3, 4]], rtol=2e-4, atol=2e-5)
+    assert not np.allclose(moved[1], out[1])
     # gradients flow to every parameter
-    grads = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x, t) ** 2)))(net)
-    norms = [float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads)]
-    assert all(n > 0 for n in norms)
+    assert np.all(norms > 0)
 
 
 def test_three_levels_and_bad_arguments():
-    net = perturbed(small(channels=(4, 8, 8), n_middle=0), 3)
-    assert single(net, jnp.zeros(64), 0.5).shape == (64,)
+    three = {"channels": (4, 8, 8), "n_middle": 0}
+    net = abstract(**three)
+    assert net.channels == (4, 8, 8) and len(net.down_blocks) == 2 and not net.middle
+    # built and called under eval_shape: shapes only
+    one = eqx.filter_eval_shape(lambda x, t: small(**three)(x, t), jnp.zeros(64), 0.5)
+    assert one.shape == (64,) and one.dtype == jnp.float32
+    batch = eqx.filter_eval_shape(
+        lambda x, t: jax.vmap(small(**three))(x, t), jnp.zeros((3, 64)), jnp.zeros(3)
+    )
+    assert batch.shape == (3, 64)
     with pytest.raises(ValueError, match="divisible"):
         small(side=7)
     with pytest.raises(ValueError, match="groups"):
@@ -62,4 +100,4 @@ def test_three_levels_and_bad_arguments():
     with pytest.raises(ValueError, match="two levels"):
         small(channels=(4,))
     with pytest.raises(ValueError, match="flat image"):
-        small()(jnp.zeros((2, 64)), 0.5)
+        eqx.filter_eval_shape(lambda x: small()(x, 0.5), jnp.zeros((2, 64)))

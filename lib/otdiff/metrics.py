@@ -12,8 +12,9 @@
 * :func:`frechet_distance`: the Fréchet distance between Gaussian fits of two samples (in a
   classifier's feature space, the FID); :func:`nearest_distance` / :func:`memorised_fraction`
   check generated samples for copies of the training set.
-* :class:`DigitClassifier`: a logistic regression on the real 8x8 digits (scikit-learn, fitted
-  in about a second): an independent judge of generated digits.
+* :class:`DigitClassifier`: an MLP on the real 8x8 digits trained with outlier exposure (its
+  weights shipped with the package): an independent judge of generated digits, with a feature
+  space for the Fréchet distance and the memorisation check.
 * :func:`spherical_mmd2`: the squared MMD between distributions on a sphere with the kernel
   :math:`e^{\\kappa(x\\cdot y - 1)}`, against a sample or, in closed form, the uniform law.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,45 +168,6 @@ def sinkhorn_divergence(x: jax.Array, y: jax.Array, epsilon: float = 0.05) -> ja
     check_positive(epsilon, "epsilon")
     out = sd.sinkhorn_divergence(pointcloud.PointCloud, x, y, epsilon=epsilon)
     return out[1].divergence if isinstance(out, tuple) else out.divergence
-
-
-class DigitClassifier:
-    """Logistic regression on the real training digits; judges generated 8x8 digits.
-
-    Args:
-        images, labels: training digits ``(n, 64)`` in ``[-1, 1]`` and their labels (default:
-            :func:`otdiff.data.load_digits`'s training split).
-
-    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb.
-    """
-
-    def __init__(self, images=None, labels=None):
-        from sklearn.linear_model import LogisticRegression
-
-        if images is None:
-            from otdiff.data import load_digits
-
-            data = load_digits()
-            images, labels = data.train_images, data.train_labels
-        self.model = LogisticRegression(max_iter=2000, C=0.5).fit(np.asarray(images), labels)
-
-    def probabilities(self, images) -> np.ndarray:
-        """Class probabilities ``(n, 10)`` for flat images ``(n, 64)`` in ``[-1, 1]``."""
-        images = np.asarray(images, dtype=np.float64)
-        if images.ndim != 2 or images.shape[1] != 64:
-            raise ValueError(f"images must have shape (n, 64), got {images.shape}.")
-        if not np.all(np.isfinite(images)):
-            raise ValueError("images contains NaN or infinite values.")
-        return self.model.predict_proba(np.clip(images, -1.0, 1.0))
-
-    def confident_fraction(self, images, threshold: float = 0.8) -> float:
-        """The share of ``images`` whose most likely class has probability above ``threshold``."""
-        check_in_range(threshold, "threshold", 0.0, 1.0, high_open=True)
-        return float(np.mean(self.probabilities(images).max(axis=1) > threshold))
-
-    def accuracy(self, images, labels) -> float:
-        """Accuracy on labelled images."""
-        return float(np.mean(self.probabilities(images).argmax(axis=1) == np.asarray(labels)))
 
 
 # -- transport maps -----------------------------------------------------------------------------------
@@ -424,3 +387,220 @@ def memorised_fraction(x, train, held_out, *, quantile: float = 0.1) -> float:
     check_in_range(quantile, "quantile", 0.0, 1.0, low_open=True, high_open=True)
     q = np.quantile(nearest_distance(held_out, train), quantile)
     return float(np.mean(nearest_distance(x, train) < q))
+
+
+# -- a judge of generated digits -----------------------------------------------------------------
+
+__all__ += ["JUDGE_SETTINGS"]
+
+#: The judge's training settings (:class:`DigitClassifier`), part of its shipped weights'
+#: fingerprint.
+JUDGE_SETTINGS = {
+    "hidden": (256, 256),
+    "feature_dim": 64,
+    "n_steps": 4000,
+    "batch_size": 256,
+    "learning_rate": 1e-3,
+    "outlier_weight": 0.5,
+    "ema_decay": 0.999,
+}
+
+
+class _JudgeNet(eqx.Module):
+    """An MLP ``64 -> hidden -> feature_dim -> 10``: GELU features, then linear logits."""
+
+    layers: tuple[eqx.nn.Linear, ...]
+    head: eqx.nn.Linear
+
+    def __init__(self, hidden: tuple[int, ...], feature_dim: int, *, key: jax.Array):
+        sizes = (64, *hidden, feature_dim)
+        keys = jax.random.split(key, len(sizes))
+        self.layers = tuple(
+            eqx.nn.Linear(a, b, key=k)
+            for a, b, k in zip(sizes[:-1], sizes[1:], keys[:-1], strict=True)
+        )
+        self.head = eqx.nn.Linear(feature_dim, 10, key=keys[-1])
+
+    def features(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers:
+            x = jax.nn.gelu(layer(x))
+        return x
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.features(x))
+
+
+def _outliers(key: jax.Array, digits: jax.Array) -> jax.Array:
+    """Images that are not digits, one per row of ``digits`` (``(n, 64)`` in ``[-1, 1]``): in
+    equal shares uniform noise, clipped Gaussian noise, smooth (upsampled 4x4) noise, digits with
+    their pixels shuffled, and digits under heavy Gaussian noise (standard deviation 0.6 to 1.2)."""
+    n = digits.shape[0]
+    k = jax.random.split(key, 7)
+    uniform = jax.random.uniform(k[0], (n, 64), minval=-1.0, maxval=1.0)
+    gauss = jnp.clip(jax.random.normal(k[1], (n, 64)), -1.0, 1.0)
+    coarse = jax.random.uniform(k[2], (n, 4, 4), minval=-1.0, maxval=1.0)
+    smooth = jnp.repeat(jnp.repeat(coarse, 2, axis=1), 2, axis=2).reshape(n, 64)
+    order = jax.vmap(lambda kk: jax.random.permutation(kk, 64))(jax.random.split(k[3], n))
+    shuffled = jnp.take_along_axis(digits, order, axis=1)
+    scale = jax.random.uniform(k[4], (n, 1), minval=0.6, maxval=1.2)
+    noisy = jnp.clip(digits + scale * jax.random.normal(k[5], (n, 64)), -1.0, 1.0)
+    kind = jax.random.randint(k[6], (n, 1), 0, 5)
+    stack = jnp.stack([uniform, gauss, smooth, shuffled, noisy])
+    return jnp.take_along_axis(stack, kind[None], axis=0)[0]
+
+
+def _judge_loss(model: _JudgeNet, key: jax.Array, batch, outlier_weight: float) -> jax.Array:
+    """Cross-entropy on the digits plus ``outlier_weight`` times the cross-entropy between the
+    uniform law and the prediction on as many outliers (outlier exposure)."""
+    images, labels = batch
+    logp = jax.nn.log_softmax(jax.vmap(model)(images))
+    nll = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+    logq = jax.nn.log_softmax(jax.vmap(model)(_outliers(key, images)))
+    return nll + outlier_weight * (-jnp.mean(logq))
+
+
+@eqx.filter_jit
+def _judge_apply(model: _JudgeNet, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    feats = jax.vmap(model.features)(images)
+    return jax.nn.softmax(jax.vmap(model.head)(feats)), feats
+
+
+class DigitClassifier:
+    r"""A judge of 8x8 digits: an MLP trained on the real training digits with outlier exposure.
+
+    The network maps a flat image to 64 features (two hidden layers of 256, GELU) and the
+    features to the logits of the ten classes. It is trained by minimising the cross-entropy on
+    the training digits plus the cross-entropy between the uniform law and its prediction on
+    images that are not digits (*outlier exposure* :cite:`hendrycks2019oe`),
+
+    .. math::
+
+        \mathcal L(\theta) = \mathbb E_{(x, y)}\big[-\log p_\theta(y \mid x)\big]
+        + \lambda\, \mathbb E_{\tilde x}\Big[-\tfrac1{10}\sum_{k=0}^{9}
+        \log p_\theta(k \mid \tilde x)\Big],\qquad \lambda = 0.5,
+
+    with :math:`\tilde x` uniform, Gaussian or smooth noise, digits with shuffled pixels, or
+    digits under heavy noise. So an image is *recognised* (:meth:`confident_fraction`) when its
+    top class has probability above a threshold: in our runs 98% of the real test digits
+    (accuracy 99%) and none of 1,000 uniform or Gaussian noise images at the threshold 0.8 (a
+    logistic regression on the same digits accepts about a quarter of uniform noise). The features (the last hidden
+    layer) are the space of :meth:`frechet_distance` (an FID for digits :cite:`heusel2017gans`)
+    and of :meth:`memorised_fraction`.
+
+    The weights for the book's training split (the defaults) are shipped with the package
+    (:mod:`otdiff.artifacts`, ``make zoo``); other training data trains a judge on first use (about
+    two minutes on a busy 2-core CPU, 4,000 steps) and caches it.
+
+    Args:
+        images, labels: training digits ``(n, 64)`` in ``[-1, 1]`` and their labels in
+            ``0..9`` (default: :func:`otdiff.data.load_digits`'s training split).
+        seed: the seed of the initial weights and of the training batches (an int >= 0).
+        verbose: print a line when training.
+
+    Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/03_spell.ipynb
+    """
+
+    def __init__(self, images=None, labels=None, *, seed: int = 0, verbose: bool = True):
+        from otdiff import artifacts, train
+
+        if (images is None) != (labels is None):
+            raise ValueError("pass both images and labels, or neither.")
+        if images is None:
+            from otdiff.data import load_digits
+
+            data = load_digits()
+            images, labels = data.train_images, data.train_labels
+        images = np.asarray(_checked_images(images, "images"), np.float32)
+        labels = np.asarray(labels)
+        if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"labels must be integers of shape ({images.shape[0]},), one per image, got "
+                f"{labels.dtype} {labels.shape}."
+            )
+        labels = labels.astype(np.int32)
+        if labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"labels must lie in 0..9, got {labels.min()}..{labels.max()}.")
+        seed = check_int(seed, "seed", low=0)
+        cfg = JUDGE_SETTINGS
+
+        def make(key):
+            return _JudgeNet(cfg["hidden"], cfg["feature_dim"], key=key)
+
+        init_key = jax.random.fold_in(jax.random.key(seed), 0)
+        params_like, static = eqx.partition(
+            eqx.filter_eval_shape(make, init_key),
+            lambda leaf: (
+                isinstance(leaf, jax.ShapeDtypeStruct) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+            ),
+        )
+
+        def build(progress):
+            loss = jax.tree_util.Partial(_judge_loss, outlier_weight=cfg["outlier_weight"])
+            result = train.fit(
+                jax.random.fold_in(jax.random.key(seed), 1), make(init_key),
+                (jnp.asarray(images), jnp.asarray(labels)), loss, n_steps=cfg["n_steps"],
+                batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
+                ema_decay=cfg["ema_decay"], checkpoint_path=progress,
+            )  # fmt: skip
+            final = float(np.mean(np.asarray(result.losses)[-100:]))
+            return train.split(result.ema_model)[0], {"final_loss": final}
+
+        inputs = {
+            "images": images,
+            "labels": labels,
+            "settings": cfg,
+            "code": [_JudgeNet, _outliers, _judge_loss],
+        }
+        art = artifacts.cached(
+            "digit_judge", seed, inputs, build=build, like=lambda: params_like, verbose=verbose
+        )
+        self.network = eqx.combine(art.tree, static)
+        self.info = {"source": art.source, "path": str(art.path), **art.meta}
+
+    def _apply(self, images) -> tuple[np.ndarray, np.ndarray]:
+        x = np.clip(np.asarray(_checked_images(images, "images"), np.float32), -1.0, 1.0)
+        probs, feats = _judge_apply(self.network, jnp.asarray(x))
+        return np.asarray(probs, np.float64), np.asarray(feats, np.float64)
+
+    def probabilities(self, images) -> np.ndarray:
+        """Class probabilities ``(n, 10)`` for flat images ``(n, 64)`` in ``[-1, 1]`` (pixels
+        outside are clipped)."""
+        return self._apply(images)[0]
+
+    def features(self, images) -> np.ndarray:
+        """The judge's features ``(n, 64)`` (its last hidden layer) of flat images ``(n, 64)``."""
+        return self._apply(images)[1]
+
+    def confident_fraction(self, images, threshold: float = 0.8) -> float:
+        """The share of ``images`` whose most likely class has probability above ``threshold``
+        (in ``[0, 1)``): the share the judge *recognises* as digits."""
+        check_in_range(threshold, "threshold", 0.0, 1.0, high_open=True)
+        return float(np.mean(self.probabilities(images).max(axis=1) > threshold))
+
+    def accuracy(self, images, labels) -> float:
+        """Accuracy on labelled images."""
+        return float(np.mean(self.probabilities(images).argmax(axis=1) == np.asarray(labels)))
+
+    def frechet_distance(self, x, y) -> float:
+        """:func:`frechet_distance` between the judge's features of two sets of images (``(n,
+        64)`` and ``(m, 64)``): an FID for digits. Compare values at equal sample sizes."""
+        return frechet_distance(self.features(x), self.features(y))
+
+    def memorised_fraction(self, x, train, held_out, *, quantile: float = 0.1) -> float:
+        """:func:`memorised_fraction` of the images ``x`` in the judge's feature space: the share
+        of ``x`` whose nearest training image (in features) is closer than the ``quantile`` of
+        the held-out images' nearest-training distances (held-out images score ``quantile``)."""
+        return memorised_fraction(
+            self.features(x), self.features(train), self.features(held_out), quantile=quantile
+        )
+
+
+def _checked_images(images, name: str):
+    arr = np.asarray(images)
+    if arr.ndim != 2 or arr.shape[1] != 64:
+        raise ValueError(f"{name} must have shape (n, 64), flat 8x8 images, got {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{name} must be numbers, got dtype {arr.dtype}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return arr

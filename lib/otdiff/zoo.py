@@ -32,8 +32,9 @@ zoo``, when a shipped file does not match its recipe. The table names a function
 artifact: a chapter module adds its own artifacts (a set of encoders, the networks of a bridge)
 by caching them with :func:`otdiff.artifacts.cached` and adding a line here. Shipped today: the
 models ``"ring8"`` and ``"digits"`` (seed 0), ``"slots"`` (:func:`chapter_slots_models`),
-``"m3g"`` (:func:`otdiff.ot.m3g.chapter_encoders`) and ``"rdsb"``
-(:func:`otdiff.manifolds.chapter_bridges`): every trained artifact the chapters load under the
+``"m3g"`` (:func:`otdiff.ot.m3g.chapter_encoders`), ``"rdsb"``
+(:func:`otdiff.manifolds.chapter_bridges`) and ``"judge"`` (the digits judge
+:class:`otdiff.metrics.DigitClassifier`): every trained artifact the chapters load under the
 ``demo`` preset at seed offset 0, so that a fresh clone runs the book without training.
 
 Models: ``"ring8"`` (the 2-D ring of eight Gaussians :func:`otdiff.data.ring`, an MLP, linear VP
@@ -67,7 +68,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, checkpoint, config, train
+from otdiff import artifacts, checkpoint, config, metrics, train
 from otdiff._checks import check_choice, check_int, check_positive
 from otdiff.progress import Progress
 
@@ -614,6 +615,7 @@ SHIPPED: dict[str, Callable[[], Any]] = {
     "rdsb": lambda: _chapter("otdiff.manifolds.bridge", "chapter_bridges"),
     "slots": lambda: chapter_slots_models(scale="demo"),
     "canvas": lambda: chapter_canvas_model(scale="demo"),
+    "judge": lambda: metrics.DigitClassifier(),
 }
 
 
