@@ -170,6 +170,8 @@ class CostMapProblem(NamedTuple):
         x_test: fresh source points, shape ``(n_test, d)``.
         y_test: their exact images, shape ``(n_test, d)``.
         matrix: the true cost's matrix :math:`A`, shape ``(d, d)``.
+
+    Taught in: book/ot/04_monge.ipynb.
     """
 
     x: jax.Array

@@ -275,6 +275,8 @@ def compose_conditions(
     Raises:
         TypeError: if ``model`` is not callable.
         ValueError: for no condition, conditions of different shapes, or bad weights.
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
     """
     if not callable(model):
         raise TypeError(f"model must be a callable model(x, t, c), got {model!r}.")

@@ -230,6 +230,8 @@ class PairLossInfo(NamedTuple):
         reverse: :math:`\\frac1K\\sum_k\\|T^{-1}(y_k) - x_k\\|^2`.
         n_iterations: the Sinkhorn iterations of the solve.
         epsilon: the absolute regularisation used.
+
+    Taught in: book/ot/04_monge.ipynb.
     """
 
     forward: jax.Array
@@ -342,7 +344,10 @@ def pair_loss(
 
 
 class CostFitState(NamedTuple):
-    """The state of :func:`fit_cost`: the cost (a pytree) and Adam's state."""
+    """The state of :func:`fit_cost`: the cost (a pytree) and Adam's state.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
 
     cost_fn: Any
     opt_state: Any
@@ -613,6 +618,8 @@ class ChapterCosts(NamedTuple):
         factors: the learned factors :math:`L`, shape ``(n_seeds, n_counts, d, d)``: entry
             ``[s, c]`` learned from the first ``settings["pair_counts"][c]`` labelled pairs.
         losses: the training losses, shape ``(n_seeds, n_counts, n_steps)``.
+
+    Taught in: book/ot/04_monge.ipynb.
     """
 
     settings: dict
