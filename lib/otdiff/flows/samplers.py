@@ -32,6 +32,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from otdiff import metrics
 from otdiff._checks import (
     check_choice,
     check_in_range,
@@ -55,6 +56,7 @@ __all__ = [
     "heun_step",
     "sample_flow",
     "solve_flow",
+    "path_straightness",
 ]
 
 #: The fixed-step solvers of :func:`sample_flow`.
@@ -225,3 +227,22 @@ def solve_flow(
     )
     out = guard_finite(ys[-1], "solve_flow's output")
     return FlowSample(out, None, 1 + 6 * sol.stats["num_steps"])
+
+
+def path_straightness(velocity: Velocity, x1: jax.Array, n_steps: int = 64) -> jax.Array:
+    """:func:`otdiff.metrics.straightness` of the flow's paths from ``x1``, on a fine Euler grid.
+
+    The paths are integrated with ``n_steps`` uniform Euler steps (static) and the velocity is
+    read at every step's start, so the Riemann sum uses the same ``n_steps`` evaluations.
+    """
+    x1 = check_points(x1, "x1")
+    times = flow_time_grid(n_steps)
+    field = _batch(velocity)
+
+    def body(x, ts):
+        t, t_next = ts
+        v = field(x, t)
+        return x + (t_next - t) * v, v
+
+    x0, vels = jax.lax.scan(body, x1, (times[:-1], times[1:]))
+    return metrics.straightness(vels, x1, x0)
