@@ -178,6 +178,10 @@ def forward_pairs(velocity, x0: jax.Array, *, rtol: float = 1e-5, atol: float = 
     return Pairs(x0, out.x), out.nfe
 
 
+_backward_jit = eqx.filter_jit(backward_pairs)
+_forward_jit = eqx.filter_jit(forward_pairs)
+
+
 def project_pairs(
     key: jax.Array,
     pairs: Pairs,
@@ -202,8 +206,6 @@ def project_pairs(
         epsilon: the relative regularisation (> 0, dynamic).
         batch_size: the block size (static; ``n`` must be a multiple of it).
     """
-    from otdiff import ot
-
     key = check_key(key)
     if not isinstance(pairs, Pairs):
         raise TypeError(f"pairs must be otdiff.flows.Pairs, got {type(pairs).__name__}.")
@@ -220,19 +222,25 @@ def project_pairs(
     blocks = n // batch_size
     gen = pairs.x0.reshape(blocks, batch_size, d)
     real = data[:n].reshape(blocks, batch_size, d)
+    x0 = _project_blocks(jax.random.split(key, blocks), gen, real, jnp.asarray(epsilon, gen.dtype))
+    return Pairs(x0.reshape(n, d), pairs.x1)
+
+
+@jax.jit
+def _project_blocks(keys, gen, real, epsilon):
+    # One compiled program per block shape: vmap over blocks of the Sinkhorn solve and the draws.
+    from otdiff import ot
+
+    m = gen.shape[1]
+    w = jnp.full(m, 1.0 / m, gen.dtype)
 
     def one(k, g, r):
         cost = jnp.sum((g[:, None, :] - r[None, :, :]) ** 2, axis=-1)
-        eps = epsilon * jnp.mean(cost)
-        out = ot.solve_core(
-            g, r, jnp.full(batch_size, 1.0 / batch_size), jnp.full(batch_size, 1.0 / batch_size),
-            eps, 1e-3, return_coupling=True,
-        )  # fmt: skip
+        out = ot.solve_core(g, r, w, w, epsilon * jnp.mean(cost), 1e-3, return_coupling=True)
         logits = jnp.log(jnp.maximum(out.coupling, 1e-30))
         return r[jax.random.categorical(k, logits, axis=-1)]
 
-    x0 = jax.jit(jax.vmap(one))(jax.random.split(key, blocks), gen, real)
-    return Pairs(x0.reshape(n, d), pairs.x1)
+    return jax.vmap(one)(keys, gen, real)
 
 
 def mix_pairs(forward: Pairs, backward: Pairs, forward_fraction: float) -> Pairs:
@@ -286,7 +294,8 @@ def _code() -> list:
     return [
         FlowNet, FlowLoss, Pairs, sample_times, interpolate, high_pass, nn.TimeMLP,
         nn.TimeEmbedding, train.fit, train.make_step, train.run_steps, train.make_optimizer,
-        train.ema_update, solve_flow, backward_pairs, forward_pairs, project_pairs, mix_pairs,
+        train.ema_update, solve_flow, backward_pairs, forward_pairs, project_pairs, _project_blocks,
+        mix_pairs,
         training_pairs, make_flow, train_flow, cached_flow, cached_pairs,
     ]  # fmt: skip
 
@@ -417,8 +426,10 @@ def cached_pairs(
             kinds = "backward and forward" if with_forward else "backward"
             print(f"otdiff.flows: solving {n_pairs} {kinds} pairs...", flush=True)
         x1 = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 2), (n_pairs, d))
-        back = jax.jit(functools.partial(backward_pairs, velocity, rtol=rtol, atol=atol))
-        fwd = jax.jit(functools.partial(forward_pairs, velocity, rtol=rtol, atol=atol))
+        # the velocity is an argument (a module's arrays traced): one compilation for every
+        # teacher of the same structure
+        back = functools.partial(_backward_jit, velocity, rtol=rtol, atol=atol)
+        fwd = functools.partial(_forward_jit, velocity, rtol=rtol, atol=atol)
         outs_b, outs_f, nfe_b, nfe_f = [], [], [], []
         for i in range(0, n_pairs, chunk_size):
             pb, nb = back(x1[i : i + chunk_size])
