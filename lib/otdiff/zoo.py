@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -556,6 +557,7 @@ def chapter_reflow_digits(*, scale: str | None = None, verbose: bool = True) -> 
     teacher_inputs = {"zoo": "digits", "fingerprint": recipe("digits").fingerprint(), "seed": 0}
     pair_inputs = {"teacher": teacher_inputs, "n_pairs": n_pairs, "seed": pair_seed, "tol": 1e-4}
 
+    @functools.cache  # solved (or read) once for all the students
     def pairs():
         out = flows.cached_pairs(
             "reflow_digits_pairs", pair_seed, velocity, teacher_inputs=teacher_inputs,
