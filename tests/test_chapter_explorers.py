@@ -151,14 +151,30 @@ def _dry_train_cached(seeds, images, config, **_):
     ]
 
 
+def _dry_cached_flow(name, seed, dim, cfg, **_):
+    from otdiff import flows
+
+    return flows.make_flow(jax.random.key(seed), dim, cfg), None
+
+
+def _dry_cached_pairs(name, seed, velocity, *, data, n_pairs, **_):
+    from otdiff import flows
+
+    pts = jax.numpy.zeros((n_pairs, np.shape(data)[1]))
+    return flows.ReflowPairs(flows.Pairs(pts, pts), flows.Pairs(pts, pts), 0, 0)
+
+
 def _dry_trainers(monkeypatch):
     from otdiff import manifolds
+    from otdiff.flows import reflow
     from otdiff.manifolds import bridge
     from otdiff.ot import m3g
 
     for module in (manifolds, bridge):
         monkeypatch.setattr(module, "cached_ipf", _dry_cached_ipf)
     monkeypatch.setattr(m3g, "train_cached", _dry_train_cached)
+    monkeypatch.setattr(reflow, "cached_flow", _dry_cached_flow)
+    monkeypatch.setattr(reflow, "cached_pairs", _dry_cached_pairs)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from otdiff._checks import (
+    check_finite,
     check_in_range,
     check_int,
     check_log_weights,
@@ -604,3 +605,54 @@ def _checked_images(images, name: str):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values.")
     return arr
+
+
+# -- flows: straightness and transport cost -------------------------------------------------------
+
+__all__ += ["straightness", "coupling_cost"]
+
+
+def straightness(velocities: jax.Array, x_start: jax.Array, x_end: jax.Array) -> jax.Array:
+    """The straightness of a flow's paths :cite:`liu2023flow`, from velocities along them.
+
+    .. math::
+
+        S = \\int_0^1 \\mathbb E\\,\\big\\|v(x_t, t) - (x_1 - x_0)\\big\\|^2\\,dt,
+
+    the mean squared deviation of the velocity from the chord (0 exactly for straight paths,
+    which one Euler step then integrates exactly), estimated by the mean over the ``K`` times at
+    which ``velocities`` were taken (a uniform grid for a Riemann sum). Conventions of
+    :mod:`otdiff.flows`: :math:`x_1` is the noise where a path starts, :math:`x_0` the data
+    where it ends, :math:`v = dx/dt`.
+
+    Args:
+        velocities: ``(K, n, d)``, the velocity of path ``i`` at time ``t_k``.
+        x_start: the noise ends :math:`x_1`, ``(n, d)``.
+        x_end: the data ends :math:`x_0`, ``(n, d)``.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb
+    """
+    x_start = check_points(x_start, "x_start")
+    x_end = check_points(x_end, "x_end")
+    check_same_dim(x_start, x_end, ("x_start", "x_end"))
+    v = jnp.asarray(velocities)
+    if v.ndim != 3 or v.shape[1:] != x_start.shape or x_end.shape != x_start.shape:
+        raise ValueError(
+            f"velocities must have shape (K, n, d) = (K, *{x_start.shape}) and x_end the shape "
+            f"of x_start, got {v.shape} and {x_end.shape}."
+        )
+    check_finite(v, "velocities")
+    chord = x_start - x_end
+    return jnp.mean(jnp.sum((v - chord[None]) ** 2, axis=-1))
+
+
+def coupling_cost(x0: jax.Array, x1: jax.Array) -> jax.Array:
+    """The quadratic cost :math:`\\mathbb E\\|x_0 - x_1\\|^2` of a coupling given by paired rows.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb
+    """
+    x0 = check_points(x0, "x0")
+    x1 = check_points(x1, "x1")
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must have the same shape, got {x0.shape} and {x1.shape}.")
+    return jnp.mean(jnp.sum((x0 - x1) ** 2, axis=-1))

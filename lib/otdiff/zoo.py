@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -79,6 +80,8 @@ __all__ = [
     "SHIPPED",
     "chapter_slots_models",
     "chapter_canvas_model",
+    "chapter_reflow_digits",
+    "ReflowDigits",
     "load",
     "register",
     "available",
@@ -616,7 +619,82 @@ SHIPPED: dict[str, Callable[[], Any]] = {
     "slots": lambda: chapter_slots_models(scale="demo"),
     "canvas": lambda: chapter_canvas_model(scale="demo"),
     "judge": lambda: metrics.DigitClassifier(),
+    "reflow_ring": lambda: _chapter("otdiff.flows.reflow", "chapter_ring"),
+    "reflow_digits": lambda: chapter_reflow_digits(scale="demo"),
 }
+
+
+class ReflowDigits(NamedTuple):
+    """The digits experiment of the Simple ReFlow chapter (:func:`chapter_reflow_digits`).
+
+    Attributes:
+        teacher: the zoo's ``"digits"`` model (a VP diffusion model).
+        velocity: the teacher as a flow, :func:`otdiff.flows.vp_velocity`.
+        students: the ReFlow students (:class:`otdiff.flows.FlowNet`), one per seed.
+        seeds: their training seeds.
+        config: their :class:`otdiff.flows.FlowConfig`.
+        n_pairs: the number of backward pairs they were trained on.
+    """
+
+    teacher: ZooModel
+    velocity: Callable
+    students: list
+    seeds: list
+    config: Any
+    n_pairs: int
+
+
+def chapter_reflow_digits(*, scale: str | None = None, verbose: bool = True) -> ReflowDigits:
+    """The Simple ReFlow chapter's digits students: 2-RF flows distilled from ``load("digits")``.
+
+    The teacher is the zoo's ``"digits"`` VP model turned into a rectified flow by the time
+    change of :func:`otdiff.flows.vp_velocity`. Its ODE, solved to tolerance :math:`10^{-4}`
+    from ``4096`` noise draws (``32 768`` under ``full``; seed ``config.seed(0)``), gives
+    backward pairs; a :class:`otdiff.flows.FlowNet` with three hidden layers of 128 (``512``) is
+    trained on them for ``3000`` steps (``20 000``) from fresh weights, at the seeds
+    ``config.seeds(3)`` (``5``). The pairs are solved only when a student must be trained; the
+    ``demo`` students are shipped (float16). A new ``"digits"`` model changes the teacher's
+    fingerprint, hence the students'.
+
+    Args:
+        scale: ``"demo"``, ``"full"`` or ``None`` (the active preset).
+        verbose: print a line when training.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb
+    """
+    from otdiff import flows
+
+    scale = config.active_scale() if scale is None else scale
+    choose = lambda demo, full: config.choose(demo=demo, full=full, scale=scale)  # noqa: E731
+    teacher = load("digits", seed=0, verbose=verbose)
+    velocity = flows.vp_velocity(teacher.score, teacher.process)
+    n_pairs = choose(4096, 32_768)
+    pair_seed = config.seed(0)
+    cfg = flows.FlowConfig(
+        hidden=(choose(128, 512),) * 3, embed_dim=32, n_steps=choose(3000, 20_000),
+        batch_size=256, learning_rate=1e-3,
+    )  # fmt: skip
+    teacher_inputs = {"zoo": "digits", "fingerprint": recipe("digits").fingerprint(), "seed": 0}
+    pair_inputs = {"teacher": teacher_inputs, "n_pairs": n_pairs, "seed": pair_seed, "tol": 1e-4}
+
+    @functools.cache  # solved (or read) once for all the students
+    def pairs():
+        out = flows.cached_pairs(
+            "reflow_digits_pairs", pair_seed, velocity, teacher_inputs=teacher_inputs,
+            data=np.zeros((n_pairs, 64), np.float32), n_pairs=n_pairs, rtol=1e-4, atol=1e-4,
+            chunk_size=1024, with_forward=False, verbose=verbose,
+        )  # fmt: skip
+        return out.backward
+
+    seeds = config.seeds(choose(3, 5))
+    students = [
+        flows.cached_flow(
+            f"reflow_digits_{artifacts.fingerprint(cfg.as_dict())}", s, 64, cfg,
+            data_inputs=pair_inputs, make_data=pairs, verbose=verbose, storage_dtype="float16",
+        )[0]
+        for s in seeds
+    ]  # fmt: skip
+    return ReflowDigits(teacher, velocity, students, seeds, cfg, n_pairs)
 
 
 def chapter_slots_models(*, scale: str | None = None, verbose: bool = True) -> dict:

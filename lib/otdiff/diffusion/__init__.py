@@ -43,6 +43,7 @@ from otdiff.diffusion.processes import (
     AbstractVP,
     CosineVP,
     LinearVP,
+    RectifiedFlow,
     make_process,
 )
 from otdiff.diffusion.samplers import (
@@ -68,6 +69,7 @@ __all__ = [
     "AbstractVP",
     "LinearVP",
     "CosineVP",
+    "RectifiedFlow",
     "PROCESSES",
     "make_process",
     "dsm_loss",

@@ -63,6 +63,7 @@ __all__ = [
     "AbstractVP",
     "LinearVP",
     "CosineVP",
+    "RectifiedFlow",
     "PROCESSES",
     "make_process",
 ]
@@ -337,6 +338,42 @@ class CosineVP(AbstractVP, strict=True):
         from_small = jnp.log1p(jnp.maximum(small, -0.5))  # the clamp keeps the unused branch finite
         from_large = jnp.log(jnp.sin(self._psi(t))) - jnp.log(jnp.sin(self._psi(0.0)))
         return jnp.where(small > -0.5, from_small, from_large)
+
+
+class RectifiedFlow(AbstractGaussianProcess, strict=True):
+    """The rectified-flow interpolant :math:`x_t = (1-t)x_0 + t x_1`, :math:`x_1\\sim\\mathcal N(0, I)`.
+
+    :math:`x_0` is data and :math:`x_1` noise (the convention of :cite:`liu2023flow` and
+    :cite:`kim2025simplereflow`): :math:`\\alpha_t = 1 - t`, :math:`\\sigma_t = t`, so the
+    reference law is reached exactly at :math:`t = 1`. As a process it has the SDE
+
+    .. math::
+
+        f(x, t) = -\\frac{x}{1 - t},\\qquad g(t)^2 = \\frac{2t}{1 - t}
+
+    (:math:`f = \\dot\\alpha_t/\\alpha_t\\,x`, :math:`g^2 = \\dot{\\sigma_t^2} - 2\\sigma_t^2\\dot\\alpha_t/\\alpha_t`),
+    both singular at :math:`t = 1`; its probability-flow velocity is the flow-matching velocity
+    :math:`v = (x - D)/t` of :mod:`otdiff.flows`. A final class without parameters.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb
+    """
+
+    def log_alpha(self, t: jax.Array) -> jax.Array:
+        """:math:`\\log\\alpha_t = \\log(1 - t)` (``log1p(-t)``)."""
+        return jnp.log1p(-jnp.asarray(t))
+
+    def sigma(self, t: jax.Array) -> jax.Array:
+        """:math:`\\sigma_t = t`."""
+        return jnp.asarray(t, jnp.result_type(float))
+
+    def drift(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        """Forward drift :math:`f(x, t) = -x/(1-t)`."""
+        return -x / (1.0 - t)
+
+    def diffusion_squared(self, t: jax.Array) -> jax.Array:
+        """:math:`g(t)^2 = 2t/(1-t)`."""
+        t = jnp.asarray(t)
+        return 2.0 * t / (1.0 - t)
 
 
 #: The VP schedules by name, for widgets that choose one.

@@ -1,0 +1,107 @@
+"""A variance-preserving diffusion model turned into a rectified flow by an explicit time change.
+
+A VP model (:class:`otdiff.diffusion.AbstractVP`) has marginals
+:math:`x_t = \\alpha_t x_0 + \\sigma_t\\varepsilon`. Dividing by :math:`\\alpha_t + \\sigma_t`,
+
+.. math::
+
+    y_\\tau = \\frac{x_t}{\\alpha_t + \\sigma_t} = (1 - \\tau)\\,x_0 + \\tau\\,\\varepsilon,\\qquad
+    \\tau(t) = \\frac{\\sigma_t}{\\alpha_t + \\sigma_t},
+
+is exactly the rectified-flow interpolant at time :math:`\\tau` (:mod:`otdiff.flows.interpolant`).
+So both share the denoiser, :math:`\\mathbb E[x_0\\mid y_\\tau] = \\mathbb E[x_0\\mid x_t] =
+D_{\\rm VP}(x_t, t)` (Tweedie), and the flow's velocity is
+
+.. math::
+
+    v(y, \\tau) = \\frac{y - D_{\\rm VP}\\big((\\alpha_t + \\sigma_t)\\,y,\\ t\\big)}{\\tau},\\qquad
+    t = t(\\tau):\\ \\frac{\\sigma_t}{\\alpha_t} = \\frac{\\tau}{1 - \\tau}
+    \\iff \\int_0^t\\beta = \\log\\Big(1 + \\frac{\\tau^2}{(1-\\tau)^2}\\Big),
+
+the inverse time change :func:`vp_time` (bisection on the increasing :math:`\\int_0^t\\beta`, for
+any VP schedule). This is how :cite:`kim2025simplereflow` starts ReFlow from a pretrained
+diffusion model. A VP schedule stops short of pure noise (:math:`\\alpha_1 > 0`), so
+:math:`\\tau(1) < 1`, and starts at a :math:`t_{\\min} > 0`: outside
+:math:`[\\tau(t_{\\min}), \\tau(1)]` the teacher is evaluated at the nearest end (the book's choice:
+the network was never trained outside its interval).
+
+Taught in: book/diffusion/05_simple_reflow.ipynb
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from otdiff._checks import check_in_range
+from otdiff.diffusion import AbstractVP
+
+__all__ = ["rf_time", "vp_time", "vp_velocity"]
+
+_BISECTION_STEPS = 40
+
+
+def _check_vp(process) -> None:
+    if not isinstance(process, AbstractVP):
+        raise TypeError(
+            f"process must be a VP process (otdiff.diffusion.AbstractVP), got {type(process).__name__}."
+        )
+
+
+def rf_time(process: AbstractVP, t: jax.Array) -> jax.Array:
+    """:math:`\\tau(t) = \\sigma_t/(\\alpha_t + \\sigma_t)`, the flow time of VP time ``t``."""
+    _check_vp(process)
+    a, s = process.alpha(t), process.sigma(t)
+    return s / (a + s)
+
+
+def vp_time(process: AbstractVP, tau: jax.Array) -> jax.Array:
+    """The VP time :math:`t \\in [0, 1]` with :math:`\\tau(t) = \\tau` (clipped to ``[0, 1]``).
+
+    Solves :math:`\\int_0^t\\beta = \\log(1 + r^2)`, :math:`r = \\tau/(1 - \\tau)`, by 40 bisection
+    steps (resolution :math:`2^{-40}`); times beyond the schedule's end return 1.
+    """
+    _check_vp(process)
+    tau = jnp.clip(jnp.asarray(tau, jnp.float32), 0.0, 1.0)
+    r = tau / jnp.maximum(1.0 - tau, 1e-30)
+    target = jnp.log1p(r**2)
+    lo, hi = jnp.zeros_like(tau), jnp.ones_like(tau)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = process.integrated_beta(mid) < target
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
+def vp_velocity(
+    score: Callable[[jax.Array, jax.Array], jax.Array], process: AbstractVP, *, t_min: float = 1e-3
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The rectified-flow velocity ``velocity(y, tau)`` of a VP model (module docstring).
+
+    Args:
+        score: the VP model's per-point score ``score(x, t)`` (e.g. ``zoo.load("digits").score``).
+        process: its VP process.
+        t_min: the smallest VP time the teacher is evaluated at, in ``(0, 1)``.
+
+    Returns:
+        A per-point field of the flow convention (:math:`\\tau = 1` noise, :math:`\\tau = 0` data).
+    """
+    _check_vp(process)
+    check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
+    tau_lo = rf_time(process, t_min)
+
+    def velocity(y: jax.Array, tau: jax.Array) -> jax.Array:
+        tau_eval = jnp.maximum(tau, tau_lo)
+        t = jnp.clip(vp_time(process, tau_eval), t_min, 1.0)
+        scale = process.alpha(t) + process.sigma(t)
+        x = scale * y
+        denoised = process.denoise(x, t, score(x, t))
+        return (y - denoised) / tau_eval
+
+    return velocity
