@@ -634,6 +634,8 @@ class ReflowDigits(NamedTuple):
         seeds: their training seeds.
         config: their :class:`otdiff.flows.FlowConfig`.
         n_pairs: the number of backward pairs they were trained on.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     teacher: ZooModel

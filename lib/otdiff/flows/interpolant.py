@@ -78,18 +78,27 @@ def _expand(t, x):
 
 
 def interpolate(x0: jax.Array, x1: jax.Array, t: jax.Array) -> jax.Array:
-    """:math:`x_t = (1 - t)x_0 + t x_1` (``t`` a scalar or one time per leading index)."""
+    """:math:`x_t = (1 - t)x_0 + t x_1` (``t`` a scalar or one time per leading index).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     t = _expand(t, x0)
     return (1.0 - t) * x0 + t * x1
 
 
 def velocity_from_denoiser(x: jax.Array, t: jax.Array, denoised: jax.Array) -> jax.Array:
-    """:math:`v = (x - D)/t` (``t > 0``)."""
+    """:math:`v = (x - D)/t` (``t > 0``).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     return (x - denoised) / _expand(t, x)
 
 
 def denoiser_from_velocity(x: jax.Array, t: jax.Array, velocity: jax.Array) -> jax.Array:
-    """:math:`D = x - t\\,v`."""
+    """:math:`D = x - t\\,v`.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     return x - _expand(t, x) * velocity
 
 
@@ -107,6 +116,8 @@ class FlowNet(eqx.Module):
         hidden: the hidden widths (static).
         embed_dim: the time embedding size (static).
         parameterisation: ``"velocity"`` or ``"denoiser"`` (static).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     net: nn.TimeMLP
@@ -156,6 +167,8 @@ def sample_times(
         shape: the shape of the output (static).
         distribution: one of :data:`TIME_DISTRIBUTIONS` (static).
         cosh_scale: :math:`a > 0` of ``"cosh"`` (dynamic).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     check_choice(distribution, "distribution", TIME_DISTRIBUTIONS)
     u = jax.random.uniform(key, shape)
@@ -168,7 +181,10 @@ def sample_times(
 
 
 def time_density(t: jax.Array, distribution: str = "uniform", *, cosh_scale: float = 4.0):
-    """The density :math:`p(t)` on :math:`[0, 1]` of :func:`sample_times`' distribution."""
+    """The density :math:`p(t)` on :math:`[0, 1]` of :func:`sample_times`' distribution.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     check_choice(distribution, "distribution", TIME_DISTRIBUTIONS)
     t = jnp.asarray(t, jnp.float32)
     if distribution == "uniform":
@@ -192,6 +208,8 @@ def high_pass(x: jax.Array, side: int) -> jax.Array:
     Args:
         x: images ``(..., side * side)``.
         side: the image side (static).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     side = check_int(side, "side", low=2)
     if x.shape[-1] != side * side:
@@ -217,6 +235,8 @@ class Pairs(eqx.Module):
     """A coupling given by samples: ``x0`` (data side) and ``x1`` (noise side), row by row.
 
     A pytree of two arrays ``(n, d)``; :func:`otdiff.train.minibatch` draws rows of both.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     x0: jax.Array
@@ -247,6 +267,8 @@ class FlowLoss(eqx.Module):
         image_side: the side of square images for :func:`high_pass` (static; required when
             ``hpf_weight > 0``).
         cosh_scale: :math:`a` of the ``"cosh"`` time distribution.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     time_distribution: str = eqx.field(default="uniform", static=True)

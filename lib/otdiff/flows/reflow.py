@@ -91,6 +91,8 @@ class FlowConfig(NamedTuple):
         forward_fraction: the share of forward pairs in the training pairs (0: backward only).
         projected: re-pair by mini-batch entropic OT (:func:`project_pairs`; off).
         projection_epsilon: the projection's entropic regularisation, relative to the mean cost.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     hidden: tuple = (128, 128, 128)
@@ -156,6 +158,8 @@ class ReflowPairs(NamedTuple):
         backward: :class:`~otdiff.flows.Pairs` :math:`(\\mathrm{ODE}_{1\\to0}(x_1), x_1)`.
         forward: :class:`~otdiff.flows.Pairs` :math:`(x_0, \\mathrm{ODE}_{0\\to1}(x_0))`.
         nfe_backward, nfe_forward: evaluations per pair of the solves (int arrays).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     backward: Pairs
@@ -165,14 +169,20 @@ class ReflowPairs(NamedTuple):
 
 
 def backward_pairs(velocity, x1: jax.Array, *, rtol: float = 1e-5, atol: float = 1e-5):
-    """Backward pairs ``(Pairs(ODE_{1->0}(x1), x1), nfe)`` by the reference solve."""
+    """Backward pairs ``(Pairs(ODE_{1->0}(x1), x1), nfe)`` by the reference solve.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     x1 = check_points(x1, "x1")
     out = solve_flow(velocity, x1, t_start=1.0, t_end=0.0, rtol=rtol, atol=atol)
     return Pairs(out.x, x1), out.nfe
 
 
 def forward_pairs(velocity, x0: jax.Array, *, rtol: float = 1e-5, atol: float = 1e-5):
-    """Forward pairs ``(Pairs(x0, ODE_{0->1}(x0)), nfe)`` by the reference solve."""
+    """Forward pairs ``(Pairs(x0, ODE_{0->1}(x0)), nfe)`` by the reference solve.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     x0 = check_points(x0, "x0")
     out = solve_flow(velocity, x0, t_start=0.0, t_end=1.0, rtol=rtol, atol=atol)
     return Pairs(x0, out.x), out.nfe
@@ -205,6 +215,8 @@ def project_pairs(
         data: real data, at least ``n`` rows ``(m, d)`` (the first ``n`` are used).
         epsilon: the relative regularisation (> 0, dynamic).
         batch_size: the block size (static; ``n`` must be a multiple of it).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     key = check_key(key)
     if not isinstance(pairs, Pairs):
@@ -244,7 +256,10 @@ def _project_blocks(keys, gen, real, epsilon):
 
 
 def mix_pairs(forward: Pairs, backward: Pairs, forward_fraction: float) -> Pairs:
-    """``round(f n)`` forward pairs then ``n - round(f n)`` backward ones (``n`` backward rows)."""
+    """``round(f n)`` forward pairs then ``n - round(f n)`` backward ones (``n`` backward rows).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     check_in_range(forward_fraction, "forward_fraction", 0.0, 1.0)
     n = backward.x0.shape[0]
     k = int(round(float(forward_fraction) * n))
@@ -259,7 +274,10 @@ def mix_pairs(forward: Pairs, backward: Pairs, forward_fraction: float) -> Pairs
 
 
 def make_flow(key: jax.Array, dim: int, cfg: FlowConfig) -> FlowNet:
-    """An untrained :class:`~otdiff.flows.FlowNet` of dimension ``dim`` with ``cfg``'s network."""
+    """An untrained :class:`~otdiff.flows.FlowNet` of dimension ``dim`` with ``cfg``'s network.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     cfg = cfg.check()
     return FlowNet(
         dim, key=key, hidden=tuple(cfg.hidden), embed_dim=cfg.embed_dim,
@@ -271,6 +289,8 @@ def train_flow(key: jax.Array, model: FlowNet, data, cfg: FlowConfig, **fit_kwar
     """Train ``model`` on ``data`` (points: 1-RF; :class:`Pairs`: ReFlow) with :func:`otdiff.train.fit`.
 
     Returns :func:`otdiff.train.fit`'s :class:`~otdiff.train.FitResult`.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     cfg = cfg.check()
     return train.fit(
@@ -281,7 +301,10 @@ def train_flow(key: jax.Array, model: FlowNet, data, cfg: FlowConfig, **fit_kwar
 
 def training_pairs(key: jax.Array, pairs: ReflowPairs, data: jax.Array, cfg: FlowConfig) -> Pairs:
     """The training coupling of ``cfg``: backward pairs, projected if ``cfg.projected``, with a
-    share ``cfg.forward_fraction`` replaced by forward pairs."""
+    share ``cfg.forward_fraction`` replaced by forward pairs.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     cfg = cfg.check()
     backward = pairs.backward
     if cfg.projected:
@@ -330,6 +353,8 @@ def cached_flow(
 
     Returns:
         ``(flow, artifact)``: the EMA weights and the artifact (its ``tree["losses"]``).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     cfg = cfg.check()
     seed = check_int(seed, "seed", low=0)
@@ -398,6 +423,8 @@ def cached_pairs(
 
     Returns:
         :class:`ReflowPairs` (``nfe_*``: the mean evaluations per pair over the chunks).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     seed = check_int(seed, "seed", low=0)
     n_pairs = check_int(n_pairs, "n_pairs", low=1)
@@ -487,6 +514,8 @@ class RingRun(NamedTuple):
         students: the ReFlow students by variant name (:data:`RING_VARIANTS`).
         data: the teacher's training data.
         held_out: fresh data for the metrics.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     seed: int
@@ -531,6 +560,8 @@ def chapter_ring(
 
     Returns:
         A list of :class:`RingRun`, one per seed.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     from otdiff.data import ring
 

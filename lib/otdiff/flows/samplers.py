@@ -73,6 +73,8 @@ class FlowSample(NamedTuple):
         trajectory: the states on the grid ``(n_steps + 1, n, d)`` (``None`` unless asked).
         nfe: the number of evaluations of the velocity per point (an int, or an int array for
             :func:`solve_flow`).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
 
     x: jax.Array
@@ -86,6 +88,8 @@ def flow_time_grid(n_steps: int, rho: float | jax.Array = 1.0) -> jax.Array:
     Args:
         n_steps: :math:`N \\ge 1` (static).
         rho: :math:`\\rho > 0` (dynamic; 1 is uniform, larger packs steps near :math:`t = 0`).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     n_steps = check_int(n_steps, "n_steps", low=1)
     rho = guard_positive(rho, "rho")
@@ -93,7 +97,10 @@ def flow_time_grid(n_steps: int, rho: float | jax.Array = 1.0) -> jax.Array:
 
 
 def nfe(n_steps: int, solver: str = "euler") -> int:
-    """Evaluations per point of :func:`sample_flow`: ``n_steps`` (Euler) or ``2 n_steps - 1`` (Heun)."""
+    """Evaluations per point of :func:`sample_flow`: ``n_steps`` (Euler) or ``2 n_steps - 1`` (Heun).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     n_steps = check_int(n_steps, "n_steps", low=1)
     check_choice(solver, "solver", SOLVERS)
     return n_steps if solver == "euler" else 2 * n_steps - 1
@@ -104,6 +111,8 @@ def steps_for_nfe(n_evals: int, solver: str = "euler") -> int:
 
     Raises:
         ValueError: for Heun with an even budget (Heun costs ``2N - 1``, always odd).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     n_evals = check_int(n_evals, "n_evals", low=1)
     check_choice(solver, "solver", SOLVERS)
@@ -121,12 +130,18 @@ def _batch(velocity: Velocity):
 
 
 def euler_step(key, x: jax.Array, t: jax.Array, t_next: jax.Array, *, velocity: Velocity):
-    """One Euler step :math:`x' = x + (t' - t)\\,v(x, t)` of a batch ``(n, d)`` (``key`` unused)."""
+    """One Euler step :math:`x' = x + (t' - t)\\,v(x, t)` of a batch ``(n, d)`` (``key`` unused).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     return x + (t_next - t) * _batch(velocity)(x, t)
 
 
 def heun_step(key, x: jax.Array, t: jax.Array, t_next: jax.Array, *, velocity: Velocity):
-    """One Heun step (explicit trapezoid) of a batch ``(n, d)`` (``key`` unused; two evaluations)."""
+    """One Heun step (explicit trapezoid) of a batch ``(n, d)`` (``key`` unused; two evaluations).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     v = _batch(velocity)(x, t)
     x_pred = x + (t_next - t) * v
     return x + 0.5 * (t_next - t) * (v + _batch(velocity)(x_pred, t_next))
@@ -153,6 +168,8 @@ def sample_flow(
 
     Returns:
         A :class:`FlowSample` with ``nfe = nfe(n_steps, solver)``.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     x1 = check_points(x1, "x1")
     check_choice(solver, "solver", SOLVERS)
@@ -195,6 +212,8 @@ def solve_flow(
     Raises:
         ValueError: for bad arguments, or if the solver stops early (``max_steps`` reached or a
             non-finite step), at run time when traced.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     x = check_points(x, "x")
     for name, value in (("t_start", t_start), ("t_end", t_end)):
@@ -234,6 +253,8 @@ def path_straightness(velocity: Velocity, x1: jax.Array, n_steps: int = 64) -> j
 
     The paths are integrated with ``n_steps`` uniform Euler steps (static) and the velocity is
     read at every step's start, so the Riemann sum uses the same ``n_steps`` evaluations.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     x1 = check_points(x1, "x1")
     times = flow_time_grid(n_steps)

@@ -51,7 +51,10 @@ def _check_vp(process) -> None:
 
 
 def rf_time(process: AbstractVP, t: jax.Array) -> jax.Array:
-    """:math:`\\tau(t) = \\sigma_t/(\\alpha_t + \\sigma_t)`, the flow time of VP time ``t``."""
+    """:math:`\\tau(t) = \\sigma_t/(\\alpha_t + \\sigma_t)`, the flow time of VP time ``t``.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
     _check_vp(process)
     a, s = process.alpha(t), process.sigma(t)
     return s / (a + s)
@@ -62,6 +65,8 @@ def vp_time(process: AbstractVP, tau: jax.Array) -> jax.Array:
 
     Solves :math:`\\int_0^t\\beta = \\log(1 + r^2)`, :math:`r = \\tau/(1 - \\tau)`, by 40 bisection
     steps (resolution :math:`2^{-40}`); times beyond the schedule's end return 1.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     _check_vp(process)
     tau = jnp.clip(jnp.asarray(tau, jnp.float32), 0.0, 1.0)
@@ -91,6 +96,8 @@ def vp_velocity(
 
     Returns:
         A per-point field of the flow convention (:math:`\\tau = 1` noise, :math:`\\tau = 0` data).
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     _check_vp(process)
     check_in_range(t_min, "t_min", 0.0, 1.0, low_open=True, high_open=True)
