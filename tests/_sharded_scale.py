@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from otdiff import config, ot, smc
+from otdiff.diffusion import spell
 from otdiff.train import data_parallel_mesh
 
 
@@ -102,11 +103,36 @@ def particles(mesh) -> dict:
     return out
 
 
+def shield(mesh) -> dict:
+    rng = np.random.default_rng(config.seed(2))
+    bank = rng.uniform(-1, 1, (4000, 8)).astype(np.float32)
+    x = (bank[:64] + 0.05 * rng.standard_normal((64, 8))).astype(np.float32)  # near the bank
+    mask = rng.uniform(size=4000) < 0.9
+    out = {}
+    for name, kw in {"plain": {}, "masked": dict(protected_mask=mask)}.items():
+        one = spell.repellency(x, bank, 0.6, chunk_size=256, **kw)
+        four = spell.repellency(x, bank, 0.6, chunk_size=256, mesh=mesh, **kw)
+        out[name] = dict(
+            delta_diff=_max_diff(one.delta, four.delta),
+            delta_scale=float(np.max(np.abs(np.asarray(one.delta)))),
+            same_counts=bool(np.all(np.asarray(one.n_active) == np.asarray(four.n_active))),
+            n_active=int(np.sum(np.asarray(one.n_active))),
+            nearest_diff=_max_diff(one.nearest, four.nearest),
+        )
+    try:
+        spell.repellency(x, bank[:3998], 0.6, mesh=mesh)
+        out["bad_k_error"] = None
+    except ValueError as err:
+        out["bad_k_error"] = str(err)
+    return out
+
+
 def main() -> dict:
     mesh = data_parallel_mesh()
     out: dict = {"n_devices": jax.device_count(), "mesh_shape": dict(mesh.shape)}
     out["sinkhorn"] = sinkhorn(mesh)
     out["smc"] = particles(mesh)
+    out["spell"] = shield(mesh)
     return out
 
 

@@ -4,7 +4,8 @@
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the flag must be set before JAX starts):
 Sinkhorn with the source points split across a 4-device mesh (the default stabilised kernel, the
 log domain and the online mode) and SMC with the particles split across it (systematic and
-multinomial resampling), each against the same call on one device.
+multinomial resampling) and SPELL's repellency with the protected set split across it, each
+against the same call on one device.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def test_sharded_smc_gives_the_same_estimates_for_the_same_key(sharded, resample
 
 def test_sharded_smc_refuses_uneven_splits(sharded):
     assert "n_particles must be a multiple" in sharded["smc"]["bad_n_error"]
+
+
+@pytest.mark.parametrize("case", ["plain", "masked"])
+def test_sharded_spell_gives_the_same_corrections(sharded, case):
+    run = sharded["spell"][case]
+    assert run["n_active"] > 50 and run["same_counts"]  # many balls active, the same ones
+    assert run["delta_diff"] < 1e-5 * max(1.0, run["delta_scale"])
+    assert run["nearest_diff"] < 1e-5
+
+
+def test_sharded_spell_refuses_uneven_splits(sharded):
+    assert "number of protected points K must be a multiple" in sharded["spell"]["bad_k_error"]
 
 
 def test_one_device_mesh_is_accepted_and_bad_meshes_are_refused():
