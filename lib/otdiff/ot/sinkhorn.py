@@ -272,7 +272,8 @@ def _kernel_then_polish(
     (:mod:`otdiff.ot._scaling`), then ott-jax's log-domain solver from its potentials, checking
     the error after every iteration (one iteration when the kernel run has converged). ott-jax's
     solve gives the outputs their implicit gradients; it also takes over from ``(f0, g0)`` when
-    the weights are too small for the kernel in this dtype or the kernel run failed."""
+    the weights are too small for the kernel in this dtype or the kernel run failed (a kernel
+    run that reached ``max_iterations`` unconverged gets one more iteration, no more)."""
     geom, a, b = problem.geom, problem.a, problem.b
     cost, a_, b_, f0_ = jax.lax.stop_gradient((geom.cost_matrix, a, b, f0))
     eps, tol = jax.lax.stop_gradient((jnp.asarray(geom.epsilon, cost.dtype), threshold))
@@ -294,10 +295,16 @@ def _kernel_then_polish(
     finite = jnp.all(jnp.isfinite(k.f) | (a_ <= 0)) & jnp.all(jnp.isfinite(k.g) | (b_ <= 0))
     ok = finite & (k.n_iterations > 0)
     start = (jnp.where(ok, k.f, f0), jnp.where(ok, k.g, g0))
+    # a kernel run that used its whole budget gets one more iteration, not a second budget
+    out_of_budget = ok & (k.error >= tol)
     polish = ott_sinkhorn.Sinkhorn(
-        lse_mode=True, threshold=threshold, max_iterations=max_iterations, inner_iterations=1
+        lse_mode=True,
+        threshold=jnp.where(out_of_budget, jnp.inf, threshold),
+        max_iterations=max_iterations,
+        inner_iterations=1,
     )
     out = polish(problem, init=jax.lax.stop_gradient(start))
+    last_error = out.errors[jnp.maximum(out.n_iters - 1, 0)]
     log_errors = out.errors[inner_iterations - 1 :: inner_iterations]  # the log run's trace
     return _summary(
         problem,
@@ -306,6 +313,7 @@ def _kernel_then_polish(
         return_coupling,
         n_iterations=jnp.where(ok, k.n_iterations, 0) + out.n_iters,
         errors=jnp.where(ok, k.errors, log_errors),
+        converged=last_error < threshold,
     )
 
 
