@@ -171,9 +171,15 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", default=["sinkhorn", "smc", "spell"])
+    for name in SMALL:
+        parser.add_argument(f"--{name.replace('_', '-')}-sizes", type=int, nargs="+",
+                            help=f"replace the default sizes of {name}")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     sizes = {k: v + (LARGE[k] if args.large else []) for k, v in SMALL.items()}
+    for name in SMALL:
+        given = getattr(args, f"{name}_sizes")
+        sizes[name] = given if given else sizes[name]
     mesh = data_parallel_mesh()
 
     rows = []
