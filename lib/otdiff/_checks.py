@@ -544,3 +544,52 @@ def guard_potentials(f: Any, weights: Any, name: str) -> Any:
         f"{name}: the Sinkhorn potentials contain NaN or infinite values (with lse_mode=False "
         "the kernel underflows at small epsilon: use lse_mode=True or a larger epsilon).",
     )
+
+
+# -- sharding across devices ------------------------------------------------------------------
+
+#: The mesh axis the sharded paths split their points, particles or protected sets along (the
+#: axis of ``otdiff.train.data_parallel_mesh``).
+SHARD_AXIS = "data"
+
+__all__ += ["SHARD_AXIS", "check_mesh", "place"]
+
+
+def check_mesh(mesh: Any, size: int | None = None, name: str = "the leading size") -> Any:
+    """``None``, or a ``jax.sharding.Mesh`` with a ``"data"`` axis whose length divides ``size``.
+
+    Raises:
+        TypeError: if ``mesh`` is not a ``Mesh``.
+        ValueError: if it has no ``"data"`` axis, or ``size`` does not split evenly across it.
+    """
+    if mesh is None:
+        return None
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(
+            "mesh must be None or a jax.sharding.Mesh (e.g. otdiff.train.data_parallel_mesh()), "
+            f"got {type(mesh).__name__}."
+        )
+    if SHARD_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named {SHARD_AXIS!r}, got {mesh.axis_names}.")
+    n_devices = mesh.shape[SHARD_AXIS]
+    if size is not None and size % n_devices:
+        raise ValueError(
+            f"{name} must be a multiple of the number of devices on the mesh's {SHARD_AXIS!r} "
+            f"axis ({n_devices}), got {size}."
+        )
+    return mesh
+
+
+def place(tree: Any, mesh: Any, sharded: bool) -> Any:
+    """Lay ``tree`` out on ``mesh``: split along its first axis (``sharded``) or replicated.
+
+    A ``device_put`` for concrete arrays, a sharding constraint inside ``jit``; ``mesh=None``
+    returns ``tree`` unchanged.
+    """
+    if mesh is None:
+        return tree
+    spec = jax.sharding.PartitionSpec(SHARD_AXIS) if sharded else jax.sharding.PartitionSpec()
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    if is_concrete(tree):
+        return jax.device_put(tree, sharding)
+    return jax.lax.with_sharding_constraint(tree, sharding)

@@ -62,11 +62,13 @@ import jax.numpy as jnp
 from otdiff._checks import (
     check_int,
     check_log_weights,
+    check_mesh,
     check_weights,
     guard_in_range,
     guard_log_weights,
     guard_simplex,
     is_concrete,
+    place,
     unguarded,
 )
 
@@ -467,14 +469,24 @@ def init(key: jax.Array, model: FeynmanKac, n_particles: int) -> SMCState:
     return _guard_state(_init(key, model, check_int(n_particles, "n_particles", low=1)))
 
 
-def _init(key, model, n_particles):
+def _init(key, model, n_particles, mesh=None):
     particles, log_g = model.init(key, n_particles)
     uniform = jnp.full((n_particles,), -math.log(n_particles), jnp.result_type(log_g))
-    log_weights, log_z = _reweight(uniform, log_g)
+    log_weights, log_z = _reweight(uniform, place(log_g, mesh, False))
     return SMCState(particles, log_weights, log_z)
 
 
-def build_kernel(model: FeynmanKac, resampler: Resampler = systematic) -> Callable:
+def _shard(state: SMCState, mesh) -> SMCState:
+    """Particles and log-weights split across the mesh's devices (``mesh=None``: unchanged)."""
+    if mesh is None:
+        return state
+    particles, log_weights = place((state.particles, state.log_weights), mesh, True)
+    return state._replace(particles=particles, log_weights=log_weights)
+
+
+def build_kernel(
+    model: FeynmanKac, resampler: Resampler = systematic, *, mesh: Any = None
+) -> Callable:
     """The SMC kernel of ``model``: ``kernel(key, state, inputs, ess_threshold=0.5) -> (state, info)``.
 
     One step: resample if the ESS is below :math:`\\kappa n`, propagate, reweight,
@@ -494,33 +506,40 @@ def build_kernel(model: FeynmanKac, resampler: Resampler = systematic) -> Callab
     Returns:
         The pure kernel; ``inputs`` is the step's slice of ``model.inputs``, ``ess_threshold``
         :math:`\\kappa \\in (0, 1]` is dynamic. The new state's log-weights are guarded (a
-        ``ValueError`` on NaN, or a run-time error when the kernel is traced).
+        ``ValueError`` on NaN, or a run-time error when the kernel is traced). With a ``mesh``
+        (see :func:`run`) the new state's particles and log-weights are split across its
+        devices.
 
     Taught in: book/diffusion/02_energy_smc.ipynb.
     """
-    kernel = _build_kernel(model, resampler)
+    kernel = _build_kernel(model, resampler, check_mesh(mesh))
 
     def guarded_kernel(key: jax.Array, state: SMCState, inputs: Any, ess_threshold: float = 0.5):
         ess_threshold = _guard_threshold(ess_threshold)
         with unguarded():
             new, info = kernel(key, state, inputs, ess_threshold)
-        return _guard_state(new), info
+        return _guard_state(_shard(new, mesh)), info
 
     return guarded_kernel
 
 
-def _build_kernel(model: FeynmanKac, resampler: Resampler) -> Callable:
+def _build_kernel(model: FeynmanKac, resampler: Resampler, mesh=None) -> Callable:
     if not isinstance(model, FeynmanKac):
         raise TypeError(f"model must be an otdiff.smc.FeynmanKac, got {type(model).__name__}.")
     _check_resampler(resampler)
 
     def kernel(key: jax.Array, state: SMCState, inputs: Any, ess_threshold: float = 0.5):
         k_resample, k_move = jax.random.split(key)
+        # On a mesh the particles stay split across devices; the (n,) log-weights are
+        # gathered on every device, so that the normalisation, the ESS and the cumulative
+        # weights of the resampling are computed over all particles, in one order: the same
+        # numbers as on one device.
         particles, log_weights, ancestors, resampled = _maybe_resample(
-            k_resample, state.particles, state.log_weights, ess_threshold, resampler
-        )
+            k_resample, state.particles, place(state.log_weights, mesh, False), ess_threshold,
+            resampler,
+        )  # fmt: skip
         particles, log_g = model.step(k_move, particles, inputs)
-        log_weights, log_increment = _reweight(log_weights, log_g)
+        log_weights, log_increment = _reweight(log_weights, place(log_g, mesh, False))
         new = SMCState(particles, log_weights, state.log_evidence + log_increment)
         return new, SMCInfo(_ess(log_weights), resampled, log_increment, ancestors)
 
@@ -535,6 +554,7 @@ def run(
     resampler: Resampler = systematic,
     ess_threshold: float = 0.5,
     return_ancestors: bool = False,
+    mesh: Any = None,
 ) -> SMCResult:
     """Run the SMC sampler of a Feynman-Kac model over all its steps in one ``jax.lax.scan``.
 
@@ -546,6 +566,15 @@ def run(
         ess_threshold: resample before a step when :math:`\\mathrm{ESS} < \\kappa n`,
             :math:`\\kappa \\in (0, 1]` (dynamic).
         return_ancestors: also return the ``(K, n)`` parent indices (static).
+        mesh: ``None`` (one device), or a ``jax.sharding.Mesh`` with a ``"data"`` axis
+            (:func:`otdiff.train.data_parallel_mesh`): the particles and their log-weights are
+            split across its devices (``NamedSharding(mesh, P("data"))``) after the start and
+            after every step; ``n_particles`` must be a multiple of the number of devices
+            (static). Resampling stays global: the normalisation, the ESS and the cumulative
+            weights of the inverse-CDF search run over all particles (XLA adds the reductions
+            and the exchange of the selected particles across devices), so a run gives the
+            same estimates as on one device for the same key, up to the order of float
+            additions.
 
     Returns:
         An :class:`SMCResult`: the final weighted particles, the ESS history and
@@ -558,17 +587,19 @@ def run(
     Taught in: book/diffusion/02_energy_smc.ipynb.
     """
     n_particles = check_int(n_particles, "n_particles", low=1)
+    mesh = check_mesh(mesh, n_particles, "n_particles")
     ess_threshold = _guard_threshold(ess_threshold)
-    kernel = _build_kernel(model, resampler)
+    kernel = _build_kernel(model, resampler, mesh)
     k_init, k_run = jax.random.split(key)
     with unguarded():
-        state = _init(k_init, model, n_particles)
+        state = _shard(_init(k_init, model, n_particles, mesh), mesh)
         n_steps = jax.tree_util.tree_leaves(model.inputs)[0].shape[0]
         keys = jax.random.split(k_run, n_steps)
 
         def body(s, xs):
             k, inp = xs
-            return kernel(k, s, inp, ess_threshold)
+            new, info = kernel(k, s, inp, ess_threshold)
+            return _shard(new, mesh), info
 
         final, infos = jax.lax.scan(body, state, (keys, model.inputs))
     final = _guard_state(final)

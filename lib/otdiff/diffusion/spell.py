@@ -54,9 +54,11 @@ import jax
 import jax.numpy as jnp
 
 from otdiff._checks import (
+    SHARD_AXIS,
     check_choice,
     check_int,
     check_mask,
+    check_mesh,
     check_points,
     check_same_dim,
     guard_finite,
@@ -258,6 +260,40 @@ def _repel(x, protected, mask, radius, *, mode, chunk_size):
 _repel_jit = jax.jit(_repel, static_argnames=("mode", "chunk_size"))
 
 
+def _repel_sharded(x, protected, mask, radius, *, chunk_size, mesh):
+    """:func:`_repel` (static mode) with the protected set split across ``mesh``'s devices.
+
+    Each device scans its own part of the set (``jax.shard_map``); the corrections and counts
+    are summed across devices (``psum``), the nearest distances reduced by ``pmin``: the same
+    sums as on one device, in another order.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    radius = jnp.asarray(radius, x.dtype)
+    valid = jnp.ones((protected.shape[0],), bool) if mask is None else mask
+
+    def local(x, z, v, r):
+        delta, count, min_d2 = _scan_references(x, z, v, r, chunk_size)
+        return (
+            jax.lax.psum(delta, SHARD_AXIS),
+            jax.lax.psum(count, SHARD_AXIS),
+            jax.lax.pmin(min_d2, SHARD_AXIS),
+        )
+
+    split = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(SHARD_AXIS), P(SHARD_AXIS), P()),
+        out_specs=(P(), P(), P()),
+        check_vma=False,  # the scan's branches mix per-device and replicated values
+    )
+    delta, count, min_d2 = split(x, protected, valid, radius)
+    return Repellency(delta, count, jnp.sqrt(min_d2))
+
+
+_repel_sharded_jit = jax.jit(_repel_sharded, static_argnames=("chunk_size", "mesh"))
+
+
 def repellency(
     x0_hat: jax.Array,
     protected: jax.Array,
@@ -265,6 +301,7 @@ def repellency(
     *,
     protected_mask: jax.Array | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Repellency:
     """SPELL's sparse correction of predictions ``x0_hat`` against a static ``protected`` set.
 
@@ -289,6 +326,12 @@ def repellency(
             filled).
         chunk_size: references per block (static); ``None`` processes all ``K`` at once. Memory is
             ``O(n * chunk_size * d)`` at most, whatever ``K``.
+        mesh: ``None`` (one device), or a ``jax.sharding.Mesh`` with a ``"data"`` axis
+            (:func:`otdiff.train.data_parallel_mesh`): the protected set (and its mask) is split
+            across the devices (``NamedSharding(mesh, P("data"))``), each scans its part in
+            blocks of ``chunk_size``, and the corrections are summed across devices; the
+            predictions are replicated. ``K`` must be a multiple of the number of devices.
+            Static.
 
     Returns:
         A :class:`Repellency` (``delta``, ``n_active``, ``nearest``).
@@ -305,7 +348,10 @@ def repellency(
     radius = guard_nonnegative(radius, "radius")
     mask = check_mask(protected_mask, protected.shape[0], "protected_mask")
     chunk_size = _check_chunk(chunk_size)
-    return _repel_jit(x0_hat, protected, mask, radius, mode="static", chunk_size=chunk_size)
+    mesh = check_mesh(mesh, protected.shape[0], "the number of protected points K")
+    if mesh is None:
+        return _repel_jit(x0_hat, protected, mask, radius, mode="static", chunk_size=chunk_size)
+    return _repel_sharded_jit(x0_hat, protected, mask, radius, chunk_size=chunk_size, mesh=mesh)
 
 
 def batch_repellency(x0_hat: jax.Array, radius: float) -> Repellency:

@@ -56,7 +56,10 @@ from ott.problems.linear import linear_problem, potentials
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
 from otdiff import _checks
-from otdiff.ot import _compat  # noqa: F401  (ott-jax's online mode under JAX >= 0.9)
+from otdiff.ot import (
+    _compat,  # noqa: F401  (ott-jax's online mode under JAX >= 0.9)
+    _scaling,
+)
 
 __all__ = [
     "SinkhornOutput",
@@ -104,7 +107,8 @@ class SinkhornOutput(NamedTuple):
             ``n == m`` it lies within :math:`[\mathrm{OT}_0, \mathrm{OT}_0 + \varepsilon\log n]`.
         transport_cost: the linear part :math:`\langle P, C\rangle` of the returned coupling.
         marginal_error: :math:`\|P\mathbf 1 - a\|_1 + \|P^\top\mathbf 1 - b\|_1`.
-        n_iterations: the Sinkhorn iterations run (a multiple of ``inner_iterations``).
+        n_iterations: the Sinkhorn iterations run (a multiple of ``inner_iterations``; with
+            ``lse_mode="auto"`` on a stored cost matrix, plus the last checked iterations).
         errors: ott-jax's error trace, shape ``(max_iterations // inner_iterations,)``: entry
             ``k`` is :math:`\|P^\top \mathbf 1 - b\|_1` after iteration
             ``(k + 1) * inner_iterations``, and ``-1`` once the loop has stopped.
@@ -205,6 +209,7 @@ def _sinkhorn(
     lse_mode: bool = True,
     chunk_size: int | None = None,
     return_coupling: bool = False,
+    mesh=None,
 ) -> SinkhornOutput:
     """Build the geometry, the problem and the solver; start, solve, summarise. Unchecked.
 
@@ -215,26 +220,43 @@ def _sinkhorn(
     initializer = ott_init.DefaultInitializer() if initializer is None else initializer
     if init is None:
         _check_key(initializer, key)
+    if mesh is not None:  # source points (rows of the cost) split across devices
+        x, a = _checks.place((x, a), mesh, True)
+        y, b = _checks.place((y, b), mesh, False)
     problem = _problem(x, y, a, b, epsilon, cost_fn, chunk_size)
     geom = problem.geom
+    kernel = lse_mode == "auto" and not geom.is_online  # the stabilised kernel iteration
+    log_domain = lse_mode is True or lse_mode == "auto"
     if init is None:
-        f0, g0 = initializer(problem, lse_mode=lse_mode, rng=key)
+        f0, g0 = initializer(problem, lse_mode=log_domain, rng=key)
     else:
         f0, g0 = init
-        if not lse_mode:
+        if not log_domain:
             f0, g0 = geom.scaling_from_potential(f0), geom.scaling_from_potential(g0)
+    if kernel:
+        return _kernel_then_polish(
+            problem, f0, g0, threshold, max_iterations, inner_iterations, return_coupling
+        )
     solver = ott_sinkhorn.Sinkhorn(
-        lse_mode=lse_mode,
+        lse_mode=log_domain,
         threshold=threshold,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
     )
     out = solver(problem, init=(f0, g0))
+    return _summary(
+        problem, out, f0 if log_domain else geom.potential_from_scaling(f0), return_coupling
+    )
+
+
+def _summary(problem, out, f0, return_coupling, **fields) -> SinkhornOutput:
+    """A :class:`SinkhornOutput` from ott-jax's output (``fields`` override its entries)."""
+    geom, a, b = problem.geom, problem.a, problem.b
     f, g = out.f, out.g
-    return SinkhornOutput(
+    summary = dict(
         f=f,
         g=g,
-        f0=f0 if lse_mode else geom.potential_from_scaling(f0),
+        f0=f0,
         reg_ot_cost=out.reg_ot_cost,
         transport_cost=_transport_cost(geom, f, g),
         marginal_error=_marginal_error(geom, f, g, a, b),
@@ -243,6 +265,59 @@ def _sinkhorn(
         converged=out.converged,
         epsilon=jnp.asarray(geom.epsilon),
         coupling=geom.transport_from_potentials(f, g) if return_coupling else None,
+    )
+    return SinkhornOutput(**(summary | fields))
+
+
+def _kernel_then_polish(
+    problem, f0, g0, threshold, max_iterations, inner_iterations, return_coupling
+) -> SinkhornOutput:
+    """``lse_mode="auto"`` on a dense geometry: the stabilised kernel iteration to ``threshold``
+    (:mod:`otdiff.ot._scaling`), then ott-jax's log-domain solver from its potentials, checking
+    the error after every iteration (one iteration when the kernel run has converged). ott-jax's
+    solve gives the outputs their implicit gradients; it also takes over from ``(f0, g0)`` when
+    the weights are too small for the kernel in this dtype or the kernel run failed (a kernel
+    run that reached ``max_iterations`` unconverged gets one more iteration, no more)."""
+    geom, a, b = problem.geom, problem.a, problem.b
+    cost, a_, b_, f0_ = jax.lax.stop_gradient((geom.cost_matrix, a, b, f0))
+    eps, tol = jax.lax.stop_gradient((jnp.asarray(geom.epsilon, cost.dtype), threshold))
+    n_blocks = max_iterations // inner_iterations
+
+    def run_kernel(_):
+        return _scaling.kernel_sinkhorn(
+            cost, a_, b_, eps, tol, f0_,
+            max_iterations=max_iterations, inner_iterations=inner_iterations,
+        )  # fmt: skip
+
+    def skip(_):
+        minus = -jnp.ones((n_blocks,), cost.dtype)
+        return _scaling.KernelOutput(
+            f0_, jnp.zeros_like(b_), jnp.asarray(0, jnp.int32), minus, minus[0]
+        )
+
+    k = jax.lax.cond(_scaling.safe_for_kernel(a_, b_), run_kernel, skip, None)
+    finite = jnp.all(jnp.isfinite(k.f) | (a_ <= 0)) & jnp.all(jnp.isfinite(k.g) | (b_ <= 0))
+    ok = finite & (k.n_iterations > 0)
+    start = (jnp.where(ok, k.f, f0), jnp.where(ok, k.g, g0))
+    # a kernel run that used its whole budget gets one more iteration, not a second budget
+    out_of_budget = ok & (k.error >= tol)
+    polish = ott_sinkhorn.Sinkhorn(
+        lse_mode=True,
+        threshold=jnp.where(out_of_budget, jnp.inf, threshold),
+        max_iterations=max_iterations,
+        inner_iterations=1,
+    )
+    out = polish(problem, init=jax.lax.stop_gradient(start))
+    last_error = out.errors[jnp.maximum(out.n_iters - 1, 0)]
+    log_errors = out.errors[inner_iterations - 1 :: inner_iterations]  # the log run's trace
+    return _summary(
+        problem,
+        out,
+        f0,
+        return_coupling,
+        n_iterations=jnp.where(ok, k.n_iterations, 0) + out.n_iters,
+        errors=jnp.where(ok, k.errors, log_errors),
+        converged=last_error < threshold,
     )
 
 
@@ -267,7 +342,14 @@ def _guard_potentials(out, a, b):
 # The pure core
 # --------------------------------------------------------------------------------------------
 
-_STATIC = ("max_iterations", "inner_iterations", "lse_mode", "chunk_size", "return_coupling")
+_STATIC = (
+    "max_iterations",
+    "inner_iterations",
+    "lse_mode",
+    "chunk_size",
+    "return_coupling",
+    "mesh",
+)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -285,9 +367,10 @@ def solve_core(
     key: jax.Array | None = None,
     max_iterations: int = 2000,
     inner_iterations: int = 10,
-    lse_mode: bool = True,
+    lse_mode: bool | str = "auto",
     chunk_size: int | None = None,
     return_coupling: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> SinkhornOutput:
     r"""The jitted core of :func:`solve`: pure, and safe under ``vmap`` and ``grad``.
 
@@ -316,8 +399,8 @@ def solve_core(
         epsilon: the absolute regularisation, a scalar array. Dynamic.
         threshold: the stopping tolerance, a scalar array. Dynamic.
         cost_fn, initializer, key: see :func:`solve`.
-        max_iterations, inner_iterations, lse_mode, chunk_size, return_coupling: static (see
-            :func:`solve`).
+        max_iterations, inner_iterations, lse_mode, chunk_size, return_coupling, mesh: static
+            (see :func:`solve`).
 
     Returns:
         A :class:`SinkhornOutput`.
@@ -339,6 +422,7 @@ def solve_core(
         lse_mode=lse_mode,
         chunk_size=chunk_size,
         return_coupling=return_coupling,
+        mesh=mesh,
     )
 
 
@@ -374,6 +458,15 @@ def _check_cost_fn(cost_fn: Any) -> costs.CostFn:
     return cost_fn
 
 
+def _check_lse_mode(lse_mode: Any) -> bool | str:
+    """``True`` (log domain), ``False`` (ott-jax's kernel mode) or ``"auto"``."""
+    if isinstance(lse_mode, str) and lse_mode == "auto":
+        return "auto"
+    if not isinstance(lse_mode, bool | np.bool_):
+        raise TypeError(f"lse_mode must be True, False or 'auto', got {lse_mode!r}.")
+    return bool(lse_mode)
+
+
 def _check_chunk_size(chunk_size: Any) -> int | None:
     """``None`` (keep the cost matrix) or the rows per block of the online mode, an int >= 1."""
     return None if chunk_size is None else _checks.check_int(chunk_size, "chunk_size", low=1)
@@ -405,7 +498,7 @@ def _check_options(
         key=key,
         max_iterations=max_iterations,
         inner_iterations=inner_iterations,
-        lse_mode=_checks.check_bool(lse_mode, "lse_mode"),
+        lse_mode=_check_lse_mode(lse_mode),
         chunk_size=_check_chunk_size(chunk_size),
         return_coupling=_checks.check_bool(return_coupling, "return_coupling"),
     )
@@ -430,9 +523,10 @@ def solve(
     threshold: float = 1e-3,
     max_iterations: int = 2000,
     inner_iterations: int = 10,
-    lse_mode: bool = True,
+    lse_mode: bool | str = "auto",
     chunk_size: int | None = None,
     return_coupling: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> SinkhornOutput:
     r"""Entropic OT between two weighted point clouds with the log-domain Sinkhorn algorithm.
 
@@ -477,15 +571,29 @@ def solve(
         max_iterations: the most iterations run, an int >= 1, a multiple of
             ``inner_iterations``. Static (sets the length of ``errors``).
         inner_iterations: iterations between two error checks, an int >= 1. Static.
-        lse_mode: ``True`` for log-sum-exp updates of the potentials (stable for any
-            ``epsilon``), ``False`` for multiplicative updates of the scalings
-            :math:`e^{f/\varepsilon}` (faster, but the kernel :math:`e^{-C/\varepsilon}`
-            underflows for small ``epsilon``). Static.
+        lse_mode: ``"auto"`` (the default) runs the kernel iteration, stabilised by
+            absorption :cite:`schmitzer2019stabilized` (two matrix-vector products per iteration
+            and one pass of exponentials every ``inner_iterations``, against two passes per
+            iteration in the log domain), on a stored cost matrix, and the log domain in the
+            online mode (``chunk_size``); it then hands its potentials to ott-jax's log-domain
+            solver for a last checked iteration (which gives the outputs their gradients, and
+            takes over from the start should the kernel run fail). ``True``: log-sum-exp updates
+            of the potentials throughout (ott-jax's ``lse_mode``); ``False``: ott-jax's plain
+            kernel mode, whose kernel :math:`e^{-C/\varepsilon}` underflows in float32 once
+            :math:`C_{ij}/\varepsilon > 87`. The three run the same iterates up to float
+            rounding. Static.
         chunk_size: ``None`` keeps the :math:`n \times m` cost matrix in memory; an int >= 1
             recomputes it that many rows at a time in every iteration (ott-jax's online mode:
             slower per iteration, memory :math:`O((n + m)\cdot\text{chunk})`). Same iterates
             either way. Static.
         return_coupling: also return the :math:`n \times m` coupling. Static.
+        mesh: ``None`` (one device), or a ``jax.sharding.Mesh`` with a ``"data"`` axis
+            (:func:`otdiff.train.data_parallel_mesh`): the source points, their weights and
+            the rows of the cost matrix are split across its devices
+            (``NamedSharding(mesh, P("data"))``), the target replicated, and XLA adds the
+            reductions across devices that the :math:`g`-update needs. ``n`` must be a
+            multiple of the number of devices. Same iterates as on one device, up to the
+            order of float additions. Static.
 
     Returns:
         A :class:`SinkhornOutput`.
@@ -511,7 +619,11 @@ def solve(
         return_coupling=return_coupling,
     )
     _checks.check_positive(epsilon, "epsilon")  # a scalar (guard_positive takes arrays too)
+    options["mesh"] = _checks.check_mesh(mesh, x.shape[0], "the number of source points n")
     x, y, a, b, epsilon = _guard_inputs(x, y, a, b, epsilon)
+    if mesh is not None:
+        x, a = _checks.place((x, a), mesh, True)
+        y, b = _checks.place((y, b), mesh, False)
     out = solve_core(x, y, a, b, jnp.asarray(epsilon, dtype=x.dtype), threshold, **options)
     return _guard_potentials(out, a, b)
 
@@ -538,7 +650,7 @@ def sweep_epsilon(
     threshold: float = 1e-3,
     max_iterations: int = 2000,
     inner_iterations: int = 10,
-    lse_mode: bool = True,
+    lse_mode: bool | str = "auto",
     chunk_size: int | None = None,
     return_coupling: bool = False,
     batch_size: int | None = None,

@@ -1,0 +1,183 @@
+"""Sinkhorn against POT at equal accuracy: otdiff.ot.solve's kernel mode, its log domain, POT.
+
+Three problems outside the other benchmarks' (``--problems``: n points per cloud in d dimensions,
+epsilon a fraction of the mean squared-Euclidean cost): a standard Gaussian source and a target
+mixture of three anisotropic Gaussians, uniform weights.
+
+* ``otdiff (auto)``: ``otdiff.ot.solve`` with its default ``lse_mode="auto"`` (the stabilised
+  kernel iteration, then one checked log-domain iteration), float32, stopping once the column
+  error is below ``--threshold``;
+* ``otdiff (log)``: the same with ``lse_mode=True`` (ott-jax's log domain throughout);
+* POT's solvers in float64 NumPy: ``sinkhorn`` (plain kernel Sinkhorn-Knopp) and
+  ``sinkhorn_stabilized`` (absorption); ``sinkhorn_log``, much slower, with ``--pot-methods``.
+  POT measures its stopping error differently (an L2 norm of the column error), so each of its
+  solvers is rerun with ``stopThr`` halved, from a quarter of ``--threshold``, until its final
+  L1 marginal error is no larger than that of ``otdiff (auto)`` (``--max-tightenings`` halvings
+  at most; a solver that returns NaN or never gets there is marked not working).
+
+Every final L1 marginal error :math:`\\|P\\mathbf 1 - a\\|_1 + \\|P^\\top\\mathbf 1 - b\\|_1` is
+computed the same way, in float64, from the returned potentials (scalings for POT). Timings are
+the median of ``--repeats`` calls (JAX compiled by a warm-up call; each call ends with
+``block_until_ready``). The row ``ratio_fastest_pot`` is the time of the fastest working POT
+solver at equal error over the time of ``otdiff (auto)`` (above 1: otdiff is faster). Results go
+to ``benchmarks/results/sinkhorn_pot.json``.
+
+Usage: ``python benchmarks/bench_sinkhorn_pot.py [--problems 800,3,0.01 1200,6,0.02 1500,10,0.05]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import _record
+import numpy as np
+from scipy.special import logsumexp
+
+from otdiff import ot
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sinkhorn_pot.json"
+POT_METHODS = ("sinkhorn", "sinkhorn_stabilized")  # POT's fastest; add sinkhorn_log by flag
+
+
+def make_problem(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A standard Gaussian and a mixture of three anisotropic Gaussians, ``n`` points each."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    centres = 2.0 * rng.standard_normal((3, d))
+    scales = rng.uniform(0.2, 1.0, (3, d))
+    which = rng.integers(0, 3, n)
+    y = centres[which] + scales[which] * rng.standard_normal((n, d))
+    return x, y
+
+
+def l1_error(cost, f, g, eps, a, b) -> float:
+    """``|P 1 - a|_1 + |P^T 1 - b|_1`` in float64 for ``P = exp((f + g - C) / eps)``."""
+    log_p = (f[:, None] + g[None, :] - cost) / eps
+    rows = np.exp(logsumexp(log_p, axis=1))
+    cols = np.exp(logsumexp(log_p, axis=0))
+    return float(np.abs(rows - a).sum() + np.abs(cols - b).sum())
+
+
+def run_otdiff(x, y, eps, threshold, lse_mode, max_iterations, repeats):
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+
+    def call():
+        return ot.solve(
+            x32, y32, eps, threshold=threshold, lse_mode=lse_mode, max_iterations=max_iterations
+        )
+
+    _, median, best, out = _record.timed(call, repeats)
+    f, g = np.asarray(out.f, np.float64), np.asarray(out.g, np.float64)
+    return median, best, int(out.n_iterations), f, g
+
+
+def run_pot(pot, method, cost, eps, a, b, threshold, max_iterations, repeats):
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pot.sinkhorn(
+                a, b, cost, eps, method=method, stopThr=threshold,
+                numItermax=max_iterations, log=True,
+            )  # fmt: skip
+
+    _, median, best, (_, log) = _record.timed(call, repeats, warmup=False)
+    if "log_u" in log:  # sinkhorn_log
+        f, g = eps * np.asarray(log["log_u"]), eps * np.asarray(log["log_v"])
+    elif "logu" in log:  # sinkhorn_stabilized: alpha / eps + log u
+        f, g = eps * np.asarray(log["logu"]), eps * np.asarray(log["logv"])
+    else:  # sinkhorn: the scalings
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f, g = eps * np.log(np.asarray(log["u"])), eps * np.log(np.asarray(log["v"]))
+    iterations = log.get("niter", log.get("n_iter", -1))
+    return median, best, int(iterations), f, g
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--problems", nargs="+", default=["800,3,0.01", "1200,6,0.02", "1500,10,0.05"],
+        help="n,d,fraction: n points per cloud in d dimensions, epsilon = fraction x mean cost",
+    )  # fmt: skip
+    parser.add_argument("--threshold", type=float, default=1e-3)
+    parser.add_argument("--max-iterations", type=int, default=5000)
+    parser.add_argument("--max-tightenings", type=int, default=8)
+    parser.add_argument("--pot-methods", nargs="+", default=list(POT_METHODS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pot-repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    import ot as pot  # POT, the Python Optimal Transport library (`make bench` installs it)
+
+    rows = []
+    for k, spec in enumerate(args.problems):
+        n, d, fraction = (t(v) for t, v in zip((int, int, float), spec.split(","), strict=True))
+        x, y = make_problem(n, d, args.seed + k)
+        cost = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+        eps = float(fraction * cost.mean())
+        a, b = np.full(n, 1 / n), np.full(n, 1 / n)
+        common = dict(n=n, d=d, epsilon_fraction=fraction, epsilon=eps)
+        common["cost_range_over_epsilon"] = float((cost.max() - cost.min()) / eps)
+        ours = {}
+        for name, mode in (("otdiff (auto)", "auto"), ("otdiff (log)", True)):
+            median, best, its, f, g = run_otdiff(
+                x, y, eps, args.threshold, mode, args.max_iterations, args.repeats
+            )
+            error = l1_error(cost, f, g, eps, a, b)
+            ours[name] = median
+            print(name, n, d, fraction, median, its, error, flush=True)
+            rows.append(common | dict(solver=name, median_s=median, min_s=best, iterations=its,
+                                      stop_threshold=args.threshold, l1_error=error))  # fmt: skip
+        target = rows[-2]["l1_error"]  # otdiff (auto)'s error: POT must reach it
+        fastest = None
+        for method in args.pot_methods:
+            threshold, found = args.threshold / 4, None  # POT's L2 error is below the L1
+            for _ in range(args.max_tightenings + 1):
+                median, best, its, f, g = run_pot(
+                    pot, method, cost, eps, a, b, threshold, args.max_iterations, 1
+                )
+                error = l1_error(cost, f, g, eps, a, b) if np.all(np.isfinite(f)) else np.nan
+                if np.isfinite(error) and error <= target:
+                    found = threshold
+                    break
+                if not np.isfinite(error):
+                    break
+                threshold /= 2
+            row = common | dict(solver=f"pot {method}", stop_threshold=found, working=False)
+            if found is not None:
+                median, best, its, f, g = run_pot(
+                    pot, method, cost, eps, a, b, found, args.max_iterations, args.pot_repeats
+                )
+                error = l1_error(cost, f, g, eps, a, b)
+                row |= dict(median_s=median, min_s=best, iterations=its, l1_error=error,
+                            working=True)  # fmt: skip
+                fastest = median if fastest is None else min(fastest, median)
+            rows.append(row)
+            print(row, flush=True)
+        rows.append(common | dict(
+            solver="summary",
+            ratio_fastest_pot=None if fastest is None else fastest / ours["otdiff (auto)"],
+            ratio_log_over_auto=ours["otdiff (log)"] / ours["otdiff (auto)"],
+        ))  # fmt: skip
+
+    for r in rows:
+        if r["solver"] == "summary":
+            print(f"  fastest POT / otdiff (auto): {r['ratio_fastest_pot']:.2f}x; "
+                  f"otdiff (log) / otdiff (auto): {r['ratio_log_over_auto']:.2f}x")  # fmt: skip
+        elif r.get("median_s") is None:
+            print(f"{r['n']:5d} {r['d']:3d} {r['epsilon_fraction']:5.2f} {r['solver']:>24} "
+                  "not working (NaN or never as accurate)")  # fmt: skip
+        else:
+            print(f"{r['n']:5d} {r['d']:3d} {r['epsilon_fraction']:5.2f} {r['solver']:>24} "
+                  f"{1e3 * r['median_s']:9.1f} ms {r['iterations']:6d} it  "
+                  f"L1 error {r['l1_error']:.2e} (stop {r['stop_threshold']:.1e})")  # fmt: skip
+    _record.write(
+        args.output, "sinkhorn_pot", {k: v for k, v in vars(args).items() if k != "output"},
+        rows, pot=pot.__version__,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
