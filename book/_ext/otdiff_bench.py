@@ -62,12 +62,19 @@ def _seconds(key: str, value: float) -> float:
 def load(path: Path) -> dict[str, Any]:
     """``{title, machine, rows}`` of a results file, whatever its layout.
 
-    The common layout is ``{benchmark, date, machine, settings, results: [row, ...]}``; a file
+    The common layout is ``{benchmark, date, machine, settings, results: [row, ...]}``
+    (``results`` may also be ``{rows: [...], <summary>: [...]}``, e.g. fitted exponents, whose
+    entries are listed after the rows); a file
     whose rows sit in groups (``configs: [{..., rows: [...]}]``) is flattened, each row taking
     its group's scalar fields, and a file without ``machine`` gives its top-level scalars.
     """
     data = json.loads(path.read_text())
     rows = data.get("results")
+    if isinstance(rows, dict):  # {"rows": [...], and summaries such as fitted exponents}
+        summaries = [v for k, v in rows.items() if k != "rows" and isinstance(v, list)]
+        rows = list(rows.get("rows") or []) + [
+            r for s in summaries for r in s if isinstance(r, dict)
+        ]
     if not isinstance(rows, list):
         rows = []
         for value in data.values():
