@@ -10,10 +10,6 @@ against the same call on one device.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -26,24 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def sharded() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_sharded_scale.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
-    assert out["n_devices"] == 4 and out["mesh_shape"] == {"data": 4}
-    return out
+def sharded(run_on_four_devices) -> dict:
+    return run_on_four_devices("_sharded_scale.py", timeout=900)
 
 
 @pytest.mark.parametrize("mode", ["auto", "log", "online"])

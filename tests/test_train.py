@@ -4,10 +4,6 @@ networks of otdiff.nn and otdiff.diffusion.networks."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -463,24 +459,9 @@ def test_mesh_on_one_device(data):
         data_parallel_mesh([])
 
 
-def test_sharded_step_matches_one_device():
+def test_sharded_step_matches_one_device(run_on_four_devices):
     """One step (and one 5-step chunk) on a 4-device CPU mesh equals the one-device step."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_sharded_step.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
-    assert out["n_devices"] == 4 and out["mesh_shape"] == {"data": 4}
+    out = run_on_four_devices("_sharded_step.py")
     assert abs(out["loss_1"] - out["loss_4"]) <= 1e-6 * max(1.0, abs(out["loss_1"]))
     assert out["params_max_abs_change"] > 1e-3  # the step did move the weights
     assert out["params_max_abs_diff"] < 1e-6

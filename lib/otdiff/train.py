@@ -64,10 +64,12 @@ from jax.sharding import PartitionSpec as P
 
 from otdiff import checkpoint
 from otdiff._checks import (
+    SHARD_AXIS,
     check_finite,
     check_in_range,
     check_int,
     check_key,
+    check_mesh,
     check_positive,
     is_concrete,
 )
@@ -88,7 +90,7 @@ __all__ = [
     "fit",
 ]
 
-DATA_AXIS = "data"
+DATA_AXIS = SHARD_AXIS
 
 Loss = Callable[[Any, jax.Array, Any], jax.Array]
 
@@ -223,18 +225,7 @@ def minibatch(batch_size: int) -> Callable[[jax.Array, Any], Any]:
 
 
 def _check_mesh(mesh, batch_size: int | None) -> None:
-    if mesh is None:
-        return
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh (see data_parallel_mesh), got {mesh!r}.")
-    if DATA_AXIS not in mesh.axis_names:
-        raise ValueError(f"mesh must have an axis named {DATA_AXIS!r}, got {mesh.axis_names}.")
-    n_dev = mesh.shape[DATA_AXIS]
-    if batch_size is not None and batch_size % n_dev:
-        raise ValueError(
-            f"batch_size must be a multiple of the number of devices on the mesh's "
-            f"{DATA_AXIS!r} axis ({n_dev}), got {batch_size}."
-        )
+    check_mesh(mesh, batch_size, "batch_size")
 
 
 def _place(tree, mesh: Mesh | None, spec: P):
