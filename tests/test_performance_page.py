@@ -33,10 +33,7 @@ BENCHMARK = re.compile(r"(?:results/[\w/]+\.json|bench_\w+\.py)")
 # A measured quantity in prose: a number with a unit of time, or a "times"/"x" ratio.
 QUOTED = re.compile(r"(?<![\w.$\\{^_])\d+(?:[.,]\d+)*\s*(?:ms|µs|us|s|seconds|×|x|times)(?![\w])")
 # Chapters written before the convention, still to be converted (strict: fails once fixed).
-KNOWN_FAILURES = {
-    "book/diffusion/02_energy_smc.ipynb": "quotes smc.json's ratios in the text",
-    "book/diffusion/03_spell.ipynb": "quotes spell.json's timings in the text",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def test_there_are_results_and_the_page_is_in_the_book():
