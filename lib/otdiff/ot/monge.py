@@ -503,7 +503,7 @@ def fit_cost(
     returning a NaN cost.
 
     Args:
-        cost_fn: the starting cost, a ``TICost`` pytree (e.g. :meth:`Mahalanobis.euclidean`).
+        cost_fn: the starting cost, a ``TICost`` pytree (e.g. :meth:`otdiff.ot.costs.Mahalanobis.euclidean`).
         x, y: the clouds, shapes ``(n, d)`` and ``(m, d)``.
         x_pairs, y_pairs: the labelled pairs, shape ``(k, d)`` each, ``k >= 1``.
         n_steps: Adam steps, an int >= 1 (static).
