@@ -239,6 +239,10 @@ KNOWN_HARMLESS_ERRORS = re.compile(
     # filename None with ""), so sphinx-thebe's `const THEBE_JS_URL = ...` is declared twice and
     # the second copy throws. The first copy defines it; thebe is never launched in this book.
     r"Identifier 'THEBE_JS_URL' has already been declared"
+    # pydata-sphinx-theme logs this as an error on the first page a fresh browser profile opens
+    # (no theme mode stored yet) and then uses its default, "auto": which page that is depends
+    # only on the order the tests visit pages in.
+    r"|Got invalid theme mode: \. Resetting to auto"
 )
 
 
