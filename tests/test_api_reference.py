@@ -18,11 +18,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
+sys.path.insert(0, str(ROOT / "tools"))
 
+import student  # noqa: E402  (tools/student.py: the book's pages, from _toc.yml)
 from otdiff_api import public_api, public_modules  # noqa: E402
 
 API_PAGES = sorted((ROOT / "book" / "api").glob("*.md"))
@@ -31,21 +32,7 @@ TAUGHT = re.compile(r"Taught in:\s*(.+?)(?:\n\s*\n|\Z)", re.S)
 
 
 def _toc_files() -> set[str]:
-    files: set[str] = set()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                if isinstance(node.get(key), str):
-                    files.add(node[key])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(yaml.safe_load((ROOT / "_toc.yml").read_text()))
-    return files
+    return set(student.toc_files())
 
 
 def _covered() -> dict[str, str]:

@@ -8,13 +8,17 @@ goals, briefs, to-do items).
 """
 
 import re
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import student  # noqa: E402  (tools/student.py: the book's pages, from _toc.yml)
+
 NOTEBOOKS = sorted((ROOT / "book").rglob("*.ipynb"))
 NOTEBOOKS = [nb for nb in NOTEBOOKS if ".ipynb_checkpoints" not in nb.parts]
 PAGES = NOTEBOOKS + sorted(
@@ -38,19 +42,7 @@ def _with_known_failures(paths, known: dict[str, str]):
 
 
 def _toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections", []))
-            walk(entry.get("chapters", []))
-
-    walk(toc.get("parts", []))
-    walk(toc.get("chapters", []))
-    return files
+    return student.toc_files()
 
 
 def _source(path: Path) -> Path | None:

@@ -77,7 +77,10 @@ def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def _toc_files(toc: dict) -> list[str]:
+def toc_files(toc: dict | None = None) -> list[str]:
+    """Every page of the book (``root`` and each ``file`` of ``toc``, default ``_toc.yml``), in order."""
+    if toc is None:
+        toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files: list[str] = []
 
     def walk(node) -> None:
@@ -128,7 +131,7 @@ def write_edition(out: Path = OUT, *, outputs: bool = True) -> list[Path]:
     if out.exists():
         shutil.rmtree(out)
     written = []
-    for entry in _toc_files(toc):
+    for entry in toc_files(toc):
         for suffix in (".ipynb", ".md"):
             source = ROOT / (entry + suffix)
             if source.is_file():
