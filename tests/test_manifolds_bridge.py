@@ -1,13 +1,16 @@
 """Score matching on the sphere and the Schrödinger bridge by IPF: losses, time indexing, runs, cache."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from otdiff import artifacts, config
+from otdiff import artifacts, checkpoint, config
 from otdiff import manifolds as M
 from otdiff.manifolds import bridge as B
+from otdiff.progress import describe_seconds
 
 S2 = M.Sphere(2)
 MIX = M.vmf_mixture(jnp.eye(3), 8.0)
@@ -176,6 +179,34 @@ def test_cached_ipf_trains_once_and_reads_back(tmp_path):
         "tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 1, **kwargs
     )
     assert rebuilt.n_iterations == 1
+
+
+def test_cached_ipf_shows_a_bar_per_iteration_with_the_expected_duration(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv(artifacts.SHIPPED_DIR_VAR, str(tmp_path / "shipped"))
+    seed = config.seed(4)
+    M.cached_ipf(
+        "tiny", seed, S2, MIX.sample, S2.random_uniform, TINY, 2, tag="bar", cache=tmp_path
+    )
+    out = capsys.readouterr()
+    assert f"training 'tiny' (seed {seed}, cached afterwards): 2 IPF iterations" in out.out
+    assert "duration not known yet" in out.out and "2/2" in out.err
+    # once a run of these settings is shipped, a longer run states its half-steps' duration
+    cached = next(tmp_path.glob(f"tiny-*-it2-seed{seed}-*.ckpt"))
+    stem = cached.name.split(f"-seed{seed}")[0]
+    (tmp_path / "shipped").mkdir()
+    shutil.copy(cached, tmp_path / "shipped" / f"{stem}-seed{seed}.ckpt")
+    seconds = checkpoint.read_metadata(cached)["seconds"]
+    assert len(seconds) == 3  # half-steps 0, 1, 2
+    B._ipf_progress("tiny", stem.rsplit("-it", 1)[0], seed, 2, 3).close()
+    out = capsys.readouterr()
+    # iteration 3 is half-steps 3 and 4, which the shipped run lacks: twice their mean
+    expected = describe_seconds(seconds[1] + seconds[2])
+    assert (
+        f"continuing from 2 'tiny' (seed {seed}, cached afterwards): 1 IPF iteration, " in out.out
+    )
+    assert f"expected about {expected} (as the shipped run of these settings on cpu" in out.out
 
 
 def test_bad_configs_and_arguments_are_reported_clearly():

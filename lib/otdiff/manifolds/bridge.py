@@ -90,13 +90,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from otdiff import artifacts, train
+from otdiff import artifacts, checkpoint, train
 from otdiff import config as _config
 from otdiff._checks import check_int, check_positive, check_weights, guard_finite
 from otdiff.manifolds.base import DIVERGENCES, Manifold
 from otdiff.manifolds.heat import heat_kernel_score, n_terms_for, sample_heat_kernel
 from otdiff.manifolds.walk import Drift, WalkResult, geodesic_random_walk
 from otdiff.nn import TimeMLP
+from otdiff.progress import Progress
 
 __all__ = [
     "BridgeConfig",
@@ -657,6 +658,38 @@ def _code() -> list:
     ]  # fmt: skip
 
 
+def _ipf_progress(name: str, prefix: str, seed: int, done: int, n_iterations: int) -> Progress:
+    """A bar over the IPF iterations ``done + 1, ..., n_iterations`` of :func:`cached_ipf`.
+
+    The expected duration is that of the same half-steps in a shipped run of the same settings
+    (this seed's, else another seed's; a half-step the shipped run lacks counts as the mean of its
+    score-matching half-steps), with its machine said beside it; unknown when none is shipped.
+    """
+    todo = range(max(2 * done - 1, 0), 2 * n_iterations - 1)  # half-steps h = 0, 1, 2, ...
+    expected, basis = None, None
+    shipped = sorted(
+        artifacts.shipped_dir().glob(f"{prefix}-it*-seed*.ckpt"),
+        key=lambda p: (not p.name.endswith(f"-seed{seed}.ckpt"), p.name),
+    )
+    for path in shipped:
+        try:
+            meta = checkpoint.read_metadata(path)
+        except (OSError, ValueError, checkpoint.CorruptCheckpointError):
+            continue
+        seconds = [float(s) for s in meta.get("seconds", ())]
+        if seconds:
+            later = seconds[1:] or seconds
+            expected = sum(seconds[h] if h < len(seconds) else np.mean(later) for h in todo)
+            basis = f"as the shipped run of these settings on {meta.get('platform', 'its machine')}"
+            break
+    what = f"continuing from {done}" if done else "training"
+    return Progress(
+        n_iterations - done,
+        f"otdiff.manifolds.cached_ipf: {what} {name!r} (seed {seed}, cached afterwards)",
+        unit="IPF iteration", expected_seconds=expected, basis=basis,
+    )  # fmt: skip
+
+
 def _is_float_spec(leaf) -> bool:
     # a floating-point leaf of a network built by eqx.filter_eval_shape (eqx.is_inexact_array
     # for the real network)
@@ -686,7 +719,9 @@ def cached_ipf(
     under a lock. The fingerprint covers ``config``, the manifold, ``tag``, the code that trains
     and a version: pass a ``tag`` that changes whenever ``sample_start``/``sample_end`` change
     (they cannot be hashed). A cached run with fewer iterations is continued rather than
-    retrained. Only Brownian references are cached.
+    retrained. Only Brownian references are cached. With ``verbose``, training shows a progress
+    bar per IPF iteration (:class:`otdiff.progress.Progress`) that states at the start the
+    duration of a shipped run of the same settings, where there is one.
 
     Returns:
         The :class:`Bridge`; ``seconds`` holds the training times of the run that made the file.
@@ -739,17 +774,20 @@ def cached_ipf(
                 if found is not None:
                     start = to_bridge(found, iters)
                     break
-        if verbose:
-            what = f"continuing from {start.n_iterations}" if start else "training"
-            print(
-                f"otdiff.manifolds.cached_ipf: {name!r} seed {seed}, {n_iterations} iteration(s): "
-                f"{what} (cached afterwards)...",
-                flush=True,
-            )
-        bridge = ipf(
-            jax.random.key(seed), manifold, sample_start, sample_end, config, n_iterations,
-            start=start,
-        )  # fmt: skip
+        done = 0 if start is None else start.n_iterations
+        bar = _ipf_progress(name, prefix, seed, done, n_iterations) if verbose else None
+        bridge = start
+        try:  # one IPF iteration per call: continuing a run gives the same networks
+            for iters in range(done + 1, n_iterations + 1):
+                bridge = ipf(
+                    jax.random.key(seed), manifold, sample_start, sample_end, config, iters,
+                    start=bridge,
+                )  # fmt: skip
+                if bar is not None:
+                    bar.advance()
+        finally:
+            if bar is not None:
+                bar.close()
         params = lambda nets: [eqx.filter(m, eqx.is_inexact_array) for m in nets]  # noqa: E731
         tree = {"forward": params(bridge.forward), "backward": params(bridge.backward)}
         meta = {
