@@ -35,6 +35,7 @@ import numpy as np
 
 from otdiff import diffusion, metrics, zoo
 from otdiff.data import load_digits
+from otdiff.progress import Progress
 
 RESULTS = Path(__file__).resolve().parent / "results" / "digits.json"
 
@@ -96,7 +97,14 @@ def _generated(args, model, judge, digits, sampler, real_fd) -> list:
             n_steps=args.n_steps,
         ).x
     )  # fmt: skip
+    start = time.perf_counter()
     jax.block_until_ready(generate(jax.random.key(12345)))
+    first = time.perf_counter() - start
+    bar = Progress(
+        len(args.seeds), f"sampling and judging ({sampler})", unit="seed",
+        expected_seconds=first * len(args.seeds),
+        basis="at most: the first batch's time, compilation included, judging apart",
+    )  # fmt: skip
     results = []
     for seed in args.seeds:
         start = time.perf_counter()
@@ -117,6 +125,8 @@ def _generated(args, model, judge, digits, sampler, real_fd) -> list:
         }
         results.append(row)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        bar.advance()
+    bar.close()
     return results
 
 
