@@ -79,6 +79,12 @@ def median_time(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _names(calls: dict) -> str:
+    """The rows timed together, for a bar's description (a name may be a tuple: bench_bloop's)."""
+    names = [" ".join(map(str, n)) if isinstance(n, tuple) else str(n) for n in calls]
+    return ", ".join(names) if len(names) <= 4 else f"{len(names)} functions, interleaved"
+
+
 def median_seconds(calls: dict, repeats: int) -> dict:
     """Median wall time of each ``fn(*args)`` in ``calls`` (name -> (fn, args)).
 
@@ -90,7 +96,7 @@ def median_seconds(calls: dict, repeats: int) -> dict:
         jax.block_until_ready(fn(*fn_args))
     first = time.perf_counter() - start
     times = {name: [] for name in calls}
-    with _progress(repeats, ", ".join(calls), first, unit="round") as bar:
+    with _progress(repeats, _names(calls), first, unit="round") as bar:
         for _ in range(repeats):
             for name, (fn, fn_args) in calls.items():
                 start = time.perf_counter()

@@ -135,3 +135,27 @@ def test_the_html_reuses_the_lecturers_outputs_but_not_the_solutions(tmp_path, m
         if cell.cell_type == "code" and student.STUB in cell.source:
             assert not cell.outputs, "a solution cell kept the lecturer's output"
     assert not any(c.get("outputs") for c in handout.cells), "the handouts must be stripped"
+
+
+def test_no_line_of_a_code_solution_survives_however_short(edition):
+    """The distinctive-line test above skips lines under 25 characters (``return -d * (x @ a)``):
+    here every solution cell of a handout is exactly its signature, docstring and the stub."""
+    checked = 0
+    for source in _sources():
+        lecturer = nbformat.read(source, as_version=4)
+        solutions = [c.source for c in lecturer.cells if student.BEGIN in c.source]
+        if not solutions:
+            continue
+        handout = nbformat.read(
+            edition / "notebooks" / source.relative_to(ROOT / "book"), as_version=4
+        )
+        kept = [c.source for c in handout.cells if student.STUB in c.source]
+        assert len(kept) == len(solutions), f"{source}: a solution cell was lost or left whole"
+        for solution, cell in zip(solutions, kept, strict=True):
+            body = CODE_SOLUTION.search(solution)["body"]
+            lines = {ln.strip() for ln in cell.splitlines()}
+            survivors = [s for s in (ln.strip() for ln in body.splitlines()) if s and s in lines]
+            assert not survivors, f"{source}: solution lines survive: {survivors}"
+            assert cell == student.strip_code(solution)
+            checked += 1
+    assert checked >= 7  # Sinkhorn, Sinkhorn-init, ProgOT, M3G, RDSB, Bloop, the JAX primer
