@@ -192,21 +192,26 @@ def test_cached_ipf_shows_a_bar_per_iteration_with_the_expected_duration(
     out = capsys.readouterr()
     assert f"training 'tiny' (seed {seed}, cached afterwards): 2 IPF iterations" in out.out
     assert "duration not known yet" in out.out and "2/2" in out.err
-    # once a run of these settings is shipped, a longer run states its half-steps' duration
+    # a longer run of the same settings states the duration of the cached run's half-steps
     cached = next(tmp_path.glob(f"tiny-*-it2-seed{seed}-*.ckpt"))
     stem = cached.name.split(f"-seed{seed}")[0]
-    (tmp_path / "shipped").mkdir()
-    shutil.copy(cached, tmp_path / "shipped" / f"{stem}-seed{seed}.ckpt")
+    prefix = stem.rsplit("-it", 1)[0]
     seconds = checkpoint.read_metadata(cached)["seconds"]
     assert len(seconds) == 3  # half-steps 0, 1, 2
-    B._ipf_progress("tiny", stem.rsplit("-it", 1)[0], seed, 2, 3).close()
-    out = capsys.readouterr()
-    # iteration 3 is half-steps 3 and 4, which the shipped run lacks: twice their mean
+    # iteration 3 is half-steps 3 and 4, which the earlier run lacks: twice their mean
     expected = describe_seconds(seconds[1] + seconds[2])
+    B._ipf_progress("tiny", prefix, seed + 1, 2, 3, cache=tmp_path).close()
+    out = capsys.readouterr().out
     assert (
-        f"continuing from 2 'tiny' (seed {seed}, cached afterwards): 1 IPF iteration, " in out.out
+        f"continuing from 2 'tiny' (seed {seed + 1}, cached afterwards): 1 IPF iteration, " in out
     )
-    assert f"expected about {expected} (as the shipped run of these settings on cpu" in out.out
+    assert f"expected about {expected} (as an earlier run of these settings, cached, on cpu" in out
+    # a shipped run comes first
+    (tmp_path / "shipped").mkdir()
+    shutil.copy(cached, tmp_path / "shipped" / f"{stem}-seed{seed}.ckpt")
+    B._ipf_progress("tiny", prefix, seed, 2, 3, cache=tmp_path).close()
+    out = capsys.readouterr().out
+    assert f"expected about {expected} (as the shipped run of these settings, on cpu" in out
 
 
 def test_bad_configs_and_arguments_are_reported_clearly():

@@ -658,20 +658,32 @@ def _code() -> list:
     ]  # fmt: skip
 
 
-def _ipf_progress(name: str, prefix: str, seed: int, done: int, n_iterations: int) -> Progress:
+def _ipf_progress(
+    name: str, prefix: str, seed: int, done: int, n_iterations: int, cache=None
+) -> Progress:
     """A bar over the IPF iterations ``done + 1, ..., n_iterations`` of :func:`cached_ipf`.
 
-    The expected duration is that of the same half-steps in a shipped run of the same settings
-    (this seed's, else another seed's; a half-step the shipped run lacks counts as the mean of its
-    score-matching half-steps), with its machine said beside it; unknown when none is shipped.
+    The expected duration is that of the same half-steps in an earlier run of the same settings
+    (a shipped one, else one in the user cache ``cache``; this seed's first; a half-step that run
+    lacks counts as the mean of its score-matching half-steps), with its machine said beside it;
+    unknown when there is none.
     """
     todo = range(max(2 * done - 1, 0), 2 * n_iterations - 1)  # half-steps h = 0, 1, 2, ...
     expected, basis = None, None
-    shipped = sorted(
-        artifacts.shipped_dir().glob(f"{prefix}-it*-seed*.ckpt"),
-        key=lambda p: (not p.name.endswith(f"-seed{seed}.ckpt"), p.name),
-    )
-    for path in shipped:
+    pattern = f"{prefix}-it*-seed*.ckpt"
+
+    def other_seed(path) -> bool:  # sorts this seed's files first
+        return f"-seed{seed}." not in path.name and f"-seed{seed}-" not in path.name
+
+    earlier = [
+        (path, where)
+        for folder, where in (
+            (artifacts.shipped_dir(), "the shipped run of these settings"),
+            (artifacts.cache_folder(cache), "an earlier run of these settings, cached"),
+        )
+        for path in sorted(folder.glob(pattern), key=lambda p: (other_seed(p), p.name))
+    ]
+    for path, where in earlier:
         try:
             meta = checkpoint.read_metadata(path)
         except (OSError, ValueError, checkpoint.CorruptCheckpointError):
@@ -680,7 +692,7 @@ def _ipf_progress(name: str, prefix: str, seed: int, done: int, n_iterations: in
         if seconds:
             later = seconds[1:] or seconds
             expected = sum(seconds[h] if h < len(seconds) else np.mean(later) for h in todo)
-            basis = f"as the shipped run of these settings on {meta.get('platform', 'its machine')}"
+            basis = f"as {where}, on {meta.get('platform', 'its machine')}"
             break
     what = f"continuing from {done}" if done else "training"
     return Progress(
@@ -721,7 +733,7 @@ def cached_ipf(
     (they cannot be hashed). A cached run with fewer iterations is continued rather than
     retrained. Only Brownian references are cached. With ``verbose``, training shows a progress
     bar per IPF iteration (:class:`otdiff.progress.Progress`) that states at the start the
-    duration of a shipped run of the same settings, where there is one.
+    duration of an earlier run of the same settings (shipped, or in the cache), where there is one.
 
     Returns:
         The :class:`Bridge`; ``seconds`` holds the training times of the run that made the file.
@@ -775,7 +787,7 @@ def cached_ipf(
                     start = to_bridge(found, iters)
                     break
         done = 0 if start is None else start.n_iterations
-        bar = _ipf_progress(name, prefix, seed, done, n_iterations) if verbose else None
+        bar = _ipf_progress(name, prefix, seed, done, n_iterations, cache) if verbose else None
         bridge = start
         try:  # one IPF iteration per call: continuing a run gives the same networks
             for iters in range(done + 1, n_iterations + 1):
