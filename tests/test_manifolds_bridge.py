@@ -147,7 +147,8 @@ def test_implicit_first_step_and_hutchinson_run():
     assert M.forward_drift(bridge, 1) is ref and len(bridge.forward) == 1
 
 
-def test_cached_ipf_trains_once_and_reads_back(tmp_path):
+def test_cached_ipf_trains_once_and_reads_back(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(artifacts.SHIPPED_DIR_VAR, str(tmp_path / "shipped"))
     kwargs = dict(tag="test", cache=tmp_path, verbose=False)
     first = M.cached_ipf(
         "tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 1, **kwargs
@@ -164,8 +165,29 @@ def test_cached_ipf_trains_once_and_reads_back(tmp_path):
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(again.losses[0], first.losses[0])
-    # two iterations continue from the cached one and equal a fresh two-iteration run
-    two = M.cached_ipf("tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 2, **kwargs)
+    # two iterations continue from the cached one and equal a fresh two-iteration run, under a
+    # bar that states the duration of the cached run's half-steps (half-steps 1 and 2, which the
+    # cached run lacks, count as its own)
+    seconds = checkpoint.read_metadata(files[0])["seconds"]
+    capsys.readouterr()
+    two = M.cached_ipf(
+        "tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 2,
+        **{**kwargs, "verbose": True},
+    )  # fmt: skip
+    out = capsys.readouterr()
+    opening = (
+        f"continuing from 1 'tiny' (seed {config.seed(3)}, cached afterwards): 1 IPF iteration"
+    )
+    expected = f"expected about {describe_seconds(2 * seconds[0])}"
+    assert opening in out.out and "1/1" in out.err
+    assert f"{expected} (as an earlier run of these settings, cached, on cpu" in out.out
+    # a shipped run of the same settings comes first
+    (tmp_path / "shipped").mkdir()
+    shutil.copy(files[0], tmp_path / "shipped" / (files[0].name.rsplit("-", 1)[0] + ".ckpt"))
+    prefix = files[0].name.split("-it1-")[0]
+    B._ipf_progress("tiny", prefix, config.seed(3), 1, 2, cache=tmp_path).close()
+    assert f"{expected} (as the shipped run of these settings, on cpu" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "shipped")
     fresh = M.ipf(jax.random.key(config.seed(3)), S2, MIX.sample, S2.random_uniform, TINY, 2)
     for a, b in zip(
         jax.tree_util.tree_leaves(eqx_params(two.backward[1])),
@@ -179,39 +201,6 @@ def test_cached_ipf_trains_once_and_reads_back(tmp_path):
         "tiny", config.seed(3), S2, MIX.sample, S2.random_uniform, TINY, 1, **kwargs
     )
     assert rebuilt.n_iterations == 1
-
-
-def test_cached_ipf_shows_a_bar_per_iteration_with_the_expected_duration(
-    tmp_path, monkeypatch, capsys
-):
-    monkeypatch.setenv(artifacts.SHIPPED_DIR_VAR, str(tmp_path / "shipped"))
-    seed = config.seed(4)
-    M.cached_ipf(
-        "tiny", seed, S2, MIX.sample, S2.random_uniform, TINY, 2, tag="bar", cache=tmp_path
-    )
-    out = capsys.readouterr()
-    assert f"training 'tiny' (seed {seed}, cached afterwards): 2 IPF iterations" in out.out
-    assert "duration not known yet" in out.out and "2/2" in out.err
-    # a longer run of the same settings states the duration of the cached run's half-steps
-    cached = next(tmp_path.glob(f"tiny-*-it2-seed{seed}-*.ckpt"))
-    stem = cached.name.split(f"-seed{seed}")[0]
-    prefix = stem.rsplit("-it", 1)[0]
-    seconds = checkpoint.read_metadata(cached)["seconds"]
-    assert len(seconds) == 3  # half-steps 0, 1, 2
-    # iteration 3 is half-steps 3 and 4, which the earlier run lacks: twice their mean
-    expected = describe_seconds(seconds[1] + seconds[2])
-    B._ipf_progress("tiny", prefix, seed + 1, 2, 3, cache=tmp_path).close()
-    out = capsys.readouterr().out
-    assert (
-        f"continuing from 2 'tiny' (seed {seed + 1}, cached afterwards): 1 IPF iteration, " in out
-    )
-    assert f"expected about {expected} (as an earlier run of these settings, cached, on cpu" in out
-    # a shipped run comes first
-    (tmp_path / "shipped").mkdir()
-    shutil.copy(cached, tmp_path / "shipped" / f"{stem}-seed{seed}.ckpt")
-    B._ipf_progress("tiny", prefix, seed, 2, 3, cache=tmp_path).close()
-    out = capsys.readouterr().out
-    assert f"expected about {expected} (as the shipped run of these settings, on cpu" in out
 
 
 def test_bad_configs_and_arguments_are_reported_clearly():
