@@ -109,7 +109,11 @@ def bench_canvas(args) -> None:
         rows.append(row)
     settings = {n: getattr(args, n) for n in ("canvas_k", "canvas_n_samples", "canvas_n_steps",
                                               "repeats")}  # fmt: skip
-    settings["model"] = {k: zoo_model.info[k] for k in ("name", "seed", "n_steps", "recipe_hash")}
+    info = zoo_model.info
+    settings["model"] = (
+        f"{info['name']} seed {info['seed']}, {info['n_steps']} training steps, "
+        f"recipe {info['recipe_hash']}"
+    )
     _record.write(args.canvas_out, "composition_canvas", settings, rows)
 
 
