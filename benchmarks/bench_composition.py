@@ -14,14 +14,24 @@ so one reverse-diffusion run costs about ``k + 1`` single-score runs. Rows per n
   :class:`~otdiff.diffusion.conditional.ConditionalMLP` with (256, 256, 256); random weights, the
   cost does not depend on them), ``d + 1`` network calls per step.
 
-A second table times the canvas experiment (``--canvas-k``, written to
-``benchmarks/results/composition_canvas.json``): one reverse-diffusion run (``--canvas-n-steps``
-steps of Euler-Maruyama, ``--canvas-n-samples`` canvases of 12x12) with the location-conditioned
-:class:`otdiff.diffusion.conditional.ConditionalConvNet` of the ``"canvas"`` zoo recipe (16
-channels, two residual blocks; random weights), composed over ``k`` cells against the empty
-canvas (:func:`otdiff.diffusion.conditional.compose_conditions`, ``k + 1`` network calls per step,
-``composed_ms``), against the run with one condition (``single_ms``: one call per step, the cost
-of sampling one conditional model).
+A second table measures the canvas experiment (``--canvas-k``, written to
+``benchmarks/results/composition_canvas.json``) with the trained location-conditioned
+:class:`otdiff.diffusion.conditional.ConditionalConvNet` of the chapter
+(:func:`otdiff.zoo.chapter_canvas_model`: the ``"canvas"`` zoo recipe under the ``demo`` preset,
+``"canvas_full"`` under ``full``). Per number ``k`` of composed cells, one reverse-diffusion run
+(``--canvas-n-steps`` steps of Euler-Maruyama, ``--canvas-n-samples`` canvases of 12x12):
+
+* ``composed_ms``: composed over ``k`` cells against the empty canvas
+  (:func:`otdiff.diffusion.conditional.compose_conditions`, ``k + 1`` network calls per step);
+* ``single_ms``: the run with one condition (one call per step, the cost of sampling one
+  conditional model);
+* ``success_projective``, ``success_bayes``, ``success_product``: the share of canvases with
+  objects detected in exactly the ``k`` cells (:meth:`otdiff.data.Canvas.success`) for the
+  composition against the empty canvas, against the unconditional law (the Bayes composition,
+  background :meth:`otdiff.data.Canvas.null_condition`) and with no background (the plain
+  product), from the same initial noise and key, each from one run;
+* ``peak_projective``, ``peak_bayes``, ``peak_product``: the median over canvases and composed
+  cells of a cell's brightest pixel (a blob's height is 1, the detector's threshold 0.5).
 
 Each timing is the median of ``--repeats`` calls after a compiling warm-up (interleaved rounds,
 ``block_until_ready``). Results go to ``benchmarks/results/composition.json``.
@@ -40,11 +50,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from otdiff import zoo
 from otdiff.data import canvas, slots
 from otdiff.diffusion import LinearVP, euler_maruyama
 from otdiff.diffusion.composition import compose
 from otdiff.diffusion.conditional import (
-    ConditionalConvNet,
     ConditionalMLP,
     ConditionalScore,
     LocalSlotNet,
@@ -56,12 +66,11 @@ CANVAS_RESULTS = Path(__file__).resolve().parent / "results" / "composition_canv
 
 
 def bench_canvas(args) -> None:
-    """The canvas table: composed against single-condition sampling with the conv network."""
-    process = LinearVP()
+    """The canvas table (module docstring): cost and success of the three compositions."""
+    zoo_model = zoo.chapter_canvas_model(verbose=False)
+    model, process = zoo_model.model, zoo_model.process
     board = canvas(12, 3)
     key = jax.random.key(0)
-    net = ConditionalConvNet(side=12, channels=16, n_blocks=2, embed_dim=32, groups=8, key=key,
-                             data_std=0.12, process=process)  # fmt: skip
     x0 = process.prior_sample(key, (args.canvas_n_samples, board.dim))
 
     def run(model, conditions, background, x0):
@@ -75,20 +84,36 @@ def bench_canvas(args) -> None:
     rows = []
     single_run = eqx.filter_jit(single)
     composed_run = eqx.filter_jit(run)
+    backgrounds = {
+        "projective": board.condition(()),
+        "bayes": board.null_condition(),
+        "product": None,
+    }
+    masks = board.cell_masks().astype(bool)
     for k in args.canvas_k:
         cells = (0, 4, 8)[:k] if k <= 3 else tuple(range(k))  # the diagonal first
         conditions = jnp.stack([board.condition((i,)) for i in cells])
         calls = {
-            "single_ms": (single_run, (net, board.condition(cells), x0)),
-            "composed_ms": (composed_run, (net, conditions, board.condition(()), x0)),
+            "single_ms": (single_run, (model, board.condition(cells), x0)),
+            "composed_ms": (composed_run, (model, conditions, backgrounds["projective"], x0)),
         }
         seconds = _record.median_seconds(calls, args.repeats)
         row = {"k": k, "cells": list(cells), **{n: round(1e3 * v, 1) for n, v in seconds.items()}}
         row["ratio"] = round(row["composed_ms"] / row["single_ms"], 2)
+        for name, background in backgrounds.items():
+            x = composed_run(model, conditions, background, x0)
+            peaks = jnp.max(jnp.where(masks, x[:, None, :], -jnp.inf), axis=-1)[:, list(cells)]
+            row[f"success_{name}"] = round(float(jnp.mean(board.success(x, cells))), 3)
+            row[f"peak_{name}"] = round(float(jnp.median(peaks)), 3)
         print(row, flush=True)
         rows.append(row)
     settings = {n: getattr(args, n) for n in ("canvas_k", "canvas_n_samples", "canvas_n_steps",
                                               "repeats")}  # fmt: skip
+    info = zoo_model.info
+    settings["model"] = (
+        f"{info['name']} seed {info['seed']}, {info['n_steps']} training steps, "
+        f"recipe {info['recipe_hash']}"
+    )
     _record.write(args.canvas_out, "composition_canvas", settings, rows)
 
 
