@@ -92,7 +92,13 @@ class Mahalanobis(costs.TICost):
 
     @classmethod
     def from_matrix(cls, matrix: Any, alpha: float = 0.01) -> Mahalanobis:
-        r"""The cost with a given :math:`M` (symmetric, :math:`M - \alpha I` positive definite)."""
+        r"""The cost with a given :math:`M` (symmetric, :math:`M - \alpha I` positive definite).
+
+        An eager constructor: it checks positive definiteness on the host (a finite Cholesky
+        factor), so it cannot be called inside ``jit`` on a traced ``matrix``. Inside ``jit``
+        build the cost from its factor, ``Mahalanobis(jnp.linalg.cholesky(matrix - alpha * I),
+        alpha)``, and check the matrix before tracing.
+        """
         matrix = _checks.check_finite(jnp.asarray(matrix, dtype=float), "matrix")
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"matrix must be a square (d, d) matrix, got shape {matrix.shape}.")
@@ -223,7 +229,10 @@ class NeuralCost(costs.TICost):
     (ott-jax's ``h_transform`` stops it, and so cannot learn :math:`\theta`).
 
     The pytree's children are the network's arrays; the rest of the network, :math:`\alpha` and
-    the solver's settings are aux data (static).
+    the solver's settings are aux data (static). The split is made once, at construction, and
+    ``tree_flatten`` never re-partitions: JAX rebuilds a pytree with placeholder leaves (the
+    check of a custom VJP's output, as in ott-jax's implicit differentiation through Sinkhorn)
+    and flattens it again, and the structure must survive that.
 
     Args:
         network: an :class:`ICNN` (or any Equinox module mapping ``(d,)`` to a convex scalar).
@@ -243,9 +252,18 @@ class NeuralCost(costs.TICost):
         max_steps: int = 100,
     ):
         super().__init__()
-        self.network = network
+        # The split into arrays (children) and the rest (aux data) is made once, here, and
+        # kept: JAX rebuilds pytrees with placeholder leaves (a custom VJP's check unflattens
+        # the primal structure with ``object()`` sentinels and flattens it again), so
+        # re-partitioning by ``eqx.is_array`` inside ``tree_flatten`` would change the tree.
+        self._params, self._rest = eqx.partition(network, eqx.is_array)
         self.alpha = alpha
         self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
+
+    @property
+    def network(self) -> Any:
+        """The network (its arrays, the pytree's children, combined with the rest)."""
+        return eqx.combine(self._params, self._rest)
 
     @classmethod
     def create(
@@ -267,7 +285,7 @@ class NeuralCost(costs.TICost):
     def grad_h_legendre(self, v: jax.Array) -> jax.Array:
         r""":math:`\nabla h_\theta^*(v)` by BFGS, with implicit derivatives in :math:`v` and :math:`\theta`."""
         solver = optx.BFGS(rtol=self.rtol, atol=self.atol)
-        params, rest = eqx.partition(self.network, eqx.is_array)
+        params, rest = self._params, self._rest
         alpha = self.alpha
 
         def objective(z, args):
@@ -297,13 +315,15 @@ class NeuralCost(costs.TICost):
         return vec - self.grad_h_legendre(dual_vec)
 
     def tree_flatten(self):  # noqa: D102
-        params, rest = eqx.partition(self.network, eqx.is_array)
-        return (params,), (rest, self.alpha, self.rtol, self.atol, self.max_steps)
+        return (self._params,), (self._rest, self.alpha, self.rtol, self.atol, self.max_steps)
 
     @classmethod
     def tree_unflatten(cls, aux_data, children):  # noqa: D102
-        rest, *settings = aux_data
-        return cls(eqx.combine(children[0], rest), *settings)
+        rest, alpha, rtol, atol, max_steps = aux_data
+        cost = object.__new__(cls)
+        cost._params, cost._rest = children[0], rest
+        cost.alpha, cost.rtol, cost.atol, cost.max_steps = alpha, rtol, atol, max_steps
+        return cost
 
 
 def _neural_h(network, z, alpha):
