@@ -380,6 +380,26 @@ def test_cached_pairs_show_progress_per_chunk(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(out.backward.x0, exact_map(out.backward.x1), atol=1e-3)
 
 
+def test_ring_switch_grid_trains_every_combination_and_shares_the_ablation_artifacts():
+    import itertools
+
+    from otdiff import artifacts
+
+    def students(plan):
+        return {
+            (p.name, p.seed) for p in plan if p.name not in ("reflow_ring_1rf", "reflow_ring_pairs")
+        }
+
+    with artifacts.planning() as plan:
+        run, grid = flows.ring_switch_grid(scale="demo", verbose=False)
+    assert list(grid) == list(itertools.product(*flows.RING_SWITCHES.values()))
+    assert run.seed == 0 and not run.students
+    with artifacts.planning() as ablation:
+        flows.chapter_ring(scale="demo", seeds=[0], verbose=False)
+    # the 2-RF, "+ norm", "+ norm + 10^t", its forward-pairs and its dropout rungs are grid points
+    assert len(students(plan)) == 16 and len(students(plan) & students(ablation)) == 5
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
