@@ -260,6 +260,32 @@ def test_time_change_inverts_and_vp_velocity_is_the_exact_flow(process):
         np.testing.assert_allclose(vel(x, tau), exact_velocity(x, tau), rtol=2e-3, atol=2e-3)
 
 
+def test_vp_flow_from_pure_noise_is_the_probability_flow_ode_despite_a_score_error():
+    # A score with an error: at VP time 1 the denoiser (x + sigma^2 s)/alpha_1 multiplies it by
+    # 1/alpha_1 (about 119 for the cosine schedule). Beyond tau(1) the flow must not read it: its
+    # ODE from y = x1 at tau = 1 is the probability-flow ODE from the VP sampler's own start.
+    from otdiff.diffusion import probability_flow
+
+    process = CosineVP()
+    exact = vp_gaussian_score(process)
+
+    def score(x, t):
+        return exact(x, t) + 0.05
+
+    vel = flows.vp_velocity(score, process)
+    tau_hi = flows.rf_time(process, 1.0)
+    y = jnp.array([0.5, -0.3])
+    np.testing.assert_allclose(vel(y, 0.5 * (1.0 + tau_hi)), y / (0.5 * (1.0 + tau_hi)), rtol=1e-6)
+    x1 = jax.random.normal(jax.random.key(28), (64, 2))
+    pf = probability_flow(score, process, x1, rtol=1e-6, atol=1e-6).x
+    tau_lo = flows.rf_time(process, 1e-3)
+    ode = flows.solve_flow(vel, x1, t_end=float(tau_lo), rtol=1e-6, atol=1e-6).x
+    ode = ode * (process.alpha(1e-3) + process.sigma(1e-3))
+    # measured: 2e-4 (the start sigma_1 x1 against x1); reading the network at t = 1 beyond
+    # tau(1) instead gives about 0.3
+    np.testing.assert_allclose(ode, pf, atol=5e-3)
+
+
 # -- pairs ------------------------------------------------------------------------------------------
 
 
@@ -305,6 +331,75 @@ def test_cached_flow_trains_once_and_is_deterministic(tmp_path, monkeypatch):
     np.testing.assert_allclose(res.ema_model(x, 0.5), f1(x, 0.5), rtol=1e-6)
 
 
+def test_dropout_is_training_only_and_unbiased():
+    net = flows.FlowNet(2, key=jax.random.key(20), hidden=(64, 64))
+    x, t = jnp.array([0.3, -0.7]), jnp.float32(0.4)
+    # off without a key (sampling) or at rate 0: the plain network, exactly
+    np.testing.assert_array_equal(net(x, t, dropout=0.3), net(x, t))
+    np.testing.assert_array_equal(net(x, t, dropout=0.0, key=jax.random.key(1)), net(x, t))
+    # with a key: random, different per key, and the masks reach every hidden layer
+    keys = jax.random.split(jax.random.key(21), 4000)
+    outs = jax.vmap(lambda k: net(x, t, dropout=0.3, key=k))(keys)
+    assert float(jnp.std(outs[:, 0])) > 1e-3
+    # one hidden layer: the output is linear in the dropped activation, so inverted dropout
+    # keeps the output's expectation (Monte Carlo over 4000 masks; standard error about 0.01)
+    one = flows.FlowNet(2, key=jax.random.key(20), hidden=(64,))
+    outs = jax.vmap(lambda k: one(x, t, dropout=0.3, key=k))(keys)
+    se = jnp.std(outs, axis=0) / np.sqrt(len(keys))
+    assert bool(jnp.all(jnp.abs(jnp.mean(outs, axis=0) - one(x, t)) < 5 * se))
+
+
+def test_flow_loss_with_dropout_uses_the_trainers_key_and_matches_at_rate_zero():
+    net = flows.FlowNet(2, key=jax.random.key(22), hidden=(32, 32))
+    pairs = flows.Pairs(
+        jax.random.normal(jax.random.key(23), (64, 2)),
+        jax.random.normal(jax.random.key(24), (64, 2)),
+    )
+    key = jax.random.key(25)
+    plain = flows.FlowLoss()(net, key, pairs)
+    assert float(flows.FlowLoss(dropout=0.0)(net, key, pairs)) == float(plain)
+    a = flows.FlowLoss(dropout=0.2)(net, key, pairs)
+    b = flows.FlowLoss(dropout=0.2)(net, key, pairs)
+    c = flows.FlowLoss(dropout=0.2)(net, jax.random.key(26), pairs)
+    assert float(a) == float(b) and float(a) != float(plain) and float(c) != float(a)
+    cfg = flows.FlowConfig(dropout=0.2)
+    assert cfg.check().loss().dropout == 0.2 and cfg.as_dict()["dropout"] == 0.2
+
+
+def test_cached_pairs_show_progress_per_chunk(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
+    data = M + S * jax.random.normal(jax.random.key(27), (12, 2))
+    out = flows.cached_pairs(
+        "test_pairs", 0, exact_velocity, teacher_inputs="exact", data=data, n_pairs=10,
+        rtol=1e-5, atol=1e-5, chunk_size=4,
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert "solving backward and forward pairs for 'test_pairs'" in captured.out
+    assert "10 pairs" in captured.out and "duration not known yet" in captured.out
+    assert "10/10" in captured.err  # the bar reached its end after three chunks
+    np.testing.assert_allclose(out.backward.x0, exact_map(out.backward.x1), atol=1e-3)
+
+
+def test_ring_switch_grid_trains_every_combination_and_shares_the_ablation_artifacts():
+    import itertools
+
+    from otdiff import artifacts
+
+    def students(plan):
+        return {
+            (p.name, p.seed) for p in plan if p.name not in ("reflow_ring_1rf", "reflow_ring_pairs")
+        }
+
+    with artifacts.planning() as plan:
+        run, grid = flows.ring_switch_grid(scale="demo", verbose=False)
+    assert list(grid) == list(itertools.product(*flows.RING_SWITCHES.values()))
+    assert run.seed == 0 and not run.students
+    with artifacts.planning() as ablation:
+        flows.chapter_ring(scale="demo", seeds=[0], verbose=False)
+    # the 2-RF, "+ norm", "+ norm + 10^t", its forward-pairs and its dropout rungs are grid points
+    assert len(students(plan)) == 16 and len(students(plan) & students(ablation)) == 5
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -320,6 +415,8 @@ def test_cached_flow_trains_once_and_is_deterministic(tmp_path, monkeypatch):
         (lambda: flows.FlowLoss(hpf_weight=1.0), "image_side"),
         (lambda: flows.FlowLoss(norm_floor=0.0), "norm_floor"),
         (lambda: flows.FlowConfig(forward_fraction=1.5).check(), "forward_fraction"),
+        (lambda: flows.FlowLoss(dropout=1.0), "dropout"),
+        (lambda: flows.FlowConfig(dropout=-0.1).check(), "dropout"),
         (
             lambda: flows.FlowNet(2, key=jax.random.key(0), parameterisation="score"),
             "parameterisation",

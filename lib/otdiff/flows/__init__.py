@@ -26,6 +26,7 @@ from otdiff.flows.interpolant import (
     velocity_from_denoiser,
 )
 from otdiff.flows.reflow import (
+    RING_SWITCHES,
     RING_VARIANTS,
     FlowConfig,
     ReflowPairs,
@@ -38,6 +39,7 @@ from otdiff.flows.reflow import (
     make_flow,
     mix_pairs,
     project_pairs,
+    ring_switch_grid,
     train_flow,
     training_pairs,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "sample_times",
     "time_density",
     "velocity_from_denoiser",
+    "RING_SWITCHES",
     "RING_VARIANTS",
     "FlowConfig",
     "ReflowPairs",
@@ -79,6 +82,7 @@ __all__ = [
     "make_flow",
     "mix_pairs",
     "project_pairs",
+    "ring_switch_grid",
     "train_flow",
     "training_pairs",
     "SOLVERS",

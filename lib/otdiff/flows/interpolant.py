@@ -47,7 +47,13 @@ import jax
 import jax.numpy as jnp
 
 from otdiff import nn
-from otdiff._checks import check_choice, check_int, check_nonnegative, check_positive
+from otdiff._checks import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 
 __all__ = [
     "PARAMETERISATIONS",
@@ -137,9 +143,21 @@ class FlowNet(eqx.Module):
         self.net = nn.TimeMLP(dim, dim, hidden=hidden, embed_dim=embed_dim, key=key)
         self.parameterisation = parameterisation
 
-    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        """The velocity :math:`v_\\theta(x, t)`."""
-        out = self.net(x, t)
+    def __call__(
+        self, x: jax.Array, t: jax.Array, *, dropout: float = 0.0, key: jax.Array | None = None
+    ) -> jax.Array:
+        """The velocity :math:`v_\\theta(x, t)`.
+
+        With a ``key`` and ``dropout`` :math:`p > 0` (training only: :class:`FlowLoss` passes
+        them), each hidden activation is zeroed with probability :math:`p` and the rest scaled by
+        :math:`1/(1 - p)` (inverted dropout, so the expected activation is unchanged); without a
+        key the network is deterministic (sampling).
+        """
+        out = (
+            self.net(x, t)
+            if key is None or dropout == 0
+            else _dropout_mlp(self.net, x, t, dropout, key)
+        )
         if self.parameterisation == "velocity":
             return out
         return (x - out) / jnp.maximum(t, _T_FLOOR)
@@ -149,6 +167,18 @@ class FlowNet(eqx.Module):
         if self.parameterisation == "denoiser":
             return self.net(x, t)
         return x - t * self.net(x, t)
+
+
+def _dropout_mlp(net: nn.TimeMLP, x: jax.Array, t: jax.Array, rate, key: jax.Array) -> jax.Array:
+    # nn.TimeMLP's forward pass with inverted dropout on each hidden layer's activation
+    emb = jax.nn.silu(net.embedding(t))
+    h = x
+    keys = jax.random.split(key, len(net.layers))
+    for layer, proj, k in zip(net.layers, net.time_projections, keys, strict=True):
+        h = jax.nn.silu(layer(h) + proj(emb))
+        keep = jax.random.bernoulli(k, 1.0 - rate, h.shape)
+        h = jnp.where(keep, h / (1.0 - rate), 0.0)
+    return net.output(h)
 
 
 def sample_times(
@@ -267,6 +297,10 @@ class FlowLoss(eqx.Module):
         image_side: the side of square images for :func:`high_pass` (static; required when
             ``hpf_weight > 0``).
         cosh_scale: :math:`a` of the ``"cosh"`` time distribution.
+        dropout: the dropout rate :math:`p \\in [0, 1)` of the network during training
+            (static; default 0: off). Each sample's network call gets its own key, folded from
+            the loss's key, so dropout is active only in training; sampling calls the network
+            without a key.
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
@@ -277,6 +311,7 @@ class FlowLoss(eqx.Module):
     hpf_weight: float = eqx.field(default=0.0, static=True)
     image_side: int | None = eqx.field(default=None, static=True)
     cosh_scale: float = eqx.field(default=4.0, static=True)
+    dropout: float = eqx.field(default=0.0, static=True)
 
     def __check_init__(self):
         check_choice(self.time_distribution, "time_distribution", TIME_DISTRIBUTIONS)
@@ -285,6 +320,7 @@ class FlowLoss(eqx.Module):
         check_positive(self.norm_floor, "norm_floor")
         check_nonnegative(self.hpf_weight, "hpf_weight")
         check_positive(self.cosh_scale, "cosh_scale")
+        check_in_range(self.dropout, "dropout", 0.0, 1.0, high_open=True)
         if self.hpf_weight > 0:
             if self.image_side is None:
                 raise ValueError("image_side is required when hpf_weight > 0.")
@@ -300,7 +336,13 @@ class FlowLoss(eqx.Module):
             x1 = jax.random.normal(k_noise, x0.shape, x0.dtype)
         t = sample_times(k_t, x0.shape[:1], self.time_distribution, cosh_scale=self.cosh_scale)
         xt = interpolate(x0, x1, t)
-        err = jax.vmap(model)(xt, t) - (x1 - x0)
+        if self.dropout > 0:
+            keys = jax.random.split(jax.random.fold_in(key, 2), x0.shape[0])
+            call = lambda x, t, k: model(x, t, dropout=self.dropout, key=k)  # noqa: E731
+            pred = jax.vmap(call)(xt, t, keys)
+        else:
+            pred = jax.vmap(model)(xt, t)
+        err = pred - (x1 - x0)
         loss = jnp.mean(err**2, axis=-1)
         if self.hpf_weight > 0:
             loss = loss + self.hpf_weight * jnp.mean(high_pass(err, self.image_side) ** 2, axis=-1)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff import artifacts, nn, train
+from otdiff import artifacts, checkpoint, nn, train
 from otdiff import config as _config
 from otdiff._checks import (
     check_bool,
@@ -57,9 +57,12 @@ from otdiff.flows.interpolant import (
     sample_times,
 )
 from otdiff.flows.samplers import solve_flow
+from otdiff.progress import Progress
 
 __all__ = [
     "FlowConfig",
+    "RING_SWITCHES",
+    "ring_switch_grid",
     "ReflowPairs",
     "backward_pairs",
     "forward_pairs",
@@ -91,6 +94,7 @@ class FlowConfig(NamedTuple):
         forward_fraction: the share of forward pairs in the training pairs (0: backward only).
         projected: re-pair by mini-batch entropic OT (:func:`project_pairs`; off).
         projection_epsilon: the projection's entropic regularisation, relative to the mean cost.
+        dropout: the network's dropout rate in training (:class:`~otdiff.flows.FlowLoss`; 0: off).
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
@@ -110,6 +114,7 @@ class FlowConfig(NamedTuple):
     forward_fraction: float = 0.0
     projected: bool = False
     projection_epsilon: float = 0.01
+    dropout: float = 0.0
 
     def check(self) -> FlowConfig:
         """This config, or a ``ValueError``/``TypeError`` naming the bad field."""
@@ -128,6 +133,7 @@ class FlowConfig(NamedTuple):
         check_in_range(self.forward_fraction, "forward_fraction", 0.0, 1.0)
         check_bool(self.projected, "projected")
         check_positive(self.projection_epsilon, "projection_epsilon")
+        check_in_range(self.dropout, "dropout", 0.0, 1.0, high_open=True)
         FlowLoss(**self._loss_kwargs())
         return self
 
@@ -138,6 +144,7 @@ class FlowConfig(NamedTuple):
             "norm_floor": float(self.norm_floor),
             "hpf_weight": float(self.hpf_weight),
             "image_side": self.image_side,
+            "dropout": float(self.dropout),
         }
 
     def loss(self) -> FlowLoss:
@@ -387,6 +394,28 @@ def cached_flow(
     return eqx.combine(art.tree["params"], static), art
 
 
+def _pairs_progress(name: str, seed: int, n_pairs: int, chunk_size: int, kinds: str) -> Progress:
+    """A bar over the pairs (updated after each solved chunk) that states at its start the
+    duration of the shipped build of the same artifact (this seed, else any shipped seed),
+    scaled to ``n_pairs``, or says that it is not known yet."""
+    expected, basis = None, None
+    shipped = [artifacts.shipped_path(name, seed)]
+    shipped += sorted(artifacts.shipped_dir().glob(f"{name}-seed*.ckpt"))
+    for path in shipped:
+        try:
+            meta = checkpoint.read_metadata(path)
+        except (OSError, ValueError, checkpoint.CorruptCheckpointError):
+            continue
+        if meta.get("build_seconds") and meta.get("n_pairs"):
+            expected = float(meta["build_seconds"]) * n_pairs / float(meta["n_pairs"])
+            basis = f"as the shipped build on {meta.get('platform', 'its machine')}"
+            break
+    return Progress(
+        n_pairs, f"otdiff.flows: solving {kinds} pairs for {name!r} (seed {seed}, chunks of "
+        f"{chunk_size})", unit="pair", expected_seconds=expected, basis=basis,
+    )  # fmt: skip
+
+
 def cached_pairs(
     name: str,
     seed: int,
@@ -418,7 +447,9 @@ def cached_pairs(
         chunk_size: points per solve (static).
         with_forward: also solve the forward pairs (``False``: ``forward`` holds no rows and
             ``nfe_forward`` is 0; half the cost).
-        verbose: print a line when solving.
+        verbose: show a progress bar over the pairs while solving (:class:`otdiff.progress.Progress`,
+            one update per chunk, the expected duration stated at its start when a shipped build
+            of the same artifact measured it).
         storage_dtype: how a shipped file stores the pairs.
 
     Returns:
@@ -449,23 +480,28 @@ def cached_pairs(
         del inputs["data"]
 
     def build(progress):
-        if verbose:
-            kinds = "backward and forward" if with_forward else "backward"
-            print(f"otdiff.flows: solving {n_pairs} {kinds} pairs...", flush=True)
+        kinds = "backward and forward" if with_forward else "backward"
+        bar = _pairs_progress(name, seed, n_pairs, chunk_size, kinds) if verbose else None
         x1 = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 2), (n_pairs, d))
         # the velocity is an argument (a module's arrays traced): one compilation for every
         # teacher of the same structure
         back = functools.partial(_backward_jit, velocity, rtol=rtol, atol=atol)
         fwd = functools.partial(_forward_jit, velocity, rtol=rtol, atol=atol)
         outs_b, outs_f, nfe_b, nfe_f = [], [], [], []
-        for i in range(0, n_pairs, chunk_size):
-            pb, nb = back(x1[i : i + chunk_size])
-            outs_b.append(pb)
-            nfe_b.append(float(nb))
-            if with_forward:
-                pf, nf = fwd(data[i : i + chunk_size])
-                outs_f.append(pf.x1)
-                nfe_f.append(float(nf))
+        try:
+            for i in range(0, n_pairs, chunk_size):
+                pb, nb = back(x1[i : i + chunk_size])
+                outs_b.append(pb)
+                nfe_b.append(float(nb))
+                if with_forward:
+                    pf, nf = fwd(data[i : i + chunk_size])
+                    outs_f.append(pf.x1)
+                    nfe_f.append(float(nf))
+                if bar is not None:
+                    bar.advance(min(chunk_size, n_pairs - i))
+        finally:
+            if bar is not None:
+                bar.close()
         fwd_x0 = np.asarray(data) if with_forward else np.zeros((0, d), np.float32)
         fwd_x1 = np.concatenate(outs_f) if with_forward else np.zeros((0, d), np.float32)
         tree = {
@@ -501,6 +537,20 @@ RING_VARIANTS: dict[str, dict] = {
         "forward_fraction": 0.5,
     },
     "+ norm + 10^t + proj": {"normalise": True, "time_distribution": "exp10", "projected": True},
+    "+ norm + 10^t, dropout 0.1": {
+        "normalise": True,
+        "time_distribution": "exp10",
+        "dropout": 0.1,
+    },
+}
+
+#: The switches of :func:`ring_switch_grid`, each with its off and on values: every combination is
+#: one trained student (16).
+RING_SWITCHES: dict[str, tuple] = {
+    "time_distribution": ("uniform", "exp10"),
+    "normalise": (False, True),
+    "forward_fraction": (0.0, 0.5),
+    "dropout": (0.0, 0.1),
 }
 
 
@@ -563,47 +613,83 @@ def chapter_ring(
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
-    from otdiff.data import ring
-
     scale = _config.active_scale() if scale is None else scale
     s = _ring_settings(scale)
     seeds = _config.seeds(_config.choose(demo=5, full=10, scale=scale)) if seeds is None else seeds
     variants = list(RING_VARIANTS) if variants is None else list(variants)
     for v in variants:
         check_choice(v, "variants", RING_VARIANTS)
-    law = ring()
     runs = []
     for seed in seeds:
-        base = jax.random.key(check_int(seed, "seed", low=0))
-        data = law.sample(jax.random.fold_in(base, 17), s["n_data"])
-        held_out = law.sample(jax.random.fold_in(base, 18), 4096)
-        data_inputs = {"law": "ring()", "n": s["n_data"], "key": "fold_in(seed, 17)"}
-        teacher, _ = cached_flow(
-            "reflow_ring_1rf", seed, 2, s["teacher"], data_inputs=data_inputs,
-            make_data=lambda data=data: data, verbose=verbose, storage_dtype="float16",
-        )  # fmt: skip
-        teacher_inputs = {"config": s["teacher"].as_dict(), "data": data_inputs, "seed": seed}
-        fresh = law.sample(jax.random.fold_in(base, 19), s["n_pairs"])
-        pairs = cached_pairs(
-            "reflow_ring_pairs", seed, teacher, teacher_inputs=teacher_inputs, data=fresh,
-            n_pairs=s["n_pairs"], rtol=1e-4, atol=1e-4, verbose=verbose, storage_dtype="float16",
-        )  # fmt: skip
-        pair_inputs = {
-            "teacher": teacher_inputs,
-            "n_pairs": s["n_pairs"],
-            "key": "fold_in(seed, 2)",
-        }
-        students = {}
-        for v in variants if len(runs) < s["n_ablation"] else [v for v in variants if v == "2-RF"]:
-            cfg = s["student"]._replace(**RING_VARIANTS[v])
-            students[v] = cached_flow(
-                f"reflow_ring_{artifacts.fingerprint(cfg.as_dict())}", seed, 2, cfg,
-                data_inputs=pair_inputs,
-                make_data=lambda cfg=cfg, pairs=pairs, fresh=fresh, base=base: training_pairs(
-                    jax.random.fold_in(base, 3), pairs, fresh, cfg
-                ),
-                init=lambda teacher=teacher: teacher, init_inputs=teacher_inputs, verbose=verbose,
-                storage_dtype="float16",
-            )[0]  # fmt: skip
-        runs.append(RingRun(seed, teacher, pairs, students, data, held_out))
+        names = variants if len(runs) < s["n_ablation"] else [v for v in variants if v == "2-RF"]
+        overrides = {v: RING_VARIANTS[v] for v in names}
+        runs.append(_ring_run(check_int(seed, "seed", low=0), s, overrides, verbose))
     return runs
+
+
+def ring_switch_grid(
+    *, scale: str | None = None, seed: int = 0, verbose: bool = True
+) -> tuple[RingRun, dict]:
+    """The ring's ReFlow students for every combination of the switches of :data:`RING_SWITCHES`.
+
+    The teacher, pairs and training settings are those of :func:`chapter_ring` at ``seed``
+    (default 0, whatever ``OTDIFF_SEED_OFFSET`` says: the grid is what the chapter's explorer
+    shows, shipped for the ``demo`` preset, and no claim rests on it); the 16 students share
+    their artifacts with :func:`chapter_ring`'s ablation where the settings coincide.
+
+    Args:
+        scale: ``"demo"``, ``"full"`` or ``None`` (the active preset).
+        seed: the seed.
+        verbose: print a line when training.
+
+    Returns:
+        ``(run, students)``: the seed's :class:`RingRun` (its ``students`` empty) and a dict from
+        ``(time_distribution, normalise, forward_fraction, dropout)`` to the trained
+        :class:`~otdiff.flows.FlowNet`.
+
+    Taught in: book/diffusion/05_simple_reflow.ipynb.
+    """
+    import itertools
+
+    scale = _config.active_scale() if scale is None else scale
+    s = _ring_settings(scale)
+    seed = check_int(seed, "seed", low=0)
+    combos = list(itertools.product(*RING_SWITCHES.values()))
+    overrides = {c: dict(zip(RING_SWITCHES, c, strict=True)) for c in combos}
+    run = _ring_run(seed, s, overrides, verbose)
+    return run._replace(students={}), run.students
+
+
+def _ring_run(seed: int, s: dict, overrides: dict, verbose: bool) -> RingRun:
+    # One seed of the ring: the teacher, its pairs, and one student per FlowConfig override.
+    from otdiff.data import ring
+
+    law = ring()
+    base = jax.random.key(seed)
+    data = law.sample(jax.random.fold_in(base, 17), s["n_data"])
+    held_out = law.sample(jax.random.fold_in(base, 18), 4096)
+    data_inputs = {"law": "ring()", "n": s["n_data"], "key": "fold_in(seed, 17)"}
+    teacher, _ = cached_flow(
+        "reflow_ring_1rf", seed, 2, s["teacher"], data_inputs=data_inputs,
+        make_data=lambda data=data: data, verbose=verbose, storage_dtype="float16",
+    )  # fmt: skip
+    teacher_inputs = {"config": s["teacher"].as_dict(), "data": data_inputs, "seed": seed}
+    fresh = law.sample(jax.random.fold_in(base, 19), s["n_pairs"])
+    pairs = cached_pairs(
+        "reflow_ring_pairs", seed, teacher, teacher_inputs=teacher_inputs, data=fresh,
+        n_pairs=s["n_pairs"], rtol=1e-4, atol=1e-4, verbose=verbose, storage_dtype="float16",
+    )  # fmt: skip
+    pair_inputs = {"teacher": teacher_inputs, "n_pairs": s["n_pairs"], "key": "fold_in(seed, 2)"}
+    students = {}
+    for label, over in overrides.items():
+        cfg = s["student"]._replace(**over)
+        students[label] = cached_flow(
+            f"reflow_ring_{artifacts.fingerprint(cfg.as_dict())}", seed, 2, cfg,
+            data_inputs=pair_inputs,
+            make_data=lambda cfg=cfg: training_pairs(
+                jax.random.fold_in(base, 3), pairs, fresh, cfg
+            ),
+            init=lambda: teacher, init_inputs=teacher_inputs, verbose=verbose,
+            storage_dtype="float16",
+        )[0]  # fmt: skip
+    return RingRun(seed, teacher, pairs, students, data, held_out)
