@@ -32,8 +32,8 @@ an uninterrupted one).
 
 **Convolutions on the CPU.** XLA's CPU backend runs a convolution's gradient inside a ``while``
 loop (what ``lax.scan`` compiles to) many times slower than the same step compiled on its own: in
-our runs (``benchmarks/bench_train.py``) a small U-Net's step took about ten times longer in a
-scan. So on the CPU, ``fit`` trains a loss whose forward pass convolves with a Python loop over
+our runs (``benchmarks/bench_train.py``) the digits U-Net's step took about twenty times longer
+in a scan. So on the CPU, ``fit`` trains a loss whose forward pass convolves with a Python loop over
 one compiled step (same keys, same update, one dispatch per step: the weights agree with the
 scan's to float32 round-off); every other loss, and every loss on an accelerator, is trained by
 one scan per chunk.
@@ -470,8 +470,8 @@ def _primitives(jaxpr) -> set[str]:
 def _scan_is_slow(key, state, data, loss, static, spec: _ChunkSpec) -> bool:
     """Whether ``fit`` should run a chunk as a loop of compiled steps instead of one ``lax.scan``.
 
-    On the CPU, XLA runs a convolution's gradient inside a ``while`` loop (``lax.scan``) about ten
-    times slower than the same step compiled on its own (``benchmarks/bench_train.py``), so a loss
+    On the CPU, XLA runs a convolution's gradient inside a ``while`` loop (``lax.scan``) about
+    twenty times slower than the same step compiled on its own (``benchmarks/bench_train.py``), so a loss
     whose forward pass convolves takes the loop on the CPU; every other loss, and every loss on an
     accelerator, keeps the scan.
     """
