@@ -470,10 +470,10 @@ def _primitives(jaxpr) -> set[str]:
 def _scan_is_slow(key, state, data, loss, static, spec: _ChunkSpec) -> bool:
     """Whether ``fit`` should run a chunk as a loop of compiled steps instead of one ``lax.scan``.
 
-    On the CPU, XLA runs a convolution's gradient inside a ``while`` loop (``lax.scan``) about
-    twenty times slower than the same step compiled on its own (``benchmarks/bench_train.py``), so a loss
-    whose forward pass convolves takes the loop on the CPU; every other loss, and every loss on an
-    accelerator, keeps the scan.
+    On the CPU, XLA runs a convolution's gradient inside a ``while`` loop (``lax.scan``) many
+    times slower than the same step compiled on its own (about twenty times for the digits U-Net,
+    ``benchmarks/bench_train.py``), so a loss whose forward pass convolves takes the loop on the
+    CPU; every other loss, and every loss on an accelerator, keeps the scan.
     """
     devices = spec.mesh.devices.flat if spec.mesh is not None else jax.devices()[:1]
     if any(d.platform != "cpu" for d in devices):
