@@ -573,8 +573,9 @@ def fit(
 
     Training runs in chunks of ``chunk_size`` steps (one compiled ``lax.scan`` each; a shorter
     last chunk compiles once more; on the CPU, a convolutional loss runs each chunk as a loop
-    over one compiled step, see the module docstring). After every chunk, if ``checkpoint_path`` is given, the
-    :class:`TrainState` and the losses so far are saved there atomically, then ``callback(step,
+    over one compiled step, see the module docstring). After every chunk, if
+    ``checkpoint_path`` is given, the :class:`TrainState` and the losses so far are saved there
+    atomically, then ``callback(step,
     mean_loss_of_the_chunk)`` is called. If the file already exists, training resumes from it:
     because step ``n`` always uses the key ``fold_in(key, n)``, an interrupted and resumed run
     ends with the same weights, bit for bit, as an uninterrupted one (same ``chunk_size``). A
