@@ -575,8 +575,8 @@ def fit(
     last chunk compiles once more; on the CPU, a convolutional loss runs each chunk as a loop
     over one compiled step, see the module docstring). After every chunk, if
     ``checkpoint_path`` is given, the :class:`TrainState` and the losses so far are saved there
-    atomically, then ``callback(step,
-    mean_loss_of_the_chunk)`` is called. If the file already exists, training resumes from it:
+    atomically, then ``callback(step, mean_loss_of_the_chunk)`` is called. If the file already
+    exists, training resumes from it:
     because step ``n`` always uses the key ``fold_in(key, n)``, an interrupted and resumed run
     ends with the same weights, bit for bit, as an uninterrupted one (same ``chunk_size``). A
     checkpoint written by a run with another key, data, loss or settings is refused.
