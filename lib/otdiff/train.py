@@ -576,10 +576,10 @@ def fit(
     over one compiled step, see the module docstring). After every chunk, if
     ``checkpoint_path`` is given, the :class:`TrainState` and the losses so far are saved there
     atomically, then ``callback(step, mean_loss_of_the_chunk)`` is called. If the file already
-    exists, training resumes from it:
-    because step ``n`` always uses the key ``fold_in(key, n)``, an interrupted and resumed run
-    ends with the same weights, bit for bit, as an uninterrupted one (same ``chunk_size``). A
-    checkpoint written by a run with another key, data, loss or settings is refused.
+    exists, training resumes from it: because step ``n`` always uses the key ``fold_in(key,
+    n)``, an interrupted and resumed run ends with the same weights, bit for bit, as an
+    uninterrupted one (same ``chunk_size``). A checkpoint written by a run with another key,
+    data, loss or settings is refused.
 
     Args:
         key: a JAX random key (the batches and the loss's randomness derive from it).
