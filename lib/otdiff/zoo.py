@@ -255,9 +255,10 @@ def _digits_unet_model(key, process):
     the CPU runs a convolutional loss as a loop over one compiled step (XLA's ``while`` loop runs
     a convolution's gradient many times slower; ``benchmarks/bench_train.py``). In our runs a
     step took about 81 ms of CPU time; on 2 CPU cores shared with many other jobs (load 17 to
-    25, under ``nice -n 10``) the first 500 steps took about 11 minutes after a compilation of
-    about 6 minutes, and their training loss (0.170 over steps 400 to 500) was already below
-    that of the ``"digits"`` MLP at the end of its 2,500 steps of 256 digits (0.189).
+    25, under ``nice -n 10``) the first 1,000 steps took about 28 minutes after a compilation
+    of about 6 minutes, and the training loss (0.170 over steps 400 to 500, 0.158 over steps
+    900 to 1,000) was already below that of the ``"digits"`` MLP at the end of its 2,500 steps
+    of 256 digits (0.189).
     """
     from otdiff.nn import UNet
 
