@@ -1,9 +1,9 @@
 """The digits model judged by the digits judge: recognised share, Fréchet distance, memorisation.
 
-For each sampler (``--samplers``: the reverse SDE, the score-based chapter's, and DDIM) and each
-sampling seed, ``--n-samples`` digits are drawn from ``otdiff.zoo.load("digits")`` in
-``--n-steps`` steps and judged by
-``otdiff.metrics.DigitClassifier`` (the shipped judge). The held-out digits of
+For each model (``--models``: the zoo's ``"digits"`` MLP and ``"digits_unet"`` U-Net), each
+sampler (``--samplers``: the reverse SDE, the score-based chapter's, and DDIM) and each sampling
+seed, ``--n-samples`` digits are drawn from ``otdiff.zoo.load(model)`` in ``--n-steps`` steps and
+judged by ``otdiff.metrics.DigitClassifier`` (the shipped judge). The held-out digits of
 ``otdiff.data.load_digits`` are split in two halves A and B. Rows per seed:
 
 * ``recognised``: the share of the generated digits whose top class has probability above 0.8
@@ -20,7 +20,8 @@ sampling seed, ``--n-samples`` digits are drawn from ``otdiff.zoo.load("digits")
 
 Results go to ``benchmarks/results/digits.json``.
 
-Usage: ``python benchmarks/bench_digits.py [--seeds 0 1 2 3 4] [--n-samples 500]``.
+Usage: ``python benchmarks/bench_digits.py [--models digits digits_unet] [--seeds 0 1 2 3 4]
+[--n-samples 500]``.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=500)
     parser.add_argument("--n-steps", type=int, default=100)
     parser.add_argument("--samplers", nargs="+", default=["sde", "ddim"])
+    parser.add_argument("--models", nargs="+", default=["digits", "digits_unet"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    model = zoo.load("digits")
+    models = {name: zoo.load(name) for name in args.models}
     judge = metrics.DigitClassifier()
     digits = load_digits()
     test = digits.test_images
@@ -68,27 +70,29 @@ def main() -> None:
             "recognised": judge.confident_fraction(rng.normal(size=(args.n_samples, 64))),
         },
     ]
-    for sampler in args.samplers:
-        results += _generated(args, model, judge, digits, sampler, real_fd)
-    for sampler in args.samplers:
-        gen = [r for r in results if r.get("sampler") == sampler]
-        for key in ("recognised", "frechet_ratio", "memorised_features", "memorised_pixels"):
-            values = np.array([r[key] for r in gen])
-            print(
-                f"{sampler} {key}: median {np.median(values):.3f}, "
-                f"from {values.min():.3f} to {values.max():.3f}"
-            )
+    for name, model in models.items():
+        for sampler in args.samplers:
+            results += _generated(args, name, model, judge, digits, sampler, real_fd)
+    for name in models:
+        for sampler in args.samplers:
+            gen = [r for r in results if r.get("sampler") == sampler and r.get("model") == name]
+            for key in ("recognised", "frechet_ratio", "memorised_features", "memorised_pixels"):
+                values = np.array([r[key] for r in gen])
+                print(
+                    f"{name} {sampler} {key}: median {np.median(values):.3f}, "
+                    f"from {values.min():.3f} to {values.max():.3f}"
+                )
     print(f"real test digits recognised: {results[0]['recognised']:.3f}; "
           f"noise: {results[2]['recognised']:.3f} (uniform), {results[3]['recognised']:.3f} (Gaussian)")  # fmt: skip
     settings = {
         **vars(args),
-        "model": model.info["recipe_hash"],
+        "model": {name: model.info["recipe_hash"] for name, model in models.items()},
         "judge": judge.info["fingerprint"],
     }
     _record.write(args.out, "digits", settings, results)
 
 
-def _generated(args, model, judge, digits, sampler, real_fd) -> list:
+def _generated(args, name, model, judge, digits, sampler, real_fd) -> list:
     train, test = digits.train_images, digits.test_images
     a, b = np.array_split(test, 2)
     generate = jax.jit(
@@ -113,6 +117,7 @@ def _generated(args, model, judge, digits, sampler, real_fd) -> list:
         fd = judge.frechet_distance(x[: len(b)], a)
         row = {
             "sample": "generated",
+            "model": name,
             "sampler": sampler,
             "seed": seed,
             "recognised": judge.confident_fraction(x),

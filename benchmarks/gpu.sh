@@ -41,6 +41,7 @@ declare -A GPU_ARGS=(
   [scaling]="--large --repeats 3"
   [smc]="--particles 4000 16000 64000 --steps 100 --repeats 5"
   [spell]="--sizes 10000 100000 1000000 --batch 256 --repeats 5"
+  [train]="--n-steps 100 --repeats 5"
 )
 DRY_BENCHMARK=sinkhorn
 DRY_ARGS="--sizes 50 --epsilons 0.5 --repeats 1 --numpy-repeats 1"

@@ -27,7 +27,7 @@ from otdiff.diffusion import (
     ScoreMLP,
     dsm_loss,
 )
-from otdiff.nn import SphereMLP, TimeConvNet, TimeEmbedding, TimeMLP
+from otdiff.nn import SphereMLP, TimeConvNet, TimeEmbedding, TimeMLP, UNet
 from otdiff.train import (
     TrainState,
     data_parallel_mesh,
@@ -471,3 +471,30 @@ def test_sharded_step_matches_one_device(run_on_four_devices):
     assert out["has_all_reduce"]  # gradients summed across devices
     assert out["chunk_loss_max_abs_diff"] < 1e-5 and out["chunk_params_max_abs_diff"] < 1e-5
     assert "multiple of the number of devices" in out["bad_batch_error"]
+
+
+def test_fit_loops_over_compiled_steps_for_conv_nets_on_the_cpu(data):
+    # On the CPU a convolutional loss is trained by a loop over one compiled step (XLA's while
+    # loop runs a convolution's gradient several times slower; benchmarks/bench_train.py), every
+    # other loss by one lax.scan per chunk. Both give the weights of run_steps, to float32
+    # round-off, and the same keys.
+    images = jax.random.uniform(jax.random.key(config.seed(3)), (64, 16))
+    conv = UNet(side=4, channels=(8, 8), n_middle=0, embed_dim=8, groups=4, key=jax.random.key(1))
+    cosine = jax.tree_util.Partial(dsm_loss, process=CosineVP())
+    key = jax.random.key(config.seed(9))
+    params, static = split(conv)
+    spec = train._ChunkSpec(6, 6, 5e-3, None, 16, 0.99, None)
+    state = train.init(params, make_optimizer(5e-3, 6))
+    assert train._scan_is_slow(key, state, images, cosine, static, spec)
+    mlp_params, mlp_static = split(tiny_mlp())
+    mlp_state = train.init(mlp_params, make_optimizer(5e-3, 6))
+    assert not train._scan_is_slow(key, mlp_state, data, DSM, mlp_static, spec)
+
+    looped = fit(key, conv, images, cosine, n_steps=6, chunk_size=4, batch_size=16,
+                 learning_rate=5e-3, ema_decay=0.99)  # fmt: skip
+    step = make_step(cosine, make_optimizer(5e-3, 6), static=static, batch_size=16, ema_decay=0.99)
+    scanned, infos = jax.jit(lambda s: train.run_steps(step, key, s, images, 6))(state)
+    np.testing.assert_allclose(looped.losses, np.asarray(infos["loss"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat(looped.state.params), flat(scanned.params), atol=1e-5)
+    np.testing.assert_allclose(flat(looped.state.ema_params), flat(scanned.ema_params), atol=1e-5)
+    assert int(looped.state.step) == 6

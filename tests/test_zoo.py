@@ -302,3 +302,21 @@ def test_chapter_canvas_model_is_seed_zero_at_every_offset(monkeypatch):
         zoo.chapter_canvas_model(scale="demo")
         zoo.chapter_canvas_model(scale="full")
     assert [(p.name, p.seed) for p in plan] == [("canvas", 0), ("canvas_full", 0)]
+
+
+def test_digits_unet_recipe_is_a_convolutional_noise_predictor_on_the_digits():
+    from otdiff.diffusion import CosineVP
+    from otdiff.nn import UNet
+
+    rec = zoo.recipe("digits_unet")
+    assert rec.parameterisation == "eps" and isinstance(rec.process(), CosineVP)
+    assert rec.make_data(0).shape[1] == 64
+    assert UNet in rec.code  # the network's code is part of the fingerprint
+    process = rec.process()
+
+    def loss_of_a_fresh_model(key):
+        model = rec.make_model(key, process)
+        return model(jnp.zeros(64), 0.5), rec.make_loss(process)(model, key, jnp.zeros((8, 64)))
+
+    out, loss = eqx.filter_eval_shape(loss_of_a_fresh_model, jax.random.key(0))
+    assert out.shape == (64,) and loss.shape == ()

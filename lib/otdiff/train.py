@@ -30,6 +30,14 @@ how training is cut into chunks. :func:`fit` ties it together: training in compi
 resumption from the checkpoint (an interrupted run ends with the same weights, bit for bit, as
 an uninterrupted one).
 
+**Convolutions on the CPU.** XLA's CPU backend runs a convolution's gradient inside a ``while``
+loop (what ``lax.scan`` compiles to) many times slower than the same step compiled on its own: in
+our runs (``benchmarks/bench_train.py``) the digits U-Net's step took about twenty times longer
+in a scan. So on the CPU, ``fit`` trains a loss whose forward pass convolves with a Python loop over
+one compiled step (same keys, same update, one dispatch per step: the weights agree with the
+scan's to float32 round-off); every other loss, and every loss on an accelerator, is trained by
+one scan per chunk.
+
 **Data parallelism.** With a :func:`data_parallel_mesh` (a 1-D ``jax.sharding.Mesh`` with axis
 ``"data"``), the data set and the state are replicated on every device and the mini-batch is
 sharded along its first axis (``NamedSharding(mesh, P("data"))``): each device computes the loss
@@ -408,18 +416,84 @@ class _ChunkSpec(NamedTuple):
     mesh: Mesh | None
 
 
-@eqx.filter_jit
-def _chunk(key, state, data, loss, extra_grads, static, optimizer, spec: _ChunkSpec):
-    # One module-level jit: fits with the same model structure, loss function and settings share
-    # its compiled program (static parts are hashed; the arrays of the state, the data and the
-    # loss are traced).
+def _spec_step(loss, extra_grads, static, optimizer, spec: _ChunkSpec) -> Callable:
     if optimizer is None:
         optimizer = make_optimizer(spec.learning_rate, spec.n_steps, warmup_steps=spec.warmup_steps)
-    step = make_step(
+    return make_step(
         loss, optimizer, static=static, batch_size=spec.batch_size, ema_decay=spec.ema_decay,
         mesh=spec.mesh, extra_grads=extra_grads,
     )  # fmt: skip
+
+
+@eqx.filter_jit
+def _scan_chunk(key, state, data, loss, extra_grads, static, optimizer, spec: _ChunkSpec):
+    # One module-level jit: fits with the same model structure, loss function and settings share
+    # its compiled program (static parts are hashed; the arrays of the state, the data and the
+    # loss are traced).
+    step = _spec_step(loss, extra_grads, static, optimizer, spec)
     return run_steps(step, key, state, data, spec.length)
+
+
+@eqx.filter_jit
+def _one_step(key, state, data, loss, extra_grads, static, optimizer, spec: _ChunkSpec):
+    # Global step n of fit with the key fold_in(key, n), as in run_steps, compiled on its own.
+    step = _spec_step(loss, extra_grads, static, optimizer, spec)
+    return step(jax.random.fold_in(key, state.step), state, data)
+
+
+def _loop_chunk(key, state, data, loss, extra_grads, static, optimizer, spec: _ChunkSpec):
+    # The steps of one chunk as a Python loop over one compiled step (the infos stacked as
+    # run_steps stacks them): a dispatch per step instead of XLA's while loop.
+    infos = []
+    for _ in range(spec.length):
+        state, info = _one_step(key, state, data, loss, extra_grads, static, optimizer, spec)
+        infos.append(info)
+    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *infos)
+
+
+_CONV_PRIMITIVES = frozenset({"conv_general_dilated"})
+
+
+def _primitives(jaxpr) -> set[str]:
+    """The names of the primitives of a (closed) jaxpr and of every jaxpr nested in it."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else (param,):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    names |= _primitives(sub)
+    return names
+
+
+def _scan_is_slow(key, state, data, loss, static, spec: _ChunkSpec) -> bool:
+    """Whether ``fit`` should run a chunk as a loop of compiled steps instead of one ``lax.scan``.
+
+    On the CPU, XLA runs a convolution's gradient inside a ``while`` loop (``lax.scan``) many
+    times slower than the same step compiled on its own (about twenty times for the digits U-Net,
+    ``benchmarks/bench_train.py``), so a loss whose forward pass convolves takes the loop on the
+    CPU; every other loss, and every loss on an accelerator, keeps the scan.
+    """
+    devices = spec.mesh.devices.flat if spec.mesh is not None else jax.devices()[:1]
+    if any(d.platform != "cpu" for d in devices):
+        return False
+    batch = jax.eval_shape(lambda k, d: minibatch(spec.batch_size)(k, d), key, data)
+    params = state.params
+
+    def forward(p, k, b):
+        return loss(p if static is None else eqx.combine(p, static), k, b)
+
+    jaxpr = jax.make_jaxpr(forward)(params, key, batch)
+    return bool(_primitives(jaxpr) & _CONV_PRIMITIVES)
+
+
+def _chunk(key, state, data, loss, extra_grads, static, optimizer, spec: _ChunkSpec):
+    # fit's chunk: one compiled lax.scan (one program per model structure, loss and settings),
+    # or, for a convolutional loss on the CPU, a loop over one compiled step (_scan_is_slow).
+    if _scan_is_slow(key, state, data, loss, static, spec):
+        return _loop_chunk(key, state, data, loss, extra_grads, static, optimizer, spec)
+    return _scan_chunk(key, state, data, loss, extra_grads, static, optimizer, spec)
 
 
 def _digest(tree, h) -> None:
@@ -498,12 +572,14 @@ def fit(
     """Train ``model`` on ``data`` by minimising ``loss`` with mini-batches.
 
     Training runs in chunks of ``chunk_size`` steps (one compiled ``lax.scan`` each; a shorter
-    last chunk compiles once more). After every chunk, if ``checkpoint_path`` is given, the
-    :class:`TrainState` and the losses so far are saved there atomically, then ``callback(step,
-    mean_loss_of_the_chunk)`` is called. If the file already exists, training resumes from it:
-    because step ``n`` always uses the key ``fold_in(key, n)``, an interrupted and resumed run
-    ends with the same weights, bit for bit, as an uninterrupted one (same ``chunk_size``). A
-    checkpoint written by a run with another key, data, loss or settings is refused.
+    last chunk compiles once more; on the CPU, a convolutional loss runs each chunk as a loop
+    over one compiled step, see the module docstring). After every chunk, if
+    ``checkpoint_path`` is given, the :class:`TrainState` and the losses so far are saved there
+    atomically, then ``callback(step, mean_loss_of_the_chunk)`` is called. If the file already
+    exists, training resumes from it: because step ``n`` always uses the key ``fold_in(key,
+    n)``, an interrupted and resumed run ends with the same weights, bit for bit, as an
+    uninterrupted one (same ``chunk_size``). A checkpoint written by a run with another key,
+    data, loss or settings is refused.
 
     Args:
         key: a JAX random key (the batches and the loss's randomness derive from it).

@@ -38,10 +38,10 @@ models ``"ring8"`` and ``"digits"`` (seed 0), ``"slots"`` (:func:`chapter_slots_
 ``demo`` preset at seed offset 0, so that a fresh clone runs the book without training.
 
 Models: ``"ring8"`` (the 2-D ring of eight Gaussians :func:`otdiff.data.ring`, an MLP, linear VP
-process) and ``"digits"`` (the 8x8 digits of :func:`otdiff.data.load_digits` as 64-d vectors in
-[-1, 1], an MLP, cosine VP process :cite:`nichol2021improved`). Both are noise predictors trained
-by denoising score matching :cite:`ho2020denoising`, :cite:`song2021scorebased`, and both are
-shipped. ``"slots_local"`` and ``"slots_mlp"`` are slot-conditional noise predictors
+process), ``"digits"`` (the 8x8 digits of :func:`otdiff.data.load_digits` as 64-d vectors in
+[-1, 1], an MLP, cosine VP process :cite:`nichol2021improved`) and ``"digits_unet"`` (the same
+digits and process, a small convolutional :class:`otdiff.nn.UNet`). All are noise predictors
+trained by denoising score matching :cite:`ho2020denoising`, :cite:`song2021scorebased`. ``"slots_local"`` and ``"slots_mlp"`` are slot-conditional noise predictors
 ``model(x, t, c)`` (:mod:`otdiff.diffusion.conditional`) trained on the empty and one-object laws
 of ``otdiff.data.slots(SLOTS_N_SLOTS)`` for the projective composition chapter; their score for a
 condition ``c`` is :class:`otdiff.diffusion.conditional.ConditionalScore`; seeds 0-2 of both
@@ -69,7 +69,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from otdiff import artifacts, checkpoint, config, metrics, train
+from otdiff import artifacts, checkpoint, config, metrics, nn, train
 from otdiff._checks import check_choice, check_int, check_positive
 from otdiff.progress import Progress
 
@@ -247,6 +247,24 @@ def _digits_model(key, process):
     return ScoreMLP(64, hidden=(512, 512, 512), embed_dim=64, key=key)
 
 
+def _digits_unet_model(key, process):
+    """The ``"digits_unet"`` network: :class:`otdiff.nn.UNet` on the 8x8 digits, two levels of 16
+    and 32 channels, one middle block (54,577 weights).
+
+    Its recipe trains it for 3,000 steps of 128 digits with :func:`otdiff.train.fit`, which on
+    the CPU runs a convolutional loss as a loop over one compiled step (XLA's ``while`` loop runs
+    a convolution's gradient many times slower; ``benchmarks/bench_train.py``). In our runs a
+    step took about 81 ms of CPU time; on 2 CPU cores shared with many other jobs (load 17 to
+    25, under ``nice -n 10``) the first 1,000 steps took about 28 minutes after a compilation
+    of about 6 minutes, and the training loss (0.170 over steps 400 to 500, 0.158 over steps
+    900 to 1,000) was already below that of the ``"digits"`` MLP at the end of its 2,500 steps
+    of 256 digits (0.189).
+    """
+    from otdiff.nn import UNet
+
+    return UNet(side=8, channels=(16, 32), n_middle=1, embed_dim=64, groups=8, key=key)
+
+
 #: The number of slots of the ``"slots_local"`` and ``"slots_mlp"`` models
 #: (:func:`otdiff.data.slots` with its other defaults).
 SLOTS_N_SLOTS = 5
@@ -349,6 +367,21 @@ register(
         batch_size=256,
         learning_rate=2e-3,
         description="8x8 digits as 64-d vectors in [-1, 1], MLP noise predictor, cosine VP",
+    )
+)
+register(
+    Recipe(
+        name="digits_unet",
+        make_data=_digits_data,
+        make_model=_digits_unet_model,
+        make_loss=_dsm,
+        make_process=_cosine_vp,
+        n_steps=3000,
+        batch_size=128,
+        learning_rate=2e-3,
+        description="8x8 digits as 64-d vectors in [-1, 1], U-Net noise predictor "
+        "(otdiff.nn.UNet, channels 16 and 32), cosine VP",
+        code=(nn.UNet, nn._UNetBlock, nn._zeroed, nn.TimeEmbedding),
     )
 )
 for _name, _make, _what in (
