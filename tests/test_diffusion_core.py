@@ -463,7 +463,11 @@ def test_log_likelihood_matches_exact_density(process):
     x = m.sample(jax.random.key(config.seed(0)), 64)
     exact = exact_log_prob(m, process)(x, 1e-3)
     ll = eqx.filter_jit(lambda s, y: log_likelihood(s, process, y))(score, x)
+    # measured over 12 seeds (offsets 0 to 11), max |ll - exact|: linear median 0.0005, range
+    # [0.0003, 0.0013]; cosine median 0.0009, range [0.0005, 0.0021]; tolerance 5e-3
     np.testing.assert_allclose(ll, exact, atol=5e-3)
+    # |mean Hutchinson error| over the same seeds: median 0.086, range [0.022, 0.18] for both
+    # processes; threshold 0.3
     hutch = log_likelihood(
         score, process, x, key=jax.random.key(config.seed(1)), method="hutchinson"
     )
