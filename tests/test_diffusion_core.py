@@ -385,6 +385,9 @@ def test_exact_score_sampler_reproduces_mode_weights():
         x = jax.jit(lambda k, n=name: sample(k, score, process, 4000, 2, sampler=n, n_steps=300).x)(
             jax.random.key(config.seed(0))
         )
+        # measured over 12 seeds (offsets 0 to 11): mode TV for "sde" median 0.008, range
+        # [0.002, 0.025]; for "ddim" median 0.009, range [0.005, 0.021]; threshold 0.03 (a sampler
+        # that drops the 0.1 mode, or misses the score's scale, is at 0.1 or more)
         assert float(metrics.mode_tv(m, x)) < 0.03, name
 
 
@@ -397,10 +400,14 @@ def test_ddim_with_eta_one_is_stochastic_and_ode_is_deterministic():
     b = ddim(jax.random.key(config.seed(2)), score, process, x_init, 30).x
     c = ddim(jax.random.key(config.seed(2)), score, process, x_init, 30, eta=1.0).x
     np.testing.assert_allclose(a, b, rtol=1e-6)
+    # measured over 12 seeds (offsets 0 to 11): max |DDIM(eta=0) - DDIM(eta=1)| median 5.99,
+    # range [5.33, 6.75]; threshold 1e-2 (equal programs would give 0)
     assert float(jnp.abs(a - c).max()) > 1e-2
     # the PF-ODE (adaptive) and DDIM (eta = 0, many steps) transport the same prior points alike
     ode = probability_flow(score, process, x_init, rtol=1e-5, atol=1e-5).x
     fine = ddim(jax.random.key(config.seed(1)), score, process, x_init, 1000).x
+    # measured over 12 seeds (offsets 0 to 11): median distance median 0.0013, range
+    # [0.0010, 0.0016]; threshold 0.05
     assert float(jnp.median(jnp.linalg.norm(ode - fine, axis=1))) < 0.05
 
 
@@ -456,7 +463,11 @@ def test_log_likelihood_matches_exact_density(process):
     x = m.sample(jax.random.key(config.seed(0)), 64)
     exact = exact_log_prob(m, process)(x, 1e-3)
     ll = eqx.filter_jit(lambda s, y: log_likelihood(s, process, y))(score, x)
+    # measured over 12 seeds (offsets 0 to 11), max |ll - exact|: linear median 0.0005, range
+    # [0.0003, 0.0013]; cosine median 0.0009, range [0.0005, 0.0021]; tolerance 5e-3
     np.testing.assert_allclose(ll, exact, atol=5e-3)
+    # |mean Hutchinson error| over the same seeds: median 0.086, range [0.022, 0.18] for both
+    # processes; threshold 0.3
     hutch = log_likelihood(
         score, process, x, key=jax.random.key(config.seed(1)), method="hutchinson"
     )

@@ -263,9 +263,18 @@ def test_product_beats_naive_score_sum():
     w = np.exp(-0.5 * np.array([9.0, 1.0]) / s)
     target = jnp.asarray(w / w.sum())
     energies = [en.MixtureEnergy(p1, process), en.MixtureEnergy(p2, process)]
-    out = en.product_smc(jax.random.key(config.seed(0)), energies, process, 2000, 2, n_steps=100)
-    tv = float(mode_tv(p1, out.x, target, log_weights=out.log_weights))
-    assert tv < 0.06
+
+    def one(key):
+        out = en.product_smc(key, energies, process, 2000, 2, n_steps=100)
+        return mode_tv(p1, out.x, target, log_weights=out.log_weights), out
+
+    keys = jnp.stack([jax.random.key(k) for k in config.seeds(8)])
+    tvs, outs = jax.jit(jax.vmap(one))(keys)
+    # one run's TV is too noisy to assert (measured over 24 seeds: median 0.018, range
+    # [0.0002, 0.076]); the median of 8 runs, measured over offsets 0 to 16: median 0.018,
+    # range [0.011, 0.036]; threshold 0.05
+    assert float(jnp.median(tvs)) < 0.05, tvs
+    out = jax.tree_util.tree_map(lambda v: v[0], outs)
     assert out.samples.shape == (2000, 2)
     assert float(jnp.sum(mode_occupancy(p1, out.samples))) == pytest.approx(1.0)
 

@@ -274,8 +274,12 @@ def test_run_bloop_beats_sum_on_small_problem_and_is_deterministic():
     _, h_bloop = optim.run(key, p, method="bloop", record_every=500, **kw)
     _, h_sum = optim.run(key, p, method="sum", record_every=500, **kw)
     assert h_bloop["distance"].shape == (5,) and int(h_bloop["step"][-1]) == 2000
+    # measured over 12 seeds (offsets 0 to 11), Bloop over the weighted sum: final distance to
+    # the bilevel solution median 0.27, range [0.20, 0.42], threshold 0.5; final main loss median
+    # 0.045, range [0.025, 0.19], threshold 0.3 (0.1 failed at one offset of the twelve; a Bloop
+    # no better than the sum has ratios near 1)
     assert float(h_bloop["distance"][-1]) < 0.5 * float(h_sum["distance"][-1])
-    assert float(h_bloop["main_loss"][-1]) < 0.1 * float(h_sum["main_loss"][-1])
+    assert float(h_bloop["main_loss"][-1]) < 0.3 * float(h_sum["main_loss"][-1])
     _, again = optim.run(key, p, method="bloop", record_every=500, **kw)
     np.testing.assert_array_equal(np.asarray(again["distance"]), np.asarray(h_bloop["distance"]))
     _, other = optim.run(jax.random.key(config.seed(2)), p, method="bloop", record_every=500, **kw)
