@@ -1,7 +1,8 @@
 """How the cost of the three workloads that grow with data scales with n: Sinkhorn, SMC, SPELL.
 
-For each size ``n`` it measures the median wall time (``--repeats`` calls after a compiling
-warm-up, each ended by ``block_until_ready``) and XLA's own memory accounting of the compiled
+For each size ``n`` it measures the median wall time (``--repeats`` interleaved rounds after a
+compiling warm-up: one call of every variant per round, each ended by ``block_until_ready``, so
+that a change of machine load affects the variants of a size alike) and XLA's own memory accounting of the compiled
 program (``compiled.memory_analysis()``: arguments + outputs + temporaries, the peak the program
 asks for), then fits the growth exponent ``p`` of ``time ~ n^p`` (least squares on the logs):
 
@@ -86,29 +87,33 @@ def sinkhorn_rows(sizes, online_sizes, n_iterations, chunk, repeats, mesh) -> li
         "online": (online_sizes, dict(lse_mode=True, chunk_size=chunk)),
         "sharded": (sizes, dict(lse_mode="auto", mesh=mesh)),
     }
-    for variant, (ns, options) in variants.items():
-        for n in ns:
-            x, y = clouds(n)
-            eps = float(ot.relative_epsilon(x[:1000], y[:1000], 0.05))
+    for n in sorted({n for ns, _ in variants.values() for n in ns}):
+        x, y = clouds(n)
+        eps = float(ot.relative_epsilon(x[:1000], y[:1000], 0.05))
+        calls = {}
+        for variant, (ns, options) in variants.items():
+            if n in ns:
 
-            def call(x=x, y=y, eps=eps, options=options):
-                return ot.solve(
-                    x, y, eps, threshold=1e-12, max_iterations=n_iterations,
-                    inner_iterations=10, **options,
-                )  # fmt: skip
+                def call(x=x, y=y, eps=eps, options=options):
+                    return ot.solve(
+                        x, y, eps, threshold=1e-12, max_iterations=n_iterations,
+                        inner_iterations=10, **options,
+                    )  # fmt: skip
 
-            timing = _record.timed(call, repeats)
-            a = jnp.full((n,), 1.0 / n)
-            core = {k: v for k, v in options.items()}
+                calls[variant] = (call, ())
+        medians = _record.median_seconds(calls, repeats)  # interleaved rounds
+        a = jnp.full((n,), 1.0 / n)
+        for variant, (call, _) in calls.items():
+            core = dict(variants[variant][1])
             memory = peak_bytes(
                 lambda x, y, a, e, core=core: ot.solve_core(
                     x, y, a, a, e, jnp.float32(1e-12), max_iterations=n_iterations, **core
                 ).f,
                 x, y, a, jnp.float32(eps),
             )  # fmt: skip
-            rows.append(dict(workload="sinkhorn", variant=variant, n=n, median_s=timing.median_s,
-                             min_s=timing.min_s, peak_bytes=memory,
-                             iterations=int(timing.result.n_iterations)))  # fmt: skip
+            rows.append(dict(workload="sinkhorn", variant=variant, n=n,
+                             median_s=medians[variant], peak_bytes=memory,
+                             iterations=int(call().n_iterations)))  # fmt: skip
             print(rows[-1])
     return rows
 
@@ -128,14 +133,16 @@ def _walk(n_steps: int) -> smc.FeynmanKac:
 def smc_rows(sizes, n_steps, repeats, mesh) -> list[dict]:
     rows = []
     model = _walk(n_steps)
-    for variant, m in (("single", None), ("sharded", mesh)):
-        for n in sizes:
-            fn = jax.jit(lambda key, n=n, m=m: smc.run(key, model, n, mesh=m).log_evidence)
-            key = jax.random.key(0)
-            timing = _record.timed(lambda fn=fn, key=key: fn(key), repeats)
-            rows.append(dict(workload="smc", variant=variant, n=n, median_s=timing.median_s,
-                             min_s=timing.min_s, peak_bytes=peak_bytes(fn, key),
-                             n_steps=n_steps))  # fmt: skip
+    key = jax.random.key(0)
+    for n in sizes:
+        fns = {
+            variant: jax.jit(lambda key, n=n, m=m: smc.run(key, model, n, mesh=m).log_evidence)
+            for variant, m in (("single", None), ("sharded", mesh))
+        }
+        medians = _record.median_seconds({v: (fn, (key,)) for v, fn in fns.items()}, repeats)
+        for variant, fn in fns.items():
+            rows.append(dict(workload="smc", variant=variant, n=n, median_s=medians[variant],
+                             peak_bytes=peak_bytes(fn, key), n_steps=n_steps))  # fmt: skip
             print(rows[-1])
     return rows
 
@@ -144,21 +151,18 @@ def spell_rows(sizes, chunk, repeats, mesh) -> list[dict]:
     rows = []
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.uniform(-1, 1, (64, 64)).astype(np.float32))
-    for variant, m in (("single", None), ("sharded", mesh)):
-        for n in sizes:
-            bank = jnp.asarray(rng.uniform(-1, 1, (n, 64)).astype(np.float32))
-            if m is not None:
-                bank = jax.device_put(
-                    bank, jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec("data"))
-                )
-
-            def call(bank=bank, m=m):
-                return spell.repellency(x, bank, 2.0, chunk_size=chunk, mesh=m)
-
-            timing = _record.timed(call, repeats)
-            rows.append(dict(workload="spell", variant=variant, n=n, median_s=timing.median_s,
-                             min_s=timing.min_s, peak_bytes=None, batch=64, dim=64,
-                             chunk=chunk))  # fmt: skip
+    placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    for n in sizes:
+        bank = jnp.asarray(rng.uniform(-1, 1, (n, 64)).astype(np.float32))
+        banks = {"single": (bank, None), "sharded": (jax.device_put(bank, placed), mesh)}
+        calls = {
+            variant: (lambda b=b, m=m: spell.repellency(x, b, 2.0, chunk_size=chunk, mesh=m), ())
+            for variant, (b, m) in banks.items()
+        }
+        medians = _record.median_seconds(calls, repeats)
+        for variant in calls:
+            rows.append(dict(workload="spell", variant=variant, n=n, median_s=medians[variant],
+                             peak_bytes=None, batch=64, dim=64, chunk=chunk))  # fmt: skip
             print(rows[-1])
     return rows
 
@@ -169,7 +173,7 @@ def main() -> None:
     parser.add_argument("--sinkhorn-iterations", type=int, default=50)
     parser.add_argument("--smc-steps", type=int, default=20)
     parser.add_argument("--chunk", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workloads", nargs="+", default=["sinkhorn", "smc", "spell"])
     for name in SMALL:
         parser.add_argument(f"--{name.replace('_', '-')}-sizes", type=int, nargs="+",

@@ -17,8 +17,9 @@ mixture of three anisotropic Gaussians, uniform weights.
 
 Every final L1 marginal error :math:`\\|P\\mathbf 1 - a\\|_1 + \\|P^\\top\\mathbf 1 - b\\|_1` is
 computed the same way, in float64, from the returned potentials (scalings for POT). Timings are
-the median of ``--repeats`` calls (JAX compiled by a warm-up call; each call ends with
-``block_until_ready``). The row ``ratio_fastest_pot`` is the time of the fastest working POT
+the median of ``--repeats`` interleaved rounds (one call of every solver per round, after one
+untimed call each that also compiles JAX; each call ends with ``block_until_ready``), so that a
+change of machine load affects every solver alike. The row ``ratio_fastest_pot`` is the time of the fastest working POT
 solver at equal error over the time of ``otdiff (auto)`` (above 1: otdiff is faster). Results go
 to ``benchmarks/results/sinkhorn_pot.json``.
 
@@ -28,10 +29,13 @@ Usage: ``python benchmarks/bench_sinkhorn_pot.py [--problems 800,3,0.01 1200,6,0
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 import warnings
 from pathlib import Path
 
 import _record
+import jax
 import numpy as np
 from scipy.special import logsumexp
 
@@ -60,7 +64,8 @@ def l1_error(cost, f, g, eps, a, b) -> float:
     return float(np.abs(rows - a).sum() + np.abs(cols - b).sum())
 
 
-def run_otdiff(x, y, eps, threshold, lse_mode, max_iterations, repeats):
+def otdiff_call(x, y, eps, threshold, lse_mode, max_iterations):
+    """``ot.solve`` on the float32 clouds, as a function of no arguments."""
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
 
     def call():
@@ -68,12 +73,16 @@ def run_otdiff(x, y, eps, threshold, lse_mode, max_iterations, repeats):
             x32, y32, eps, threshold=threshold, lse_mode=lse_mode, max_iterations=max_iterations
         )
 
-    _, median, best, out = _record.timed(call, repeats)
-    f, g = np.asarray(out.f, np.float64), np.asarray(out.g, np.float64)
-    return median, best, int(out.n_iterations), f, g
+    return call
 
 
-def run_pot(pot, method, cost, eps, a, b, threshold, max_iterations, repeats):
+def otdiff_potentials(out) -> tuple[np.ndarray, np.ndarray, int]:
+    return np.asarray(out.f, np.float64), np.asarray(out.g, np.float64), int(out.n_iterations)
+
+
+def pot_call(pot, method, cost, eps, a, b, threshold, max_iterations):
+    """POT's ``sinkhorn(method=...)`` in float64, as a function of no arguments."""
+
     def call():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -82,7 +91,11 @@ def run_pot(pot, method, cost, eps, a, b, threshold, max_iterations, repeats):
                 numItermax=max_iterations, log=True,
             )  # fmt: skip
 
-    _, median, best, (_, log) = _record.timed(call, repeats, warmup=False)
+    return call
+
+
+def pot_potentials(out, eps) -> tuple[np.ndarray, np.ndarray, int]:
+    _, log = out
     if "log_u" in log:  # sinkhorn_log
         f, g = eps * np.asarray(log["log_u"]), eps * np.asarray(log["log_v"])
     elif "logu" in log:  # sinkhorn_stabilized: alpha / eps + log u
@@ -90,8 +103,21 @@ def run_pot(pot, method, cost, eps, a, b, threshold, max_iterations, repeats):
     else:  # sinkhorn: the scalings
         with np.errstate(divide="ignore", invalid="ignore"):
             f, g = eps * np.log(np.asarray(log["u"])), eps * np.log(np.asarray(log["v"]))
-    iterations = log.get("niter", log.get("n_iter", -1))
-    return median, best, int(iterations), f, g
+    return f, g, int(log.get("niter", log.get("n_iter", -1)))
+
+
+def interleaved(calls: dict, repeats: int) -> dict:
+    """Median and fastest seconds of each ``call()`` in ``calls``, timed in interleaved rounds
+    (one call of each per round, after one untimed call each), so load changes hit all alike."""
+    for call in calls.values():
+        jax.block_until_ready(call())
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -104,8 +130,7 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=5000)
     parser.add_argument("--max-tightenings", type=int, default=8)
     parser.add_argument("--pot-methods", nargs="+", default=list(POT_METHODS))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--pot-repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -120,53 +145,48 @@ def main() -> None:
         a, b = np.full(n, 1 / n), np.full(n, 1 / n)
         common = dict(n=n, d=d, epsilon_fraction=fraction, epsilon=eps)
         common["cost_range_over_epsilon"] = float((cost.max() - cost.min()) / eps)
-        ours = {}
+        calls, found = {}, {}  # solver -> call(); solver -> (row fields, potentials reader)
         for name, mode in (("otdiff (auto)", "auto"), ("otdiff (log)", True)):
-            median, best, its, f, g = run_otdiff(
-                x, y, eps, args.threshold, mode, args.max_iterations, args.repeats
-            )
-            error = l1_error(cost, f, g, eps, a, b)
-            ours[name] = median
-            print(name, n, d, fraction, median, its, error, flush=True)
-            rows.append(common | dict(solver=name, median_s=median, min_s=best, iterations=its,
-                                      stop_threshold=args.threshold, l1_error=error))  # fmt: skip
-        target = rows[-2]["l1_error"]  # otdiff (auto)'s error: POT must reach it
-        fastest = None
+            call = otdiff_call(x, y, eps, args.threshold, mode, args.max_iterations)
+            f, g, its = otdiff_potentials(call())  # compiles
+            calls[name] = call
+            found[name] = dict(stop_threshold=args.threshold, iterations=its,
+                               l1_error=l1_error(cost, f, g, eps, a, b))  # fmt: skip
+            print(name, spec, found[name], flush=True)
+        target = found["otdiff (auto)"]["l1_error"]  # every POT solver must reach it
         for method in args.pot_methods:
-            threshold, found = args.threshold / 4, None  # POT's L2 error is below the L1
+            name, threshold = f"pot {method}", args.threshold / 4  # POT's L2 error is below the L1
             for _ in range(args.max_tightenings + 1):
-                median, best, its, f, g = run_pot(
-                    pot, method, cost, eps, a, b, threshold, args.max_iterations, 1
-                )
+                call = pot_call(pot, method, cost, eps, a, b, threshold, args.max_iterations)
+                f, g, its = pot_potentials(call(), eps)
                 error = l1_error(cost, f, g, eps, a, b) if np.all(np.isfinite(f)) else np.nan
+                print(f"  {name} stop {threshold:.1e}: {its} it, L1 error {error:.2e}", flush=True)
                 if np.isfinite(error) and error <= target:
-                    found = threshold
+                    calls[name] = call
+                    found[name] = dict(stop_threshold=threshold, iterations=its, l1_error=error)
                     break
-                if not np.isfinite(error):
-                    break
+                if not np.isfinite(error) or its >= args.max_iterations:
+                    break  # NaN, or the iteration budget is spent: tightening cannot help
                 threshold /= 2
-            row = common | dict(solver=f"pot {method}", stop_threshold=found, working=False)
-            if found is not None:
-                median, best, its, f, g = run_pot(
-                    pot, method, cost, eps, a, b, found, args.max_iterations, args.pot_repeats
-                )
-                error = l1_error(cost, f, g, eps, a, b)
-                row |= dict(median_s=median, min_s=best, iterations=its, l1_error=error,
-                            working=True)  # fmt: skip
-                fastest = median if fastest is None else min(fastest, median)
-            rows.append(row)
-            print(row, flush=True)
+            if name not in found:
+                rows.append(common | dict(solver=name, working=False))
+        timings = interleaved(calls, args.repeats)
+        for name, (median, best) in timings.items():
+            rows.append(common | dict(solver=name, median_s=median, min_s=best, working=True)
+                        | found[name])  # fmt: skip
+        pot_times = [t[0] for name, t in timings.items() if name.startswith("pot")]
+        auto = timings["otdiff (auto)"][0]
         rows.append(common | dict(
             solver="summary",
-            ratio_fastest_pot=None if fastest is None else fastest / ours["otdiff (auto)"],
-            ratio_log_over_auto=ours["otdiff (log)"] / ours["otdiff (auto)"],
+            ratio_fastest_pot=min(pot_times) / auto if pot_times else None,
+            ratio_log_over_auto=timings["otdiff (log)"][0] / auto,
         ))  # fmt: skip
 
     for r in rows:
         if r["solver"] == "summary":
             print(f"  fastest POT / otdiff (auto): {r['ratio_fastest_pot']:.2f}x; "
                   f"otdiff (log) / otdiff (auto): {r['ratio_log_over_auto']:.2f}x")  # fmt: skip
-        elif r.get("median_s") is None:
+        elif not r["working"]:
             print(f"{r['n']:5d} {r['d']:3d} {r['epsilon_fraction']:5.2f} {r['solver']:>24} "
                   "not working (NaN or never as accurate)")  # fmt: skip
         else:

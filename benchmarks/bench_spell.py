@@ -9,6 +9,11 @@ late in sampling). Rows per ``K``:
   block: one matrix product screens each block, and a block that may hold a point inside a ball is
   recomputed exactly from the differences), at the radius ``r`` (``--radius-quantile`` of the
   test-to-train nearest-neighbour distances) and at ``r = 0`` (screening only);
+* ``matmul_bound_ms``: the machine's time for the screen's matrix product alone, ``x @ z.T``
+  (64 x 64 x ``K``, float32, the same precision), timed in the same interleaved rounds as the
+  two rows above (one call of each per round), so that a change of load affects all three alike;
+  ``ratio_to_matmul`` is ``repellency_ms`` over it (the search costs one screen and a few exact
+  differences per row and block, so the product is its lower bound);
 * ``unchunked_ms``: the same with ``chunk_size=None`` (one block), only up to ``--max-unchunked``
   points (its exact branch holds an ``(n, K, d)`` array);
 * ``step_plain_ms`` / ``step_spell_ms``: one Euler-Maruyama step of the reverse SDE on the batch
@@ -91,10 +96,20 @@ def main() -> None:
 
         rep = jax.jit(chunked_repellency)
         row = {"protected": k, "dim": 64, "batch": args.batch, "chunk_size": args.chunk}
-        row["repellency_ms"] = 1e3 * median_seconds(rep, x, z, radius, repeats=args.repeats)
-        row["repellency_screen_only_ms"] = 1e3 * median_seconds(
-            rep, x, z, 0.0, repeats=args.repeats
+        # the bound: the screen's one matrix product, 64 x 64 x K, timed in the same rounds
+        bound = jax.jit(lambda x, z: jnp.matmul(x, z.T, precision=jax.lax.Precision.HIGHEST))
+        times = _record.median_seconds(
+            {
+                "repellency": (rep, (x, z, radius)),
+                "screen_only": (rep, (x, z, 0.0)),
+                "matmul": (bound, (x, z)),
+            },
+            repeats=args.repeats,
         )
+        row["repellency_ms"] = 1e3 * times["repellency"]
+        row["repellency_screen_only_ms"] = 1e3 * times["screen_only"]
+        row["matmul_bound_ms"] = 1e3 * times["matmul"]
+        row["ratio_to_matmul"] = times["repellency"] / times["matmul"]
         result = rep(x, z, radius)
         row["active_fraction"] = float(jnp.mean(result.n_active > 0))
         row["mean_active_balls"] = float(jnp.mean(result.n_active))
@@ -119,7 +134,8 @@ def main() -> None:
         rows.append(row)
         unchunked = "-" if row["unchunked_ms"] is None else f"{row['unchunked_ms']:.2f}"
         print(
-            f"K={k:>9,}  repellency {row['repellency_ms']:9.2f} ms (screen only "
+            f"K={k:>9,}  repellency {row['repellency_ms']:9.2f} ms (matmul "
+            f"{row['matmul_bound_ms']:8.2f}, x{row['ratio_to_matmul']:.2f}; screen only "
             f"{row['repellency_screen_only_ms']:8.2f})  unchunked "
             f"{unchunked:>8}  "
             f"step {row['step_plain_ms']:.2f} -> {row['step_spell_ms']:.2f} ms "

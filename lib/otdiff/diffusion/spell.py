@@ -36,10 +36,10 @@ Two reference sets:
 :func:`otdiff.diffusion.ddim`), which runs it after every step: the samplers are not copied. ``radius`` and ``strength`` are dynamic (a slider move never
 recompiles; inside the caller's ``jit`` a negative value raises at run time); ``mode`` and
 ``chunk_size`` are static. The hook records, at every step, which
-trajectories were corrected (:class:`SpellInfo`). Each block of the protected set picks one of
-three branches with ``jax.lax.switch`` (no candidate, a few candidates, many); under ``jax.vmap``
-a switch evaluates all its branches, so vmapping SPELL over many batches costs more per block
-than a loop over them when the protected set is large.
+trajectories were corrected (:class:`SpellInfo`). The static set is searched in two loops: a
+screen whose cost per block is one matrix product, then the exact terms on the candidate pairs
+only, in rounds (a ``jax.lax.while_loop``: under ``jax.vmap`` every batch runs as many rounds as
+the one with the most candidates).
 
 Taught in: book/diffusion/03_spell.ipynb
 """
@@ -90,7 +90,10 @@ SAMPLERS = ("sde", "ddim")
 DEFAULT_STRENGTH = 1.6  # the paper's over-compensation lambda
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bf16 matmuls in the distances
-_CANDIDATES = 16  # pairs per row recomputed exactly in a block that may hold active terms
+_CANDIDATES = 16  # pairs per row recomputed exactly in a block of the dynamic (batch) term
+_SLACK = 1e-5  # a generous bound on the relative float32 error of the screen's distances
+_SUB = 16  # references per sub-block: the screen ranks sub-blocks, the exact pass gathers them
+_ROUND = 512  # candidate (row, sub-block) pairs gathered in one round of the exact pass
 
 
 class Repellency(NamedTuple):
@@ -191,7 +194,7 @@ def _block_terms(x, x_sq, z, valid, radius):
     norms = x_sq[:, None] + z_sq[None, :]
     d2_fast = jnp.maximum(norms - 2.0 * jnp.matmul(x, z.T, precision=_HIGHEST), 0.0)
     # a generous bound on the float32 error of the screen (relative 1e-5 of the norms)
-    maybe = valid & (d2_fast < radius**2 + 1e-5 * norms + 1e-30)
+    maybe = valid & (d2_fast < radius**2 + _SLACK * norms + 1e-30)
     n_maybe = jnp.sum(maybe, axis=1)
     m = min(_CANDIDATES, c)
 
@@ -212,28 +215,89 @@ def _block_terms(x, x_sq, z, valid, radius):
 
 
 def _scan_references(x, protected, mask, radius, chunk_size):
-    """Sum of the terms over ``protected`` (K, d), scanned ``chunk_size`` references at a time."""
+    """Sum of the terms over ``protected`` (K, d), screened ``chunk_size`` references at a time.
+
+    Two loops, neither with a per-block gather, sort or branch:
+
+    1. **Screen** (``lax.scan`` over blocks of ``chunk_size`` references): one matrix product
+       per block, :math:`[-2x, 1]\\cdot[z_k, \\|z_k\\|^2]`, gives the keys
+       :math:`s_k = \\|z_k\\|^2 - 2 x\\cdot z_k` (the squared distance
+       less the row's :math:`\\|x\\|^2`; masked and padded references have
+       :math:`\\|z\\|^2 = \\infty`), reduced to their minimum over sub-blocks of ``_SUB``
+       consecutive references. A pair may lie inside a ball only if its key is below
+       :math:`r^2 - \\|x\\|^2` plus a slack for the float error of the screen; the block records,
+       per row, which sub-blocks may (one bit each) and the nearest distance among those that
+       may not.
+    2. **Exact terms on the candidates** (``lax.while_loop``, ``_ROUND`` candidate (row,
+       sub-block) pairs per round, as many rounds as there are candidates): the candidates'
+       references are gathered and their terms computed from the differences ``x - z``, so
+       that the precision the screen loses never reaches the correction, the counts or the
+       nearest distance. This work grows with the number of candidates, not with ``K``.
+    """
     n, d = x.shape
     k = protected.shape[0]
     chunk = k if chunk_size is None else min(chunk_size, k)
+    sub = min(_SUB, chunk)
+    chunk = -(-chunk // sub) * sub  # a whole number of sub-blocks
     n_chunks = -(-k // chunk)
+    n_sub = chunk // sub
     pad = n_chunks * chunk - k
     valid = jnp.ones((k,), bool) if mask is None else mask
     z = jnp.pad(protected.astype(x.dtype), ((0, pad), (0, 0)))
     valid = jnp.pad(valid, (0, pad))  # padded rows are never valid
-    z = z.reshape(n_chunks, chunk, d)
-    valid = valid.reshape(n_chunks, chunk)
+    z_sq = jnp.sum(z * z, axis=-1)
     x_sq = jnp.sum(x * x, axis=-1)
+    # below this key a pair may lie inside a ball: the slack bounds the screen's float error
+    z_sq_max = jnp.max(jnp.where(valid, z_sq, 0.0))
+    bound = (radius**2 - x_sq + _SLACK * (x_sq + z_sq_max) + 1e-30)[:, None]
+    # the key in one product: [-2x, 1] . [z, |z|^2]
+    x_aug = jnp.concatenate([-2.0 * x, jnp.ones((n, 1), x.dtype)], axis=1)
+    z_aug = jnp.concatenate([z, jnp.where(valid, z_sq, jnp.inf)[:, None]], axis=1)
 
-    def body(carry, block):
-        delta, count, min_d2 = carry
-        zc, vc = block
-        dc, cc, mc = _block_terms(x, x_sq, zc, vc, radius)
-        return (delta + dc, count + cc, jnp.minimum(min_d2, mc)), None
+    def screen(far, zc):
+        key = jnp.matmul(x_aug, zc.T, precision=_HIGHEST)  # (n, chunk)
+        sub_min = jnp.min(key.reshape(n, n_sub, sub), axis=-1)
+        maybe = sub_min < bound
+        return jnp.minimum(far, jnp.min(jnp.where(maybe, jnp.inf, sub_min), axis=1)), maybe
 
-    init = (jnp.zeros_like(x), jnp.zeros((n,), jnp.int32), jnp.full((n,), jnp.inf, x.dtype))
-    (delta, count, min_d2), _ = jax.lax.scan(body, init, (z, valid))
-    return delta, count, min_d2
+    blocks = z_aug.reshape(n_chunks, chunk, d + 1)
+    far, maybe = jax.lax.scan(screen, jnp.full((n,), jnp.inf, x.dtype), blocks)
+    min_d2 = jnp.maximum(far + x_sq, 0.0)  # the screen's nearest distance, outside the candidates
+
+    maybe = maybe.reshape(-1)  # (n_chunks * n * n_sub,): block, row, sub-block
+    n_candidates = jnp.sum(maybe, dtype=jnp.int32)
+    per_round = min(_ROUND, maybe.shape[0])
+    z_sub = z.reshape(n_chunks * n_sub, sub, d)
+    valid_sub = valid.reshape(n_chunks * n_sub, sub)
+    position = jnp.arange(maybe.shape[0], dtype=jnp.int32)
+
+    def candidate_round(state):
+        j, after, (delta, count, low) = state
+        (flat,) = jnp.nonzero(maybe & (position >= after), size=per_round, fill_value=0)
+        taken = j * per_round + jnp.arange(per_round) < n_candidates
+        block, rest = jnp.divmod(flat, n * n_sub)
+        row, sub_block = jnp.divmod(rest, n_sub)
+        ids = block * n_sub + sub_block
+        ok = taken[:, None] & valid_sub[ids]  # (per_round, sub)
+        diff = x[row][:, None, :] - z_sub[ids]  # (per_round, sub, d)
+        d2 = jnp.sum(diff * diff, axis=-1)
+        dist = jnp.sqrt(d2)
+        inside = ok & (dist < radius) & (d2 > 0.0)
+        w = jnp.where(inside, radius / jnp.where(inside, dist, 1.0) - 1.0, 0.0)
+        move = jnp.einsum("ps,psd->pd", w, diff, precision=_HIGHEST)
+        carry = (
+            delta.at[row].add(move),
+            count.at[row].add(jnp.sum(inside, axis=1, dtype=jnp.int32)),
+            low.at[row].min(jnp.min(jnp.where(ok, d2, jnp.inf), axis=1)),
+        )
+        return j + 1, flat[-1] + 1, carry
+
+    rounds = -(-n_candidates // per_round)
+    zero = (jnp.zeros_like(x), jnp.zeros((n,), jnp.int32), jnp.full((n,), jnp.inf, x.dtype))
+    _, _, (delta, count, low) = jax.lax.while_loop(
+        lambda state: state[0] < rounds, candidate_round, (0, 0, zero)
+    )
+    return delta, count, jnp.minimum(min_d2, low)
 
 
 def _within_batch(x, radius):
@@ -314,9 +378,9 @@ def repellency(
     ``x0_hat + delta`` lies exactly on the sphere of radius ``r`` around its centre
     :cite:`kirchhof2024spell`. The sum over references is a plain sum over chunks, so any
     ``chunk_size`` gives the same result up to the order of float additions.
-    Each block is screened with one matrix product; the pairs that may be active are then
-    recomputed exactly from their differences (the 16 nearest of each row, or the whole block
-    when more than 16 balls of one block may contain a prediction).
+    Each block is screened with one matrix product; the pairs that may be active (those in a
+    sub-block of 16 references whose screened distance may be below the radius) are then
+    recomputed exactly from their differences, however many there are.
 
     Args:
         x0_hat: ``(n, d)`` predicted samples.
