@@ -179,7 +179,8 @@ class JupyterLab:
 
 @pytest.fixture(params=TARGETS, ids=lambda t: t.notebook.stem)
 def lab(request, tmp_path):
-    """A running JupyterLab whose root holds a copy of the target notebook."""
+    """A running JupyterLab whose root holds a copy of the target notebook and of the benchmark
+    results it may read (chapters find ``benchmarks/results`` above their folder, as in a clone)."""
     target: Target = request.param
     if not target.notebook.is_file():
         pytest.skip(
@@ -189,6 +190,7 @@ def lab(request, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy2(target.notebook, root / target.notebook.name)
+    shutil.copytree(REPO / "benchmarks" / "results", root / "benchmarks" / "results")
     server = JupyterLab(tmp_path, root)
     try:
         server.wait_ready()
