@@ -16,6 +16,17 @@ def _spd(key, d):
     return a @ a.T + 0.5 * jnp.eye(d)
 
 
+def _directional_derivatives(loss, params, direction, *, step):
+    """The derivative of ``loss`` at ``params`` along ``direction`` (pytrees of one structure):
+    by ``jax.grad`` and by central finite differences of size ``step``."""
+    grad = jax.grad(loss)(params)
+    leaves = jax.tree_util.tree_leaves
+    analytic = sum(jnp.sum(g * d) for g, d in zip(leaves(grad), leaves(direction), strict=True))
+    plus = jax.tree_util.tree_map(lambda p, d: p + step * d, params, direction)
+    minus = jax.tree_util.tree_map(lambda p, d: p - step * d, params, direction)
+    return analytic, (loss(plus) - loss(minus)) / (2 * step)
+
+
 @pytest.fixture
 def x64():
     with jax.enable_x64(True):
@@ -60,17 +71,7 @@ def test_neural_conjugate_implicit_gradient_matches_finite_differences(x64):
     def loss(c):
         return jnp.sum(c.grad_h_legendre(v) ** 2)
 
-    grad = jax.grad(loss)(cost)
-    analytic = sum(
-        jnp.sum(g * d)
-        for g, d in zip(
-            jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction), strict=True
-        )
-    )
-    step = 1e-5
-    plus = jax.tree_util.tree_map(lambda p, d: p + step * d, cost, direction)
-    minus = jax.tree_util.tree_map(lambda p, d: p - step * d, cost, direction)
-    numeric = (loss(plus) - loss(minus)) / (2 * step)
+    analytic, numeric = _directional_derivatives(loss, cost, direction, step=1e-5)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
 
 
@@ -278,17 +279,7 @@ def test_neural_cost_implicit_gradient_of_the_pair_loss_matches_finite_differenc
     def loss(c):
         return monge.pair_loss(c, x, y, x[:4], y[:4], 0.1, 1e-4, 1e-13, max_iterations=20000)[0]
 
-    grad = jax.grad(loss)(cost)
-    analytic = sum(
-        jnp.sum(g * d)
-        for g, d in zip(
-            jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction), strict=True
-        )
-    )
-    step = 1e-4
-    plus = jax.tree_util.tree_map(lambda a, d: a + step * d, cost, direction)
-    minus = jax.tree_util.tree_map(lambda a, d: a - step * d, cost, direction)
-    numeric = (loss(plus) - loss(minus)) / (2 * step)
+    analytic, numeric = _directional_derivatives(loss, cost, direction, step=1e-4)
     # measured: relative gap 3e-5 at step 1e-4 (8e-5 at 1e-3, 5e-5 at 1e-5): the finite
     # difference's own noise, set by BFGS's residual |grad h(z*) - v| ~ 1e-9 in float64
     np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
