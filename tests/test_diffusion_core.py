@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jax_traces import traces
 from scipy.stats import norm
 
 from otdiff import config, metrics
@@ -189,8 +190,9 @@ def test_process_validation_and_pytree():
     assert isinstance(make_process("cosine", c=0.99), CosineVP)
     # the numbers are dynamic leaves: one compilation for any schedule, vmap over schedules
     f = jax.jit(lambda p: p.sigma(0.5))
-    f(LinearVP(0.1, 20.0)), f(LinearVP(0.2, 10.0))
-    assert f._cache_size() == 1
+    with traces() as seen:
+        f(LinearVP(0.1, 20.0)), f(LinearVP(0.2, 10.0))
+    assert seen["<lambda>"] == 1
     batch = jax.vmap(lambda b: LinearVP(0.1, b).alpha(0.5))(jnp.array([10.0, 20.0]))
     np.testing.assert_allclose(batch, [LinearVP(0.1, 10.0).alpha(0.5), LinearVP().alpha(0.5)])
 

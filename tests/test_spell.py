@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jax_traces import traces
 
 from otdiff import config
 from otdiff.data import exact_score, ring
@@ -290,9 +291,10 @@ def test_radius_is_dynamic_no_recompilation(ring_setup):
             n_steps=10,
         ).x
     )  # fmt: skip
-    for r, s in [(0.5, 1.0), (1.0, 1.6), (2.0, 0.0)]:
-        run(r, s)
-    assert run._cache_size() == 1
+    with traces() as seen:
+        for r, s in [(0.5, 1.0), (1.0, 1.6), (2.0, 0.0)]:
+            run(r, s)
+    assert seen["<lambda>"] == 1
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -195,7 +195,13 @@ class Explorer:
         # the result for NaN: compute traces without the library's run-time guards, so that its
         # program holds no host callback and stays in JAX's persistent compilation cache.
         self._raw_compute = _checks.unguarded()(compute)
-        self.compute = jax.jit(self._raw_compute, static_argnames=tuple(static))
+        self._traces = 0
+
+        def counted(**values):
+            self._traces += 1  # Python runs here once per trace, i.e. once per compiled program
+            return self._raw_compute(**values)
+
+        self.compute = jax.jit(counted, static_argnames=tuple(static))
 
     # -- values -----------------------------------------------------------------------------
     def defaults(self) -> dict[str, Any]:
@@ -218,8 +224,9 @@ class Explorer:
         return {name: self.params[name].check(v) for name, v in merged.items()}
 
     def compilations(self) -> int:
-        """How many programs ``compute`` has compiled so far (one per static setting)."""
-        return self.compute._cache_size()
+        """How many programs ``compute`` has compiled so far (one per static setting): the
+        times it was traced, counted as it traces (JAX's dispatch-cache size can miss some)."""
+        return self._traces
 
     # -- live -------------------------------------------------------------------------------
     def evaluate(self, **values) -> Any:

@@ -374,9 +374,9 @@ def solve_core(
 ) -> SinkhornOutput:
     r"""The jitted core of :func:`solve`: pure, and safe under ``vmap`` and ``grad``.
 
-    ``epsilon`` and ``threshold`` are dynamic scalars: changing them does not recompile
-    (``solve_core._cache_size()`` counts the compiled programs), and the core can be vmapped
-    over a grid of regularisations::
+    ``epsilon`` and ``threshold`` are dynamic scalars: changing them does not recompile (the
+    tests count the programs JAX traces), and the core can be vmapped over a grid of
+    regularisations::
 
         jax.vmap(solve_core, in_axes=(None, None, None, None, 0, None))(x, y, a, b, eps, tol)
 
