@@ -11,9 +11,14 @@ mixture of three anisotropic Gaussians, uniform weights.
 * POT's solvers in float64 NumPy: ``sinkhorn`` (plain kernel Sinkhorn-Knopp) and
   ``sinkhorn_stabilized`` (absorption); ``sinkhorn_log``, much slower, with ``--pot-methods``.
   POT measures its stopping error differently (an L2 norm of the column error), so each of its
-  solvers is rerun with ``stopThr`` halved, from a quarter of ``--threshold``, until its final
-  L1 marginal error is no larger than that of ``otdiff (auto)`` (``--max-tightenings`` halvings
-  at most; a solver that returns NaN or never gets there is marked not working).
+  solvers is rerun with a smaller ``stopThr`` (halved at least, from a quarter of
+  ``--threshold``; divided by more when the error is further off) until its final L1 marginal
+  error is no larger than that of ``otdiff (auto)`` (``--max-tightenings`` reruns at most).
+  Every POT call is capped: at ``--pot-max-iterations`` iterations and at ``--pot-time-cap``
+  seconds, enforced as an iteration cap from a timed 20-iteration probe (POT has no clock of its
+  own). A solver that returns NaN, or that cannot reach the error within the caps, gets a row
+  with ``working: false`` and a ``reason`` ("did not reach 8.7e-04 in 30 s"), with the best
+  error, iterations and seconds (``capped_call_s``) of its last call.
 
 Every final L1 marginal error :math:`\\|P\\mathbf 1 - a\\|_1 + \\|P^\\top\\mathbf 1 - b\\|_1` is
 computed the same way, in float64, from the returned potentials (scalings for POT). Timings are
@@ -94,6 +99,17 @@ def pot_call(pot, method, cost, eps, a, b, threshold, max_iterations):
     return call
 
 
+def pot_iteration_cap(pot, method, cost, eps, a, b, time_cap, max_iterations) -> tuple:
+    """The iteration cap that keeps one call under ``time_cap`` seconds: ``max_iterations`` or
+    fewer, from the seconds per iteration of a 20-iteration call (``stopThr=0``: all 20 run)."""
+    probe = pot_call(pot, method, cost, eps, a, b, 0.0, 20)
+    probe()  # first call: NumPy's buffers and POT's imports warm
+    start = time.perf_counter()
+    probe()
+    per_iteration = (time.perf_counter() - start) / 20
+    return min(max_iterations, max(20, int(time_cap / per_iteration))), per_iteration
+
+
 def pot_potentials(out, eps) -> tuple[np.ndarray, np.ndarray, int]:
     _, log = out
     if "log_u" in log:  # sinkhorn_log
@@ -129,6 +145,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=1e-3)
     parser.add_argument("--max-iterations", type=int, default=5000)
     parser.add_argument("--max-tightenings", type=int, default=8)
+    parser.add_argument("--pot-max-iterations", type=int, default=5000,
+                        help="iteration cap of one POT call")  # fmt: skip
+    parser.add_argument("--pot-time-cap", type=float, default=30.0,
+                        help="seconds one POT call may take (an iteration cap from a probe)")  # fmt: skip
     parser.add_argument("--pot-methods", nargs="+", default=list(POT_METHODS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -156,20 +176,43 @@ def main() -> None:
         target = found["otdiff (auto)"]["l1_error"]  # every POT solver must reach it
         for method in args.pot_methods:
             name, threshold = f"pot {method}", args.threshold / 4  # POT's L2 error is below the L1
+            cap, per_iteration = pot_iteration_cap(
+                pot, method, cost, eps, a, b, args.pot_time_cap, args.pot_max_iterations
+            )
+            print(f"  {name}: {1e3 * per_iteration:.2f} ms per iteration, cap {cap} it", flush=True)
+            last = {}
             for _ in range(args.max_tightenings + 1):
-                call = pot_call(pot, method, cost, eps, a, b, threshold, args.max_iterations)
+                call = pot_call(pot, method, cost, eps, a, b, threshold, cap)
+                start = time.perf_counter()
                 f, g, its = pot_potentials(call(), eps)
+                seconds = time.perf_counter() - start
                 error = l1_error(cost, f, g, eps, a, b) if np.all(np.isfinite(f)) else np.nan
-                print(f"  {name} stop {threshold:.1e}: {its} it, L1 error {error:.2e}", flush=True)
+                print(f"  {name} stop {threshold:.1e}: {its} it, {seconds:.2f} s, "
+                      f"L1 error {error:.2e}", flush=True)  # fmt: skip
+                last = dict(stop_threshold=threshold, iterations=its, capped_call_s=seconds,
+                            l1_error=float(error) if np.isfinite(error) else None)  # fmt: skip
                 if np.isfinite(error) and error <= target:
                     calls[name] = call
                     found[name] = dict(stop_threshold=threshold, iterations=its, l1_error=error)
                     break
-                if not np.isfinite(error) or its >= args.max_iterations:
-                    break  # NaN, or the iteration budget is spent: tightening cannot help
-                threshold /= 2
+                if not np.isfinite(error):
+                    last["reason"] = "NaN (the kernel under- or overflowed)"
+                    break
+                if its >= cap - 1:  # the cap is spent (POT counts from 0): tightening cannot help
+                    budget = (
+                        f"{args.pot_time_cap:g} s" if cap < args.pot_max_iterations
+                        else f"{cap} iterations"
+                    )  # fmt: skip
+                    last["reason"] = f"did not reach {target:.1e} in {budget}"
+                    break
+                threshold *= min(0.5, 0.7 * target / error)  # error ~ stopThr: aim just below
+            else:
+                last["reason"] = (
+                    f"did not reach {target:.1e} in {args.max_tightenings + 1} stopThr values"
+                )
             if name not in found:
-                rows.append(common | dict(solver=name, working=False))
+                rows.append(common | dict(solver=name, working=False, iteration_cap=cap) | last)
+                print(f"  {name}: {last['reason']}", flush=True)
         timings = interleaved(calls, args.repeats)
         for name, (median, best) in timings.items():
             rows.append(common | dict(solver=name, median_s=median, min_s=best, working=True)
@@ -184,11 +227,13 @@ def main() -> None:
 
     for r in rows:
         if r["solver"] == "summary":
-            print(f"  fastest POT / otdiff (auto): {r['ratio_fastest_pot']:.2f}x; "
+            pot_ratio = r["ratio_fastest_pot"]
+            pot_text = "no POT solver reached it" if pot_ratio is None else f"{pot_ratio:.2f}x"
+            print(f"  fastest POT / otdiff (auto): {pot_text}; "
                   f"otdiff (log) / otdiff (auto): {r['ratio_log_over_auto']:.2f}x")  # fmt: skip
         elif not r["working"]:
             print(f"{r['n']:5d} {r['d']:3d} {r['epsilon_fraction']:5.2f} {r['solver']:>24} "
-                  "not working (NaN or never as accurate)")  # fmt: skip
+                  f"{r['reason']} (last call: {r['iterations']} it, L1 error {r['l1_error']})")  # fmt: skip
         else:
             print(f"{r['n']:5d} {r['d']:3d} {r['epsilon_fraction']:5.2f} {r['solver']:>24} "
                   f"{1e3 * r['median_s']:9.1f} ms {r['iterations']:6d} it  "
