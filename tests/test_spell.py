@@ -118,6 +118,22 @@ def test_chunked_equals_unchunked(chunk_size):
     np.testing.assert_allclose(chunked.nearest, full.nearest, rtol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_size", [160, 200])
+def test_last_block_counts_each_reference_once(chunk_size):
+    """When the chunk does not divide K, the last block is read back from the set's end and
+    skips the sub-blocks of references already screened: every reference counts once."""
+    kx, kz = jax.random.split(jax.random.key(config.seed(6)))
+    z = jax.random.uniform(kz, (1008, 6), minval=-1, maxval=1)  # 1008 = 63 sub-blocks of 16
+    x = jnp.concatenate([jax.random.uniform(kx, (24, 6), minval=-1, maxval=1), z[-40:] + 0.01])
+    mask = jnp.arange(1008) % 5 != 0
+    delta, count, nearest = brute_force(x, z, 0.7, valid=np.asarray(mask))
+    assert count[-40:].min() > 0  # the points near the set's end, in the overlap, are active
+    rep = spell.repellency(x, z, 0.7, protected_mask=mask, chunk_size=chunk_size)
+    np.testing.assert_array_equal(np.asarray(rep.n_active), count)
+    np.testing.assert_allclose(rep.delta, delta, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rep.nearest, nearest, rtol=1e-5, atol=1e-6)
+
+
 def test_mask_ignores_rows():
     kx, kz = jax.random.split(jax.random.key(config.seed(4)))
     z = jax.random.normal(kz, (50, 3))

@@ -219,15 +219,17 @@ def _scan_references(x, protected, mask, radius, chunk_size):
 
     Two loops, neither with a per-block gather, sort or branch:
 
-    1. **Screen** (``lax.scan`` over blocks of ``chunk_size`` references): one matrix product
-       per block, :math:`[-2x, 1]\\cdot[z_k, \\|z_k\\|^2]`, gives the keys
-       :math:`s_k = \\|z_k\\|^2 - 2 x\\cdot z_k` (the squared distance
-       less the row's :math:`\\|x\\|^2`; masked and padded references have
-       :math:`\\|z\\|^2 = \\infty`), reduced to their minimum over sub-blocks of ``_SUB``
-       consecutive references. A pair may lie inside a ball only if its key is below
-       :math:`r^2 - \\|x\\|^2` plus a slack for the float error of the screen; the block records,
-       per row, which sub-blocks may (one bit each) and the nearest distance among those that
-       may not.
+    1. **Screen** (``lax.scan`` over blocks of ``chunk_size`` references, each read in place from
+       ``protected``: the set is not copied or augmented, and padded only when ``K`` is not a
+       multiple of ``_SUB``): one matrix product per block gives the keys :math:`s_k = \\|z_k\\|^2 - 2 x\\cdot z_k` (the squared distance less
+       the row's :math:`\\|x\\|^2`; the block's norms are computed from the block itself, masked
+       references have :math:`\\|z\\|^2 = \\infty`), reduced to their minimum over sub-blocks of
+       ``_SUB`` consecutive references. A pair may lie inside a ball only if its key is below
+       :math:`r^2 - \\|x\\|^2` plus a slack for the float error of the screen (relative
+       ``_SLACK`` of :math:`\\|x\\|^2` plus the block's largest :math:`\\|z\\|^2`); the block
+       records, per row, which sub-blocks may (one bit each) and the nearest distance among
+       those that may not. When ``chunk_size`` does not divide ``K``, the last block ends at
+       ``K`` and skips the sub-blocks that the one before it already screened.
     2. **Exact terms on the candidates** (``lax.while_loop``, ``_ROUND`` candidate (row,
        sub-block) pairs per round, as many rounds as there are candidates): the candidates'
        references are gathered and their terms computed from the differences ``x - z``, so
@@ -236,39 +238,49 @@ def _scan_references(x, protected, mask, radius, chunk_size):
     """
     n, d = x.shape
     k = protected.shape[0]
-    chunk = k if chunk_size is None else min(chunk_size, k)
-    sub = min(_SUB, chunk)
-    chunk = -(-chunk // sub) * sub  # a whole number of sub-blocks
-    n_chunks = -(-k // chunk)
-    n_sub = chunk // sub
-    pad = n_chunks * chunk - k
+    sub = min(_SUB, k if chunk_size is None else chunk_size, k)
+    z = protected.astype(x.dtype)
     valid = jnp.ones((k,), bool) if mask is None else mask
-    z = jnp.pad(protected.astype(x.dtype), ((0, pad), (0, 0)))
-    valid = jnp.pad(valid, (0, pad))  # padded rows are never valid
-    z_sq = jnp.sum(z * z, axis=-1)
+    pad = -k % sub
+    if pad:  # a whole number of sub-blocks (a copy of the set, only for such sizes)
+        z = jnp.pad(z, ((0, pad), (0, 0)))
+        valid = jnp.pad(valid, (0, pad))  # padded rows are never valid
+    k_padded = k + pad
+    chunk = k_padded if chunk_size is None else min(-(-chunk_size // sub) * sub, k_padded)
+    n_chunks = -(-k_padded // chunk)
+    n_sub = chunk // sub
+    # block i reads [start_i, start_i + chunk): i * chunk, except the last, moved back to end at
+    # the set's end (its sub-blocks below (n_chunks - 1) * chunk are the block before's)
+    starts = jnp.minimum(jnp.arange(n_chunks, dtype=jnp.int32) * chunk, k_padded - chunk)
     x_sq = jnp.sum(x * x, axis=-1)
-    # below this key a pair may lie inside a ball: the slack bounds the screen's float error
-    z_sq_max = jnp.max(jnp.where(valid, z_sq, 0.0))
-    bound = (radius**2 - x_sq + _SLACK * (x_sq + z_sq_max) + 1e-30)[:, None]
-    # the key in one product: [-2x, 1] . [z, |z|^2]
-    x_aug = jnp.concatenate([-2.0 * x, jnp.ones((n, 1), x.dtype)], axis=1)
-    z_aug = jnp.concatenate([z, jnp.where(valid, z_sq, jnp.inf)[:, None]], axis=1)
+    x_m2 = -2.0 * x  # exact: a power of two
+    sub_offsets = jnp.arange(n_sub, dtype=jnp.int32) * sub
 
-    def screen(far, zc):
-        key = jnp.matmul(x_aug, zc.T, precision=_HIGHEST)  # (n, chunk)
+    def screen(far, i):
+        start = starts[i]
+        zc = jax.lax.dynamic_slice_in_dim(z, start, chunk)
+        vc = jax.lax.dynamic_slice_in_dim(valid, start, chunk)
+        z_sq = jnp.where(vc, jnp.sum(zc * zc, axis=-1), jnp.inf)
+        key = jnp.matmul(x_m2, zc.T, precision=_HIGHEST) + z_sq[None, :]  # (n, chunk)
         sub_min = jnp.min(key.reshape(n, n_sub, sub), axis=-1)
+        fresh = start + sub_offsets >= i * chunk  # not screened by the block before
+        sub_min = jnp.where(fresh[None, :], sub_min, jnp.inf)
+        # below this key a pair may lie inside a ball: the slack bounds the screen's float error
+        z_sq_max = jnp.max(jnp.where(vc, z_sq, 0.0))
+        bound = (radius**2 - x_sq + _SLACK * (x_sq + z_sq_max) + 1e-30)[:, None]
         maybe = sub_min < bound
         return jnp.minimum(far, jnp.min(jnp.where(maybe, jnp.inf, sub_min), axis=1)), maybe
 
-    blocks = z_aug.reshape(n_chunks, chunk, d + 1)
+    blocks = jnp.arange(n_chunks, dtype=jnp.int32)
     far, maybe = jax.lax.scan(screen, jnp.full((n,), jnp.inf, x.dtype), blocks)
     min_d2 = jnp.maximum(far + x_sq, 0.0)  # the screen's nearest distance, outside the candidates
 
     maybe = maybe.reshape(-1)  # (n_chunks * n * n_sub,): block, row, sub-block
     n_candidates = jnp.sum(maybe, dtype=jnp.int32)
     per_round = min(_ROUND, maybe.shape[0])
-    z_sub = z.reshape(n_chunks * n_sub, sub, d)
-    valid_sub = valid.reshape(n_chunks * n_sub, sub)
+    z_sub = z.reshape(k_padded // sub, sub, d)
+    valid_sub = valid.reshape(k_padded // sub, sub)
+    first_sub = starts // sub  # each block's first sub-block
     position = jnp.arange(maybe.shape[0], dtype=jnp.int32)
 
     def candidate_round(state):
@@ -277,7 +289,7 @@ def _scan_references(x, protected, mask, radius, chunk_size):
         taken = j * per_round + jnp.arange(per_round) < n_candidates
         block, rest = jnp.divmod(flat, n * n_sub)
         row, sub_block = jnp.divmod(rest, n_sub)
-        ids = block * n_sub + sub_block
+        ids = first_sub[block] + sub_block
         ok = taken[:, None] & valid_sub[ids]  # (per_round, sub)
         diff = x[row][:, None, :] - z_sub[ids]  # (per_round, sub, d)
         d2 = jnp.sum(diff * diff, axis=-1)
