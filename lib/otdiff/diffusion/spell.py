@@ -231,7 +231,8 @@ def _scan_references(x, protected, mask, radius, chunk_size):
        those that may not. When ``chunk_size`` does not divide ``K``, the last block ends at
        ``K`` and skips the sub-blocks that the one before it already screened.
     2. **Exact terms on the candidates** (``lax.while_loop``, ``_ROUND`` candidate (row,
-       sub-block) pairs per round, as many rounds as there are candidates): the candidates'
+       sub-block) pairs per round, as many rounds as there are candidates, each found by a
+       binary search in the running count of the screen's bits, computed once): the candidates'
        references are gathered and their terms computed from the differences ``x - z``, so
        that the precision the screen loses never reaches the correction, the counts or the
        nearest distance. This work grows with the number of candidates, not with ``K``.
@@ -276,17 +277,20 @@ def _scan_references(x, protected, mask, radius, chunk_size):
     min_d2 = jnp.maximum(far + x_sq, 0.0)  # the screen's nearest distance, outside the candidates
 
     maybe = maybe.reshape(-1)  # (n_chunks * n * n_sub,): block, row, sub-block
-    n_candidates = jnp.sum(maybe, dtype=jnp.int32)
+    # rank[p]: the candidates at positions <= p; the q-th candidate (from 0) is at the first
+    # position whose rank exceeds q, found by binary search: one pass over the bits in all
+    rank = jnp.cumsum(maybe, dtype=jnp.int32)
+    n_candidates = rank[-1]
     per_round = min(_ROUND, maybe.shape[0])
     z_sub = z.reshape(k_padded // sub, sub, d)
     valid_sub = valid.reshape(k_padded // sub, sub)
     first_sub = starts // sub  # each block's first sub-block
-    position = jnp.arange(maybe.shape[0], dtype=jnp.int32)
 
     def candidate_round(state):
-        j, after, (delta, count, low) = state
-        (flat,) = jnp.nonzero(maybe & (position >= after), size=per_round, fill_value=0)
-        taken = j * per_round + jnp.arange(per_round) < n_candidates
+        j, (delta, count, low) = state
+        q = j * per_round + jnp.arange(per_round, dtype=jnp.int32)
+        taken = q < n_candidates
+        flat = jnp.where(taken, jnp.searchsorted(rank, q, side="right", method="scan"), 0)
         block, rest = jnp.divmod(flat, n * n_sub)
         row, sub_block = jnp.divmod(rest, n_sub)
         ids = first_sub[block] + sub_block
@@ -302,12 +306,12 @@ def _scan_references(x, protected, mask, radius, chunk_size):
             count.at[row].add(jnp.sum(inside, axis=1, dtype=jnp.int32)),
             low.at[row].min(jnp.min(jnp.where(ok, d2, jnp.inf), axis=1)),
         )
-        return j + 1, flat[-1] + 1, carry
+        return j + 1, carry
 
     rounds = -(-n_candidates // per_round)
     zero = (jnp.zeros_like(x), jnp.zeros((n,), jnp.int32), jnp.full((n,), jnp.inf, x.dtype))
-    _, _, (delta, count, low) = jax.lax.while_loop(
-        lambda state: state[0] < rounds, candidate_round, (0, 0, zero)
+    _, (delta, count, low) = jax.lax.while_loop(
+        lambda state: state[0] < rounds, candidate_round, (0, zero)
     )
     return delta, count, jnp.minimum(min_d2, low)
 
