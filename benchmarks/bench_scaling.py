@@ -23,12 +23,21 @@ The default sizes run on a CPU in a few minutes; ``--large`` adds the sizes mean
 for several GPUs, where the sharded rows split the work): Sinkhorn online to 10^6 points, SMC to
 10^6 particles, SPELL to 10^7 protected points. Results go to ``benchmarks/results/scaling.json``.
 
-Usage: ``python benchmarks/bench_scaling.py [--large] [--repeats 3]``.
+With ``--update``, only the workloads given by ``--workloads`` are run: their rows and fits
+replace theirs in the existing results file, the other workloads' rows stay, and the file's
+``settings.updated`` records, per workload, the date, machine and settings of the run its rows
+come from (the file's own date and machine stay those of the other rows).
+
+Usage: ``python benchmarks/bench_scaling.py [--large] [--repeats 3]
+[--workloads spell --update]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import _record
@@ -179,6 +188,8 @@ def main() -> None:
         parser.add_argument(f"--{name.replace('_', '-')}-sizes", type=int, nargs="+",
                             help=f"replace the default sizes of {name}")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--update", action="store_true",
+                        help="replace only these workloads' rows in the existing file")  # fmt: skip
     args = parser.parse_args()
     sizes = {k: v + (LARGE[k] if args.large else []) for k, v in SMALL.items()}
     for name in SMALL:
@@ -203,11 +214,25 @@ def main() -> None:
                          n_min=min(ns), n_max=max(ns)))  # fmt: skip
         print(f"{workload:9s} {variant:8s} time ~ n^{fits[-1]['exponent']:.2f} "
               f"(n = {min(ns)} to {max(ns)})")  # fmt: skip
-    _record.write(
-        args.output, "scaling",
-        {k: v for k, v in vars(args).items() if k != "output"} | {"n_devices": jax.device_count()},
-        {"rows": rows, "fits": fits},
-    )  # fmt: skip
+    settings = {k: v for k, v in vars(args).items() if k not in ("output", "update")}
+    settings["n_devices"] = jax.device_count()
+    output = args.output  # where _record.write puts it ($OTDIFF_BENCH_RESULTS may move it)
+    if os.environ.get(_record.RESULTS_DIR_VAR):
+        output = Path(os.environ[_record.RESULTS_DIR_VAR]) / args.output.name
+    old = json.loads(output.read_text()) if args.update and output.is_file() else None
+    if old:  # keep the other workloads' rows, and the file's date, machine and settings
+        date = datetime.now(UTC).isoformat(timespec="seconds")
+        run = settings | {"date": date, "machine": _record.machine()}
+        updated = old["settings"].get("updated", {})
+        updated |= {workload: run for workload in args.workloads}
+        settings = old["settings"] | {"updated": updated}
+        rows = [r for r in old["results"]["rows"] if r["workload"] not in args.workloads] + rows
+        fits = [f for f in old["results"]["fits"] if f["workload"] not in args.workloads] + fits
+    _record.write(args.output, "scaling", settings, {"rows": rows, "fits": fits})
+    if old:  # the file's date and machine stay those of its other rows
+        record = json.loads(output.read_text())
+        record["date"], record["machine"] = old["date"], old["machine"]
+        output.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
