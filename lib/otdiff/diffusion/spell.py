@@ -404,8 +404,10 @@ def repellency(
         radius: the shield radius ``r >= 0`` (dynamic).
         protected_mask: optional ``(K,)`` booleans; ``False`` rows are ignored (a bank being
             filled).
-        chunk_size: references per block (static); ``None`` processes all ``K`` at once. Memory is
-            ``O(n * chunk_size * d)`` at most, whatever ``K``.
+        chunk_size: references per block (static); ``None`` processes all ``K`` at once. The
+            screen's products take ``O(n * chunk_size)`` memory whatever ``K``; its record takes
+            five bytes (a bit stored as a byte and a 32-bit running count) per row and sub-block
+            of ``_SUB`` references, ``O(n * K / _SUB)``.
         mesh: ``None`` (one device), or a ``jax.sharding.Mesh`` with a ``"data"`` axis
             (:func:`otdiff.train.data_parallel_mesh`): the protected set (and its mask) is split
             across the devices (``NamedSharding(mesh, P("data"))``), each scans its part in
