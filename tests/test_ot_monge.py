@@ -47,6 +47,38 @@ def test_mahalanobis_legendre_closed_form_against_numerical_sup():
     np.testing.assert_allclose(jax.grad(cost.h)(cost.grad_h_legendre(v)), v, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("p", [4.0 / 3.0, 3.0])
+def test_power_cost_legendre_closed_form_against_numerical_sup(x64, p):
+    from scipy.optimize import minimize
+
+    matrix = _spd(jax.random.PRNGKey(config.seed(30)), 2)
+    cost = tc.PowerCost.create(matrix, p)
+    v = jax.random.normal(jax.random.PRNGKey(config.seed(31)), (2,), dtype=jnp.float64)
+    # sup_z <z, v> - h(z) by scipy, independent of the closed form
+    found = minimize(lambda z: float(cost.h(jnp.asarray(z)) - jnp.asarray(z) @ v), np.zeros(2),
+                     method="Nelder-Mead", options=dict(xatol=1e-12, fatol=1e-14, maxiter=20000))  # fmt: skip
+    np.testing.assert_allclose(cost.h_legendre(v), -found.fun, rtol=1e-7)
+    np.testing.assert_allclose(cost.grad_h_legendre(v), found.x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jax.grad(cost.h)(cost.grad_h_legendre(v)), v, rtol=1e-10)
+    np.testing.assert_allclose(jax.grad(cost.h_legendre)(v), cost.grad_h_legendre(v), rtol=1e-10)
+    for fn in (cost.h, cost.h_legendre, cost.grad_h_legendre, jax.grad(cost.h)):  # finite at 0
+        assert bool(jnp.all(jnp.isfinite(fn(jnp.zeros(2)))))
+    half_mahalanobis = tc.PowerCost(matrix, 2.0)  # p = 2: z^T Q z / 2
+    z = jnp.array([0.3, -1.1])
+    np.testing.assert_allclose(half_mahalanobis.h(z), 0.5 * z @ matrix @ z, rtol=1e-12)
+
+
+def test_power_cost_rejects_bad_input():
+    with pytest.raises(ValueError, match="p must be > 1"):
+        tc.PowerCost.create(jnp.eye(2), 1.0)
+    with pytest.raises(ValueError, match="matrix must be symmetric positive definite"):
+        tc.PowerCost.create(-jnp.eye(2), 1.5)
+    with pytest.raises(ValueError, match="matrix must be a square"):
+        tc.PowerCost.create(jnp.ones((2, 3)), 1.5)
+    with pytest.raises(ValueError, match="p"):
+        tc.PowerCost.create(jnp.eye(2), float("nan"))
+
+
 def test_neural_cost_conjugate_inverts_the_gradient_and_is_convex():
     cost = tc.NeuralCost.create(jax.random.PRNGKey(config.seed(2)), 2, (16, 16))
     v = jax.random.normal(jax.random.PRNGKey(config.seed(3)), (8, 2))
