@@ -315,3 +315,29 @@ def test_neural_cost_implicit_gradient_of_the_pair_loss_matches_finite_differenc
     # measured: relative gap 3e-5 at step 1e-4 (8e-5 at 1e-3, 5e-5 at 1e-5): the finite
     # difference's own noise, set by BFGS's residual |grad h(z*) - v| ~ 1e-9 in float64
     np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
+
+
+def test_tuned_map_error_picks_the_fraction_its_pairs_prefer():
+    # the returned error is the held-out error of a direct solve at the chosen fraction, and
+    # that fraction minimises the pairs' error over the grid
+    problem = data.power_problem(jax.random.key(config.seed(40)), 80, 10, n_test=20)
+    cost = tc.PowerCost(problem.matrix, float(problem.p))
+    pairs = (problem.x[:10], problem.y[:10])
+    fractions = (0.003, 0.03, 0.3)
+    error, fraction, pair_errors = monge.tuned_map_error(
+        cost, problem.x, problem.y, *pairs, problem.x_test, problem.y_test, fractions
+    )
+    assert pair_errors.shape == (3,) and float(fraction) == fractions[int(jnp.argmin(pair_errors))]
+    eps = sinkhorn.relative_epsilon(problem.x, problem.y, float(fraction), cost)
+    out = sinkhorn.solve(problem.x, problem.y, eps, cost_fn=cost, max_iterations=5000)
+    direct = monge.map_error(
+        monge.monge_map(problem.x_test, problem.y, out.g, eps, cost), problem.y_test
+    )
+    np.testing.assert_allclose(error, direct, rtol=1e-4)
+    assert float(pair_errors[-1]) > float(jnp.min(pair_errors))  # the grid matters here
+    with pytest.raises(ValueError, match="x_test and y_test must have the same shape"):
+        monge.tuned_map_error(
+            cost, problem.x, problem.y, *pairs, problem.x_test, problem.y_test[:5]
+        )
+    with pytest.raises(ValueError, match="fractions"):
+        monge.tuned_map_error(cost, problem.x, problem.y, *pairs, *pairs, (0.01, -1.0))
