@@ -47,6 +47,38 @@ def test_mahalanobis_legendre_closed_form_against_numerical_sup():
     np.testing.assert_allclose(jax.grad(cost.h)(cost.grad_h_legendre(v)), v, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("p", [4.0 / 3.0, 3.0])
+def test_power_cost_legendre_closed_form_against_numerical_sup(x64, p):
+    from scipy.optimize import minimize
+
+    matrix = _spd(jax.random.PRNGKey(config.seed(30)), 2)
+    cost = tc.PowerCost.create(matrix, p)
+    v = jax.random.normal(jax.random.PRNGKey(config.seed(31)), (2,), dtype=jnp.float64)
+    # sup_z <z, v> - h(z) by scipy, independent of the closed form
+    found = minimize(lambda z: float(cost.h(jnp.asarray(z)) - jnp.asarray(z) @ v), np.zeros(2),
+                     method="Nelder-Mead", options=dict(xatol=1e-12, fatol=1e-14, maxiter=20000))  # fmt: skip
+    np.testing.assert_allclose(cost.h_legendre(v), -found.fun, rtol=1e-7)
+    np.testing.assert_allclose(cost.grad_h_legendre(v), found.x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jax.grad(cost.h)(cost.grad_h_legendre(v)), v, rtol=1e-10)
+    np.testing.assert_allclose(jax.grad(cost.h_legendre)(v), cost.grad_h_legendre(v), rtol=1e-10)
+    for fn in (cost.h, cost.h_legendre, cost.grad_h_legendre, jax.grad(cost.h)):  # finite at 0
+        assert bool(jnp.all(jnp.isfinite(fn(jnp.zeros(2)))))
+    half_mahalanobis = tc.PowerCost(matrix, 2.0)  # p = 2: z^T Q z / 2
+    z = jnp.array([0.3, -1.1])
+    np.testing.assert_allclose(half_mahalanobis.h(z), 0.5 * z @ matrix @ z, rtol=1e-12)
+
+
+def test_power_cost_rejects_bad_input():
+    with pytest.raises(ValueError, match="p must be > 1"):
+        tc.PowerCost.create(jnp.eye(2), 1.0)
+    with pytest.raises(ValueError, match="matrix must be symmetric positive definite"):
+        tc.PowerCost.create(-jnp.eye(2), 1.5)
+    with pytest.raises(ValueError, match="matrix must be a square"):
+        tc.PowerCost.create(jnp.ones((2, 3)), 1.5)
+    with pytest.raises(ValueError, match="p"):
+        tc.PowerCost.create(jnp.eye(2), float("nan"))
+
+
 def test_neural_cost_conjugate_inverts_the_gradient_and_is_convex():
     cost = tc.NeuralCost.create(jax.random.PRNGKey(config.seed(2)), 2, (16, 16))
     v = jax.random.normal(jax.random.PRNGKey(config.seed(3)), (8, 2))
@@ -283,3 +315,29 @@ def test_neural_cost_implicit_gradient_of_the_pair_loss_matches_finite_differenc
     # measured: relative gap 3e-5 at step 1e-4 (8e-5 at 1e-3, 5e-5 at 1e-5): the finite
     # difference's own noise, set by BFGS's residual |grad h(z*) - v| ~ 1e-9 in float64
     np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
+
+
+def test_tuned_map_error_picks_the_fraction_its_pairs_prefer():
+    # the returned error is the held-out error of a direct solve at the chosen fraction, and
+    # that fraction minimises the pairs' error over the grid
+    problem = data.power_problem(jax.random.key(config.seed(40)), 80, 10, n_test=20)
+    cost = tc.PowerCost(problem.matrix, float(problem.p))
+    pairs = (problem.x[:10], problem.y[:10])
+    fractions = (0.003, 0.03, 0.3)
+    error, fraction, pair_errors = monge.tuned_map_error(
+        cost, problem.x, problem.y, *pairs, problem.x_test, problem.y_test, fractions
+    )
+    assert pair_errors.shape == (3,) and float(fraction) == fractions[int(jnp.argmin(pair_errors))]
+    eps = sinkhorn.relative_epsilon(problem.x, problem.y, float(fraction), cost)
+    out = sinkhorn.solve(problem.x, problem.y, eps, cost_fn=cost, max_iterations=5000)
+    direct = monge.map_error(
+        monge.monge_map(problem.x_test, problem.y, out.g, eps, cost), problem.y_test
+    )
+    np.testing.assert_allclose(error, direct, rtol=1e-4)
+    assert float(pair_errors[-1]) > float(jnp.min(pair_errors))  # the grid matters here
+    with pytest.raises(ValueError, match="x_test and y_test must have the same shape"):
+        monge.tuned_map_error(
+            cost, problem.x, problem.y, *pairs, problem.x_test, problem.y_test[:5]
+        )
+    with pytest.raises(ValueError, match="fractions"):
+        monge.tuned_map_error(cost, problem.x, problem.y, *pairs, *pairs, (0.01, -1.0))

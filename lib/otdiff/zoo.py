@@ -656,6 +656,7 @@ SHIPPED: dict[str, Callable[[], Any]] = {
     "digits_unet": lambda: load("digits_unet", seed=0),
     "m3g": lambda: _chapter("otdiff.ot.m3g", "chapter_encoders"),
     "monge": lambda: _chapter("otdiff.ot.monge", "chapter_costs"),
+    "monge_neural": lambda: _chapter("otdiff.ot.monge", "chapter_neural_costs"),
     "rdsb": lambda: _chapter("otdiff.manifolds.bridge", "chapter_bridges"),
     "slots": lambda: chapter_slots_models(scale="demo"),
     "canvas": lambda: chapter_canvas_model(scale="demo"),

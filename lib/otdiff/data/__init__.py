@@ -4,7 +4,7 @@
 - :mod:`otdiff.data.toy2d`: two moons and a checkerboard, with exact noised densities.
 - :mod:`otdiff.data.digits`: scikit-learn's 8x8 digits in ``[-1, 1]``, with labels.
 - :mod:`otdiff.data.transport`: point clouds to match, and transport maps known in closed
-  form (for the squared Euclidean cost and for a Mahalanobis cost).
+  form (for the squared Euclidean cost, a Mahalanobis cost and a power of one).
 - :mod:`otdiff.data.earth`: world cities weighted by population and a land mask, on the sphere.
 - :mod:`otdiff.data.slots`: objects in slots, factorized conditionals with exact noised scores,
   seen through a linear feature map.
@@ -41,7 +41,9 @@ from otdiff.data.slots import (
 )
 from otdiff.data.toy2d import Checkerboard, checkerboard, two_moons
 from otdiff.data.transport import (
+    POWER_POTENTIAL,
     CostMapProblem,
+    PowerCostProblem,
     gaussian_clouds,
     known_map,
     known_map_problem,
@@ -49,6 +51,8 @@ from otdiff.data.transport import (
     mahalanobis_matrix,
     mahalanobis_problem,
     mixture_clouds,
+    power_inverse_map,
+    power_problem,
 )
 
 __all__ = [
@@ -73,6 +77,10 @@ __all__ = [
     "mahalanobis_matrix",
     "mahalanobis_map",
     "mahalanobis_problem",
+    "PowerCostProblem",
+    "POWER_POTENTIAL",
+    "power_inverse_map",
+    "power_problem",
     "EarthData",
     "LandMask",
     "load_cities",

@@ -2,7 +2,9 @@ r"""Transport test problems: point clouds to match, and a transport map known in
 
 - :func:`gaussian_clouds`, :func:`mixture_clouds`: two clouds to match, Gaussian or clustered;
 - :func:`known_map`, :func:`known_map_problem`: samples whose optimal map for the squared
-  Euclidean cost is known exactly, so that a map estimator's error can be measured.
+  Euclidean cost is known exactly, so that a map estimator's error can be measured;
+- :func:`mahalanobis_problem`, :func:`power_problem`: the same for a Mahalanobis cost and for
+  a power of a Mahalanobis norm (a cost that is not quadratic).
 
 Every sampler takes the PRNG key first; sizes are shapes, hence static.
 
@@ -28,6 +30,10 @@ __all__ = [
     "mahalanobis_matrix",
     "mahalanobis_map",
     "mahalanobis_problem",
+    "PowerCostProblem",
+    "POWER_POTENTIAL",
+    "power_inverse_map",
+    "power_problem",
 ]
 
 
@@ -265,3 +271,153 @@ def _mahalanobis_problem(key, matrix, n, n_pairs, n_test):
     y = mahalanobis_map(jnp.concatenate([x[:n_pairs], x_other[n_pairs:]]), matrix)
     x_test = jax.random.normal(kt, (n_test, 2))
     return CostMapProblem(x, y, x_test, mahalanobis_map(x_test, matrix), matrix)
+
+
+# --------------------------------------------------------------------------------------------
+# A known map for a cost that is not quadratic
+# --------------------------------------------------------------------------------------------
+
+
+class PowerCostProblem(NamedTuple):
+    r"""Samples of a map optimal for a power of a Mahalanobis norm (what :func:`power_problem` returns).
+
+    Attributes:
+        x: source points, shape ``(n, d)``; the first ``n_pairs`` are labelled.
+        y: target points, shape ``(n, d)``; ``y[:n_pairs]`` are the images of ``x[:n_pairs]``,
+            the rest are images of *independent* source points (their pairing is not given).
+        x_test: fresh source points, shape ``(n_test, d)``.
+        y_test: their exact images, shape ``(n_test, d)``.
+        matrix: the true cost's matrix :math:`Q`, shape ``(d, d)``.
+        potential: the matrix :math:`B` of the target potential, shape ``(d, d)``.
+        p: the true cost's exponent, a scalar array.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    matrix: jax.Array
+    potential: jax.Array
+    p: jax.Array
+
+
+#: The default target potential's matrix :math:`B` of :func:`power_problem`.
+POWER_POTENTIAL = ((2.0, 0.0), (0.0, 0.4))
+
+
+def power_inverse_map(y: Any, matrix: Any, potential: Any, p: Any = 4.0 / 3.0) -> jax.Array:
+    r"""The inverse of a map optimal for :math:`h(z) = \tfrac1p (z^\top Q z)^{p/2}`, in closed form.
+
+    Take the concave target potential :math:`g(y) = -\tfrac12 y^\top B y` (:math:`B`
+    symmetric positive semi-definite) and its :math:`c`-transform
+    :math:`f(x) = \min_y h(x - y) - g(y)`, :math:`c`-concave by construction. The minimised
+    function is strictly convex in :math:`y`, so it has one minimiser :math:`T(x)`, where
+    :math:`\nabla h(x - y) = By`, i.e. :math:`x = y + \nabla h^*(By)`:
+
+    .. math::
+
+        T^{-1}(y) = y + \nabla h^*(By) = y + (y^\top B Q^{-1} B y)^{q/2 - 1}\,Q^{-1}By,
+        \qquad q = \frac{p}{p - 1}.
+
+    Since :math:`f(x) + g(y) \le h(x - y)` everywhere, with equality at :math:`y = T(x)`,
+    the coupling :math:`(\mathrm{id}, T)_\sharp\mu` is optimal for the cost :math:`h` from any
+    source law :math:`\mu` to :math:`T_\sharp\mu` (Kantorovich duality; this is the
+    Gangbo--McCann map :math:`T(x) = x - \nabla h^*(\nabla f(x))` :cite:`gangbo1996geometry`).
+    For :math:`p \ne 2` its Jacobian is not symmetric, so :math:`T` is not the gradient of a
+    convex function: it is not the squared Euclidean (Brenier) map between the same laws.
+    Pure and jit-able.
+
+    Args:
+        y: target points, shape ``(..., d)``.
+        matrix: :math:`Q`, symmetric positive definite, shape ``(d, d)``.
+        potential: :math:`B`, symmetric positive semi-definite, shape ``(d, d)``.
+        p: the exponent, > 1.
+
+    Returns:
+        :math:`T^{-1}(y)`, the shape of ``y``.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    y, matrix = jnp.asarray(y), jnp.asarray(matrix, dtype=jnp.asarray(y).dtype)
+    potential = jnp.asarray(potential, dtype=y.dtype)
+    q = p / (p - 1.0)
+    v = y @ potential  # B y (B symmetric)
+    w = v @ jnp.linalg.inv(matrix)  # Q^{-1} B y (Q symmetric)
+    s = jnp.sum(v * w, axis=-1, keepdims=True)
+    positive = s > 0
+    scale = jnp.where(positive, jnp.where(positive, s, 1.0) ** (0.5 * q - 1.0), 0.0)
+    return y + scale * w
+
+
+def power_problem(
+    key: jax.Array,
+    n: int,
+    n_pairs: int,
+    n_test: int = 500,
+    p: float = 4.0 / 3.0,
+    matrix: Any = None,
+    potential: Any = None,
+) -> PowerCostProblem:
+    r"""Map estimation with a known map for a known cost that is not quadratic (sizes static).
+
+    The target is :math:`y \sim \mathcal N(0, I_2)` and the source its image by
+    :func:`power_inverse_map`, so that the optimal map for :math:`h(z) = \tfrac1p(z^\top Q
+    z)^{p/2}` from the source to the target is known exactly at every sampled point: ``n``
+    source and ``n`` target points, of which the first ``n_pairs`` are labelled pairs, the
+    others images of an independent sample; and ``n_test`` fresh pairs to measure errors on.
+
+    Defaults: :math:`p = 4/3` (:math:`q = 4`: :math:`\nabla h^*` is cubic), :math:`Q` =
+    :func:`mahalanobis_matrix` (:math:`R\,\mathrm{diag}(1, 9)R^\top`) and :math:`B` =
+    :data:`POWER_POTENTIAL` (:math:`\mathrm{diag}(2, 0.4)`): displacements that grow with the
+    cube of :math:`By`, so that neither the squared Euclidean cost nor a Mahalanobis one gives
+    the map.
+
+    Args:
+        key: a JAX PRNG key.
+        n: points per cloud, an int >= 2 (static).
+        n_pairs: labelled pairs, an int in ``[0, n]`` (static).
+        n_test: fresh pairs, an int >= 1 (static).
+        p: the cost's exponent, a finite number > 1.
+        matrix: :math:`Q`, symmetric positive definite, ``(2, 2)``.
+        potential: :math:`B`, symmetric positive semi-definite, ``(2, 2)``.
+
+    Returns:
+        A :class:`PowerCostProblem`.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    n = check_int(n, "n", low=2)
+    n_pairs = check_int(n_pairs, "n_pairs", low=0, high=n)
+    n_test = check_int(n_test, "n_test", low=1)
+    p = float(check_finite(jnp.asarray(p, dtype=float), "p"))
+    if not p > 1.0:
+        raise ValueError(f"p must be > 1 (a strictly convex, superlinear cost), got {p}.")
+    matrix = mahalanobis_matrix() if matrix is None else jnp.asarray(matrix, dtype=float)
+    potential = jnp.asarray(POWER_POTENTIAL if potential is None else potential, dtype=float)
+    for value, name, strict in ((matrix, "matrix", True), (potential, "potential", False)):
+        if value.shape != (2, 2):
+            raise ValueError(f"{name} must have shape (2, 2), got {value.shape}.")
+        check_finite(value, name)
+        eigenvalues = jnp.linalg.eigvalsh(0.5 * (value + value.T))
+        low = float(jnp.min(eigenvalues))
+        if (
+            not bool(jnp.allclose(value, value.T, rtol=1e-5, atol=1e-6))
+            or low < 0
+            or (strict and low <= 0)
+        ):
+            kind = "positive definite" if strict else "positive semi-definite"
+            raise ValueError(f"{name} must be symmetric {kind}.")
+    return _power_problem(check_key(key), matrix, potential, jnp.asarray(p), n, n_pairs, n_test)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "n_pairs", "n_test"))
+def _power_problem(key, matrix, potential, p, n, n_pairs, n_test):
+    ky, ko, kt = jax.random.split(key, 3)
+    y = jax.random.normal(ky, (n, 2))
+    y_other = jax.random.normal(ko, (n, 2))
+    x = power_inverse_map(jnp.concatenate([y[:n_pairs], y_other[n_pairs:]]), matrix, potential, p)
+    y_test = jax.random.normal(kt, (n_test, 2))
+    x_test = power_inverse_map(y_test, matrix, potential, p)
+    return PowerCostProblem(x, y, x_test, y_test, matrix, potential, p)

@@ -5,6 +5,9 @@ Two families, both registered JAX pytrees whose parameters are the pytree's chil
 
 - :class:`Mahalanobis`: :math:`h(z) = \tfrac12 z^\top M z` with :math:`M = LL^\top + \alpha I`,
   whose Legendre transform is closed-form, :math:`h^*(v) = \tfrac12 v^\top M^{-1} v`;
+- :class:`PowerCost`: :math:`h(z) = \tfrac1p (z^\top Q z)^{p/2}`, a fixed cost that is not
+  quadratic for :math:`p \ne 2`, with the closed-form :math:`h^*(v) = \tfrac1q (v^\top Q^{-1}
+  v)^{q/2}`, :math:`1/p + 1/q = 1` (the true cost of :func:`otdiff.data.power_problem`);
 - :class:`NeuralCost`: :math:`h_\theta(z) = \tfrac12\big(\mathrm{ICNN}_\theta(z) +
   \mathrm{ICNN}_\theta(-z)\big) + \tfrac\alpha2\|z\|^2`, a symmetric, :math:`\alpha`-strongly convex
   function built on an input-convex network :class:`ICNN` :cite:`amos2017input`, as in
@@ -30,7 +33,14 @@ from ott.geometry import costs
 
 from otdiff import _checks
 
-__all__ = ["Mahalanobis", "ICNN", "NeuralCost", "grad_h_legendre", "cosine_similarity"]
+__all__ = [
+    "Mahalanobis",
+    "PowerCost",
+    "ICNN",
+    "NeuralCost",
+    "grad_h_legendre",
+    "cosine_similarity",
+]
 
 
 def _check_alpha(alpha: Any) -> float:
@@ -137,6 +147,95 @@ class Mahalanobis(costs.TICost):
 
     def tree_flatten(self):  # noqa: D102
         return (self.factor,), (self.alpha,)
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, children):  # noqa: D102
+        return cls(children[0], *aux_data)
+
+
+# --------------------------------------------------------------------------------------------
+# A power of a Mahalanobis norm
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_power(s: jax.Array, power: float) -> jax.Array:
+    r""":math:`s^{\text{power}}` for :math:`s \ge 0`, set to 0 at :math:`s = 0` with finite gradients there."""
+    positive = s > 0
+    return jnp.where(positive, jnp.where(positive, s, 1.0) ** power, 0.0)
+
+
+@jax.tree_util.register_pytree_node_class
+class PowerCost(costs.TICost):
+    r"""The cost :math:`h(z) = \tfrac1p\,(z^\top Q z)^{p/2}`, a power :math:`p > 1` of a Mahalanobis norm.
+
+    For :math:`p > 1` and :math:`Q` symmetric positive definite, :math:`h` is strictly convex
+    and superlinear, so the twist condition holds. With :math:`q = p / (p - 1)` its Legendre
+    transform is closed-form (:math:`h = \phi(\|Q^{1/2}z\|)` with :math:`\phi(r) = r^p/p`,
+    whose conjugate is :math:`r^q/q`):
+
+    .. math::
+
+        \nabla h(z) = (z^\top Q z)^{p/2 - 1} Q z, \qquad
+        h^*(v) = \tfrac1q\,(v^\top Q^{-1} v)^{q/2}, \qquad
+        \nabla h^*(v) = (v^\top Q^{-1} v)^{q/2 - 1} Q^{-1} v.
+
+    :math:`p = 2` gives the Mahalanobis cost :math:`\tfrac12 z^\top Q z`; for :math:`p \ne 2`
+    the cost is not quadratic, and no Mahalanobis cost has its optimal maps. It is the true cost
+    of :func:`otdiff.data.power_problem`. :math:`Q` is the pytree's child, :math:`p` static
+    (aux data); values and gradients at :math:`z = 0` are their limits (0).
+
+    Args:
+        matrix: :math:`Q`, symmetric positive definite, shape ``(d, d)``.
+        p: the exponent, a finite number > 1 (static).
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+
+    def __init__(self, matrix: Any, p: float = 4.0 / 3.0):
+        super().__init__()
+        self.matrix = matrix
+        self.p = p
+
+    @classmethod
+    def create(cls, matrix: Any, p: float = 4.0 / 3.0) -> PowerCost:
+        """A checked constructor: ``matrix`` symmetric positive definite, ``p`` a finite number > 1."""
+        matrix = _checks.check_finite(jnp.asarray(matrix, dtype=float), "matrix")
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 1:
+            raise ValueError(f"matrix must be a square (d, d) matrix, got shape {matrix.shape}.")
+        symmetric = bool(jnp.allclose(matrix, matrix.T, rtol=1e-5, atol=1e-6))
+        if not symmetric or not bool(jnp.all(jnp.linalg.eigvalsh(matrix) > 0)):
+            raise ValueError("matrix must be symmetric positive definite.")
+        p = float(_checks.check_finite(jnp.asarray(p, dtype=float), "p"))
+        if not p > 1.0:
+            raise ValueError(f"p must be > 1 (a strictly convex, superlinear cost), got {p}.")
+        return cls(matrix, p)
+
+    @property
+    def q(self) -> float:
+        r"""The conjugate exponent :math:`q = p / (p - 1)`."""
+        return self.p / (self.p - 1.0)
+
+    def h(self, z: jax.Array) -> jax.Array:
+        r""":math:`h(z) = \tfrac1p (z^\top Q z)^{p/2}`."""
+        return _safe_power(z @ (self.matrix @ z), 0.5 * self.p) / self.p
+
+    def h_legendre(self, v: jax.Array) -> jax.Array:
+        r""":math:`h^*(v) = \tfrac1q (v^\top Q^{-1} v)^{q/2}`."""
+        return _safe_power(v @ jnp.linalg.solve(self.matrix, v), 0.5 * self.q) / self.q
+
+    def grad_h_legendre(self, v: jax.Array) -> jax.Array:
+        r""":math:`\nabla h^*(v) = (v^\top Q^{-1} v)^{q/2 - 1} Q^{-1} v` (the inverse of :math:`\nabla h`)."""
+        w = jnp.linalg.solve(self.matrix, v)
+        return _safe_power(v @ w, 0.5 * self.q - 1.0) * w
+
+    def twist_operator(self, vec: jax.Array, dual_vec: jax.Array, variable: bool) -> jax.Array:
+        """ott-jax's twist: ``vec - grad_h_legendre(dual_vec)`` (``h`` is even, both variables)."""
+        if variable:
+            return vec + self.grad_h_legendre(-dual_vec)
+        return vec - self.grad_h_legendre(dual_vec)
+
+    def tree_flatten(self):  # noqa: D102
+        return (self.matrix,), (self.p,)
 
     @classmethod
     def tree_unflatten(cls, aux_data, children):  # noqa: D102

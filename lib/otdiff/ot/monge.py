@@ -32,7 +32,7 @@ softmax weights and through :math:`\nabla h^*` (closed form, or the implicit fun
 the argmin of a convex problem, :mod:`otdiff.ot.costs`).
 
 Public: :func:`monge_map`, :func:`inverse_monge_map` (checked) and their ``*_core``,
-:func:`pair_loss`, :class:`CostFitState`, :func:`fit_cost_init`, :func:`fit_cost_step`,
+:func:`tuned_map_error`, :func:`pair_loss`, :class:`CostFitState`, :func:`fit_cost_init`, :func:`fit_cost_step`,
 :func:`fit_cost_core`, :func:`fit_cost`, :func:`map_error`.
 
 Taught in: book/ot/04_monge.ipynb.
@@ -61,6 +61,7 @@ __all__ = [
     "inverse_monge_map",
     "inverse_monge_map_core",
     "map_error",
+    "tuned_map_error",
     "PairLossInfo",
     "pair_loss",
     "CostFitState",
@@ -72,6 +73,9 @@ __all__ = [
     "ChapterCosts",
     "chapter_settings",
     "chapter_costs",
+    "ChapterNeuralCosts",
+    "neural_settings",
+    "chapter_neural_costs",
 ]
 
 #: How gradients pass through Sinkhorn in :func:`pair_loss`: ``"implicit"`` (ott-jax's implicit
@@ -217,6 +221,94 @@ def map_error(mapped: Any, target: Any) -> jax.Array:
             f"mapped and target must have the same shape, got {mapped.shape} and {target.shape}."
         )
     return jnp.mean(jnp.sum((mapped - target) ** 2, axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=("max_iterations",))
+def _errors_at(cost_fn, x, y, x_eval, y_eval, fraction, threshold, max_iterations):
+    n, m = x.shape[0], y.shape[0]
+    a, b = jnp.full(n, 1.0 / n, x.dtype), jnp.full(m, 1.0 / m, x.dtype)
+    epsilon = fraction * jnp.mean(cost_fn.all_pairs(x, y))
+    out = sinkhorn.solve_core(
+        x, y, a, b, epsilon, threshold, cost_fn=cost_fn, max_iterations=max_iterations
+    )
+    return jnp.stack(
+        [
+            map_error(monge_map_core(z, y, out.g, epsilon, cost_fn), w)
+            for z, w in zip(x_eval, y_eval, strict=True)
+        ]
+    )
+
+
+def tuned_map_error(
+    cost_fn: costs.TICost,
+    x: Any,
+    y: Any,
+    x_pairs: Any,
+    y_pairs: Any,
+    x_test: Any,
+    y_test: Any,
+    fractions: tuple = (0.001, 0.003, 0.01, 0.03),
+    threshold: float = 1e-3,
+    max_iterations: int = 5000,
+) -> tuple[jax.Array, float, jax.Array]:
+    r"""The held-out error of a cost's entropic map at the :math:`\varepsilon` its labelled pairs choose.
+
+    For each relative :math:`\varepsilon` in ``fractions`` (times the mean cost), a Sinkhorn
+    solve between ``x`` and ``y`` and the map :func:`monge_map_core`; the chosen
+    :math:`\varepsilon` is the one whose map best fits the labelled pairs, and the returned error
+    is that map's on the held-out pairs. Every cost compared this way gets the same information
+    (the pairs) and its own best regularisation, so a gain cannot come from
+    :math:`\varepsilon` alone. One compiled program per cost type (:math:`\varepsilon` dynamic).
+
+    Args:
+        cost_fn: a ``TICost`` with ``grad_h_legendre`` or ``h_legendre``.
+        x, y: the clouds of the solve, shapes ``(n, d)``, ``(m, d)``.
+        x_pairs, y_pairs: the labelled pairs, shape ``(k, d)`` each.
+        x_test, y_test: held-out pairs, shape ``(k', d)`` each.
+        fractions: the relative :math:`\varepsilon` tried, each > 0.
+        threshold: Sinkhorn's tolerance, > 0.
+        max_iterations: Sinkhorn's cap (static; a multiple of 10).
+
+    Returns:
+        ``(error, fraction, pair_errors)``: the held-out error at the chosen fraction, that
+        fraction (a float), and the pairs' error at every fraction (shape ``(len(fractions),)``).
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    x, y = _checks.check_points(x, "x", min_points=2), _checks.check_points(y, "y", min_points=2)
+    names = ("x_pairs", "y_pairs", "x_test", "y_test")
+    arrays = [
+        _checks.check_points(v, name)
+        for v, name in zip((x_pairs, y_pairs, x_test, y_test), names, strict=True)
+    ]
+    for first, second in ((0, 1), (2, 3)):
+        if arrays[first].shape != arrays[second].shape:
+            raise ValueError(
+                f"{names[first]} and {names[second]} must have the same shape, got "
+                f"{arrays[first].shape} and {arrays[second].shape}."
+            )
+    for fraction in fractions:
+        _checks.check_positive(fraction, "fractions")
+    _checks.check_positive(threshold, "threshold")
+    max_iterations, _ = _checks.check_iterations(max_iterations, 10)
+    dtype = x.dtype
+    errors = jnp.stack(
+        [
+            _errors_at(
+                cost_fn,
+                x,
+                y.astype(dtype),
+                (arrays[0], arrays[2]),
+                (arrays[1], arrays[3]),
+                jnp.asarray(f, dtype),
+                jnp.asarray(threshold, dtype),
+                max_iterations,
+            )  # fmt: skip
+            for f in fractions
+        ]
+    )
+    best = int(jnp.argmin(errors[:, 0]))
+    return errors[best, 1], float(fractions[best]), errors[:, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,5 +846,170 @@ def chapter_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterC
         settings,
         list(seeds),
         jnp.stack([jnp.asarray(t["factor"]) for t in trees]),
+        jnp.stack([jnp.asarray(t["loss"]) for t in trees]),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The chapter's neural costs, on a problem whose true cost is not quadratic
+# --------------------------------------------------------------------------------------------
+
+
+class ChapterNeuralCosts(NamedTuple):
+    """The neural and Mahalanobis costs learned on :func:`otdiff.data.power_problem` (:func:`chapter_neural_costs`).
+
+    Attributes:
+        settings: the sizes and hyperparameters (a dict, see :func:`neural_settings`).
+        seeds: the problems' seeds (``jax.random.key(seed)`` draws each problem).
+        starts: the untrained neural costs, one per seed (each learning run's start).
+        neural: the learned :class:`~otdiff.ot.costs.NeuralCost`, one per seed.
+        mahalanobis: the learned :class:`~otdiff.ot.costs.Mahalanobis` costs (the quadratic
+            baseline), one per seed.
+        losses: the neural costs' training losses, shape ``(n_seeds, n_steps)``.
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+
+    settings: dict
+    seeds: list
+    starts: list
+    neural: list
+    mahalanobis: list
+    losses: jax.Array
+
+
+def neural_settings(scale: str | None = None) -> dict:
+    """The sizes of the chapter's neural-cost experiment under a preset (``demo`` or ``full``).
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    from otdiff import config as _config
+
+    choose = functools.partial(_config.choose, scale=scale)
+    return dict(
+        n=choose(demo=200, full=1000),  # points per cloud (the labelled ones included)
+        n_pairs=30,  # labelled pairs
+        n_test=choose(demo=300, full=2000),  # fresh pairs the map error is measured on
+        n_steps=choose(demo=150, full=400),  # Adam steps for the neural cost
+        n_steps_mahalanobis=60,  # Adam steps for the Mahalanobis baseline
+        n_seeds=choose(demo=5, full=10),  # problems drawn
+        hidden=(16, 16),  # the ICNN's widths
+        alpha=0.01,
+        learning_rate=1e-2,
+        learning_rate_mahalanobis=3e-2,
+        epsilon_fraction=0.01,  # relative epsilon of learning
+        gamma_max=1e-4,
+        threshold=1e-3,
+        differentiation="unrolled",
+        n_unroll=50,
+    )
+
+
+def _neural_start(seed: int, settings: dict) -> ti_costs.NeuralCost:
+    """The untrained neural cost of one seed (its network drawn from ``fold_in(key(seed), 1)``)."""
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    return ti_costs.NeuralCost.create(key, 2, settings["hidden"], settings["alpha"])
+
+
+def _learn_neural_costs(seed: int, settings: dict) -> dict:
+    from otdiff import data
+
+    k = settings["n_pairs"]
+    problem = data.power_problem(jax.random.key(seed), settings["n"], k, settings["n_test"])
+    dtype = problem.x.dtype
+
+    def fit(start, learning_rate, n_steps):
+        return fit_cost_core(
+            start,
+            problem.x,
+            problem.y,
+            problem.x[:k],
+            problem.y[:k],
+            jnp.asarray(learning_rate, dtype),
+            jnp.asarray(settings["epsilon_fraction"], dtype),
+            jnp.asarray(settings["gamma_max"], dtype),
+            jnp.asarray(settings["threshold"], dtype),
+            n_steps=n_steps,
+            differentiation=settings["differentiation"],
+            n_unroll=settings["n_unroll"],
+        )
+
+    neural, info = fit(
+        _neural_start(seed, settings), settings["learning_rate"], settings["n_steps"]
+    )
+    start = ti_costs.Mahalanobis.euclidean(2, settings["alpha"])
+    quadratic, info_q = fit(
+        start, settings["learning_rate_mahalanobis"], settings["n_steps_mahalanobis"]
+    )
+    if not (bool(jnp.all(info["finite"])) and bool(jnp.all(info_q["finite"]))):
+        raise FloatingPointError(f"non-finite gradients while learning the costs of seed {seed}.")
+    return {
+        "neural": jax.tree_util.tree_leaves(neural),
+        "factor": quadratic.factor,
+        "loss": info["loss"],
+    }
+
+
+def chapter_neural_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterNeuralCosts:
+    r"""The chapter's learned neural costs on a non-quadratic problem, cached as artifacts (shipped for ``demo``).
+
+    For each seed of ``config.seeds(n_seeds)``: the problem :func:`otdiff.data.power_problem`
+    (true cost :math:`h(z) = \tfrac34 (z^\top Q z)^{2/3}`), a :class:`~otdiff.ot.costs.NeuralCost`
+    learned from its first ``n_pairs`` labelled pairs by :func:`fit_cost_core` (unrolled
+    differentiation through Sinkhorn), and a :class:`~otdiff.ot.costs.Mahalanobis` cost learned
+    the same way from :math:`M = I` (the best quadratic cost the method finds).
+
+    Taught in: book/ot/04_monge.ipynb.
+    """
+    from otdiff import artifacts
+    from otdiff import config as _config
+
+    settings = neural_settings(scale)
+    seeds = _config.seeds(settings["n_seeds"])
+    template = _neural_start(0, settings)
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    like = {
+        "neural": [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves],
+        "factor": jax.ShapeDtypeStruct((2, 2), jnp.float32),
+        "loss": jax.ShapeDtypeStruct((settings["n_steps"],), jnp.float32),
+    }
+    code = [
+        _learn_neural_costs,
+        _neural_start,
+        fit_cost_core,
+        fit_cost_step,
+        fit_cost_init,
+        pair_loss,
+        _refine,
+        monge_map_core,
+        inverse_monge_map_core,
+        potential_gradient,
+        ti_costs.Mahalanobis,
+        ti_costs.NeuralCost,
+        ti_costs.ICNN,
+        ti_costs._neural_h,
+        ti_costs.grad_h_legendre,
+        sinkhorn._sinkhorn,
+    ]
+    trees = []
+    for seed in seeds:
+        art = artifacts.cached(
+            "monge_neural",
+            seed,
+            {"settings": settings, "code": code, "version": 1},
+            build=lambda progress, seed=seed: (_learn_neural_costs(seed, settings), {}),
+            like=like,
+            verbose=verbose,
+        )
+        trees.append(art.tree)
+    return ChapterNeuralCosts(
+        settings,
+        list(seeds),
+        [_neural_start(seed, settings) for seed in seeds],
+        [
+            jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in t["neural"]])
+            for t in trees
+        ],
+        [ti_costs.Mahalanobis(jnp.asarray(t["factor"]), settings["alpha"]) for t in trees],
         jnp.stack([jnp.asarray(t["loss"]) for t in trees]),
     )
