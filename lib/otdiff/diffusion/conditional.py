@@ -225,20 +225,21 @@ class ConditionalConvNet(eqx.Module):
 class LocalCellNet(eqx.Module):
     """A cell-local, weight-shared noise predictor for canvases cut into square cells.
 
-    .. math:: \hat\varepsilon_\theta(x, t, c)_{M_m} = f_\theta(x_{M_m}, t, c_{M_m}),
-        \qquad m = 1, \dots, (\text{side}/\text{cell})^2,
+    .. math:: \\hat\\varepsilon_\\theta(x, t, c)_{M_m} = f_\\theta(x_{M_m}, t, c_{M_m}),
+        \\qquad m = 1, \\dots, (\\text{side}/\\text{cell})^2,
 
     with :math:`M_m` the pixels of cell :math:`m` of :class:`otdiff.data.Canvas` and one
-    :class:`otdiff.nn.TimeMLP` :math:`f_\theta` for every cell (``2 * cell**2`` inputs, the
+    :class:`otdiff.nn.TimeMLP` :math:`f_\\theta` for every cell (``2 * cell**2`` inputs, the
     cell's pixels and its condition map; ``cell**2`` outputs): :class:`LocalSlotNet` with the
     cells as slots.
 
     Why the composition then works: the predicted noise on a cell depends on that cell's pixels
-    and condition only, whatever the weights, so for every condition the learned noised law
-    factorizes over the cells, :math:`p^t_c(x) = \prod_m q^t_\theta(x_{M_m}; c_{M_m})`. The
+    and condition only, whatever the weights, so for every condition the learned score is
+    (where it is a gradient field at all) the score of a noised law that factorizes over the
+    cells, :math:`p^t_c(x) = \\prod_m q^t_\\theta(x_{M_m}; c_{M_m})`. The
     condition :math:`e_i` (an object in cell :math:`i`) and the empty one differ on cell
-    :math:`i` only, so :math:`p^t_i(x) = q^t_\theta(x_{M_i}; 1)\prod_{m\ne i}
-    q^t_\theta(x_{M_m}; 0)` and :math:`p^t_b(x) = \prod_m q^t_\theta(x_{M_m}; 0)`: the
+    :math:`i` only, so :math:`p^t_i(x) = q^t_\\theta(x_{M_i}; 1)\\prod_{m\\ne i}
+    q^t_\\theta(x_{M_m}; 0)` and :math:`p^t_b(x) = \\prod_m q^t_\\theta(x_{M_m}; 0)`: the
     factorized conditionals of :cite:`bradley2025projective` (their Definition 5.2, the cells as
     the blocks), which their Theorem 5.3 turns into a projective composition at every noise
     level, on canvases with several objects too (never seen in training). A network that reads
@@ -255,7 +256,7 @@ class LocalCellNet(eqx.Module):
     Args:
         side: the canvas side in pixels (static).
         cell: the cell side in pixels (static), a divisor of ``side``.
-        hidden: the hidden widths of :math:`f_\theta` (static).
+        hidden: the hidden widths of :math:`f_\\theta` (static).
         embed_dim: the size of the time embedding (static).
         key: a JAX random key.
         data_std: optional input scaling of the canvas, as for :class:`ConditionalMLP`.
