@@ -15,23 +15,27 @@ so one reverse-diffusion run costs about ``k + 1`` single-score runs. Rows per n
   cost does not depend on them), ``d + 1`` network calls per step.
 
 A second table measures the canvas experiment (``--canvas-k``, written to
-``benchmarks/results/composition_canvas.json``) with the trained location-conditioned
-:class:`otdiff.diffusion.conditional.ConditionalConvNet` of the chapter
-(:func:`otdiff.zoo.chapter_canvas_model`: the ``"canvas"`` zoo recipe under the ``demo`` preset,
-``"canvas_full"`` under ``full``). Per number ``k`` of composed cells, one reverse-diffusion run
-(``--canvas-n-steps`` steps of Euler-Maruyama, ``--canvas-n-samples`` canvases of 12x12):
+``benchmarks/results/composition_canvas.json``) with the trained location-conditioned network of
+the chapter (:func:`otdiff.zoo.chapter_canvas_model`: the ``"canvas"`` zoo recipe under the
+``demo`` preset, ``"canvas_full"`` under ``full``; a cell-local
+:class:`otdiff.diffusion.conditional.LocalCellNet`). Per number ``k`` of composed cells (the
+diagonal first), reverse-diffusion runs of ``--canvas-n-steps`` steps of Euler-Maruyama on
+``--canvas-n-samples`` canvases of 12x12, one per sampler seed (``--canvas-seeds`` seeds):
 
 * ``composed_ms``: composed over ``k`` cells against the empty canvas
   (:func:`otdiff.diffusion.conditional.compose_conditions`, ``k + 1`` network calls per step);
 * ``single_ms``: the run with one condition (one call per step, the cost of sampling one
   conditional model);
-* ``success_projective``, ``success_bayes``, ``success_product``: the share of canvases with
-  objects detected in exactly the ``k`` cells (:meth:`otdiff.data.Canvas.success`) for the
-  composition against the empty canvas, against the unconditional law (the Bayes composition,
-  background :meth:`otdiff.data.Canvas.null_condition`) and with no background (the plain
-  product), from the same initial noise and key, each from one run;
-* ``peak_projective``, ``peak_bayes``, ``peak_product``: the median over canvases and composed
-  cells of a cell's brightest pixel (a blob's height is 1, the detector's threshold 0.5).
+* ``success_projective``, ``success_bayes``, ``success_product``: the median over the seeds of the
+  share of canvases with objects detected in exactly the ``k`` cells
+  (:meth:`otdiff.data.Canvas.success`) for the composition against the empty canvas, against the
+  unconditional law (the Bayes composition, background
+  :meth:`otdiff.data.Canvas.null_condition`) and with no background (the plain product), from the
+  same initial noise and key per seed; ``*_min`` and ``*_max``: the spread over the seeds;
+* ``objects_projective``, ``objects_bayes``, ``objects_product``: the mean number of detected
+  objects per canvas (all seeds);
+* ``peak_projective``, ``peak_bayes``, ``peak_product``: the median over canvases, seeds and
+  composed cells of a cell's brightest pixel (a blob's height is 1, the detector's threshold 0.5).
 
 Each timing is the median of ``--repeats`` calls after a compiling warm-up (interleaved rounds,
 ``block_until_ready``). Results go to ``benchmarks/results/composition.json``.
@@ -43,6 +47,7 @@ Usage: ``python benchmarks/bench_composition.py [--slots 2 4 8] [--canvas-k 1 2 
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import _record
@@ -70,14 +75,14 @@ def bench_canvas(args) -> None:
     zoo_model = zoo.chapter_canvas_model(verbose=False)
     model, process = zoo_model.model, zoo_model.process
     board = canvas(12, 3)
-    key = jax.random.key(0)
-    x0 = process.prior_sample(key, (args.canvas_n_samples, board.dim))
+    keys = [jax.random.key(s) for s in range(args.canvas_seeds)]
+    x0s = [process.prior_sample(key, (args.canvas_n_samples, board.dim)) for key in keys]
 
-    def run(model, conditions, background, x0):
+    def run(model, conditions, background, x0, key):
         score = compose_conditions(model, process, conditions, background=background)
         return euler_maruyama(key, score, process, x0, args.canvas_n_steps).x
 
-    def single(model, condition, x0):
+    def single(model, condition, x0, key):
         score = ConditionalScore(model, process, condition)
         return euler_maruyama(key, score, process, x0, args.canvas_n_steps).x
 
@@ -94,21 +99,34 @@ def bench_canvas(args) -> None:
         cells = (0, 4, 8)[:k] if k <= 3 else tuple(range(k))  # the diagonal first
         conditions = jnp.stack([board.condition((i,)) for i in cells])
         calls = {
-            "single_ms": (single_run, (model, board.condition(cells), x0)),
-            "composed_ms": (composed_run, (model, conditions, backgrounds["projective"], x0)),
+            "single_ms": (single_run, (model, board.condition(cells), x0s[0], keys[0])),
+            "composed_ms": (
+                composed_run,
+                (model, conditions, backgrounds["projective"], x0s[0], keys[0]),
+            ),
         }
         seconds = _record.median_seconds(calls, args.repeats)
         row = {"k": k, "cells": list(cells), **{n: round(1e3 * v, 1) for n, v in seconds.items()}}
         row["ratio"] = round(row["composed_ms"] / row["single_ms"], 2)
         for name, background in backgrounds.items():
-            x = composed_run(model, conditions, background, x0)
+            xs = [
+                composed_run(model, conditions, background, x0, key)
+                for x0, key in zip(x0s, keys, strict=True)
+            ]
+            shares = [float(jnp.mean(board.success(x, cells))) for x in xs]
+            x = jnp.concatenate(xs)
             peaks = jnp.max(jnp.where(masks, x[:, None, :], -jnp.inf), axis=-1)[:, list(cells)]
-            row[f"success_{name}"] = round(float(jnp.mean(board.success(x, cells))), 3)
+            row[f"success_{name}"] = round(statistics.median(shares), 3)
+            row[f"success_{name}_min"] = round(min(shares), 3)
+            row[f"success_{name}_max"] = round(max(shares), 3)
+            row[f"objects_{name}"] = round(float(jnp.mean(board.count(x))), 2)
             row[f"peak_{name}"] = round(float(jnp.median(peaks)), 3)
         print(row, flush=True)
         rows.append(row)
-    settings = {n: getattr(args, n) for n in ("canvas_k", "canvas_n_samples", "canvas_n_steps",
-                                              "repeats")}  # fmt: skip
+    settings = {
+        n: getattr(args, n)
+        for n in ("canvas_k", "canvas_n_samples", "canvas_n_steps", "canvas_seeds", "repeats")
+    }
     info = zoo_model.info
     settings["model"] = (
         f"{info['name']} seed {info['seed']}, {info['n_steps']} training steps, "
@@ -125,8 +143,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--canvas-k", type=int, nargs="*", default=[1, 2, 3])
-    parser.add_argument("--canvas-n-samples", type=int, default=100)
-    parser.add_argument("--canvas-n-steps", type=int, default=50)
+    parser.add_argument("--canvas-n-samples", type=int, default=200)
+    parser.add_argument("--canvas-n-steps", type=int, default=200)
+    parser.add_argument("--canvas-seeds", type=int, default=5)
     parser.add_argument("--canvas-out", type=Path, default=CANVAS_RESULTS)
     args = parser.parse_args()
     if args.slots:

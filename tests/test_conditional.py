@@ -1,6 +1,7 @@
 """otdiff.diffusion.conditional: the conditional noise predictors and their DSM loss.
 
-The local network's output for a slot depends on that slot alone (checked with its Jacobian);
+The local network's output for a slot depends on that slot alone (checked with its Jacobian),
+and the cell-local canvas network's output on a cell on that cell's pixels and condition alone;
 the loss is the DSM loss of the unconditional model when the condition is ignored; a short
 training run on the slots family lowers the loss; bad input raises clear errors.
 """
@@ -18,6 +19,7 @@ from otdiff.diffusion.conditional import (
     ConditionalConvNet,
     ConditionalMLP,
     ConditionalScore,
+    LocalCellNet,
     LocalSlotNet,
     compose_conditions,
     conditional_dsm_loss,
@@ -65,6 +67,33 @@ def test_conv_net_shapes():
                              key=jax.random.key(config.seed(8)))  # fmt: skip
     out = net(jnp.zeros(36), 0.3, cv.condition((1,)))
     assert out.shape == (36,)
+
+
+def test_cell_net_is_local_to_each_cell_and_weight_shared():
+    cv = canvas(6, 3)  # 2x2 cells
+    net = LocalCellNet(side=6, cell=2, hidden=(16,), embed_dim=8, data_std=0.12,
+                       process=PROCESS, key=jax.random.key(config.seed(9)))  # fmt: skip
+    x = jax.random.normal(jax.random.key(config.seed(10)), (36,))
+    c = cv.condition((1, 5))
+    same_cell = np.asarray(cv.cell_masks().T @ cv.cell_masks()) > 0  # (pixel, pixel)
+    for jac in (jax.jacfwd(net, argnums=0)(x, 0.4, c), jax.jacfwd(net, argnums=2)(x, 0.4, c)):
+        jac = np.asarray(jac)
+        np.testing.assert_allclose(jac[~same_cell], 0.0, atol=1e-7)
+        assert np.abs(jac[same_cell]).max() > 1e-3
+    # one function for every cell, read off the canvas through the cell masks
+    masks = np.asarray(cv.cell_masks(), bool)
+    scaled = x * net.scaling(0.4)
+    for m in range(cv.n_cells):
+        own = net.net(jnp.concatenate([scaled[masks[m]], c[masks[m]]]), 0.4)
+        np.testing.assert_allclose(net(x, 0.4, c)[masks[m]], own, rtol=1e-5, atol=1e-6)
+    # the whole-canvas convolutional network reads across cells
+    conv = ConditionalConvNet(side=6, channels=8, n_blocks=1, groups=4, embed_dim=8,
+                              key=jax.random.key(config.seed(8)))  # fmt: skip
+    assert np.abs(np.asarray(jax.jacfwd(conv)(x, 0.4, c))[~same_cell]).max() > 1e-4
+    with pytest.raises(ValueError, match="cell must divide"):
+        LocalCellNet(side=6, cell=4, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="vmap over a batch"):
+        net(jnp.zeros((2, 36)), 0.4, c)
 
 
 def test_compose_conditions_is_the_background_operator_on_conditional_scores():

@@ -45,6 +45,9 @@ METRIC_WORDS = (
     "diff",
     "active",
     "parameters",
+    "success",
+    "objects",
+    "peak",
 )
 # A key that holds a time: "..._s", "..._ms", "..._us" or "seconds".
 TIME_SUFFIXES = ("_s", "_ms", "_us")

@@ -20,8 +20,12 @@ them depends on the architecture (the composition chapter measures it):
 * :class:`LocalSlotNet` applies one small network to each slot, seeing only that slot's value,
   the time and whether that slot is targeted: its output for slot :math:`j` cannot depend on the
   other slots, so the learned conditionals are factorized by construction;
-* :class:`ConditionalConvNet` is the image version: a convolutional network on the canvas and the
-  condition map stacked as two channels (local, and the same at every location).
+* :class:`ConditionalConvNet` is the image version of the plain network: a convolutional network
+  on the canvas and the condition map stacked as two channels, the same at every location, but
+  each output pixel reads a neighbourhood as wide as the canvas (and GroupNorm pools over all of
+  it), so its conditional for one cell also reads the others;
+* :class:`LocalCellNet` is the image version of :class:`LocalSlotNet`: one small network applied
+  to every cell of the canvas, seeing only that cell's pixels, its condition and the time.
 
 :func:`conditional_dsm_loss` is denoising score matching (:func:`otdiff.diffusion.dsm_loss`) with
 the condition passed through; train with
@@ -53,6 +57,7 @@ __all__ = [
     "ConditionalMLP",
     "LocalSlotNet",
     "ConditionalConvNet",
+    "LocalCellNet",
     "ConditionalScore",
     "compose_conditions",
     "conditional_dsm_loss",
@@ -215,6 +220,90 @@ class ConditionalConvNet(eqx.Module):
         if self.scaling is not None:
             x = x * self.scaling(t)
         return self.net(jnp.concatenate([x, c.astype(x.dtype)]), t)
+
+
+class LocalCellNet(eqx.Module):
+    """A cell-local, weight-shared noise predictor for canvases cut into square cells.
+
+    .. math:: \\hat\\varepsilon_\\theta(x, t, c)_{M_m} = f_\\theta(x_{M_m}, t, c_{M_m}),
+        \\qquad m = 1, \\dots, (\\text{side}/\\text{cell})^2,
+
+    with :math:`M_m` the pixels of cell :math:`m` of :class:`otdiff.data.Canvas` and one
+    :class:`otdiff.nn.TimeMLP` :math:`f_\\theta` for every cell (``2 * cell**2`` inputs, the
+    cell's pixels and its condition map; ``cell**2`` outputs): :class:`LocalSlotNet` with the
+    cells as slots.
+
+    Why the composition then works: the predicted noise on a cell depends on that cell's pixels
+    and condition only, whatever the weights, so for every condition the learned score is
+    (where it is a gradient field at all) the score of a noised law that factorizes over the
+    cells, :math:`p^t_c(x) = \\prod_m q^t_\\theta(x_{M_m}; c_{M_m})`. The
+    condition :math:`e_i` (an object in cell :math:`i`) and the empty one differ on cell
+    :math:`i` only, so :math:`p^t_i(x) = q^t_\\theta(x_{M_i}; 1)\\prod_{m\\ne i}
+    q^t_\\theta(x_{M_m}; 0)` and :math:`p^t_b(x) = \\prod_m q^t_\\theta(x_{M_m}; 0)`: the
+    factorized conditionals of :cite:`bradley2025projective` (their Definition 5.2, the cells as
+    the blocks), which their Theorem 5.3 turns into a projective composition at every noise
+    level, on canvases with several objects too (never seen in training). A network that reads
+    across cells, such as :class:`ConditionalConvNet`, evaluates its one-object conditional on
+    canvases whose other cells hold objects, where it was never trained, and nothing makes the
+    composed terms cancel there.
+
+    The null condition (-1 everywhere) of this network learns the per-cell marginal of the
+    unconditional law (an object in a given cell with probability ``1 / (n_cells + 1)`` for
+    :meth:`otdiff.data.Canvas.training_data`), not the dependence between cells: its Bayes
+    composition still loses objects as ``k`` grows, since each composed term pulls the other
+    cells from that marginal towards "empty".
+
+    Args:
+        side: the canvas side in pixels (static).
+        cell: the cell side in pixels (static), a divisor of ``side``.
+        hidden: the hidden widths of :math:`f_\\theta` (static).
+        embed_dim: the size of the time embedding (static).
+        key: a JAX random key.
+        data_std: optional input scaling of the canvas, as for :class:`ConditionalMLP`.
+        process: the forward process the scaling follows (required with ``data_std``).
+
+    Taught in: book/diffusion/04_projective_composition.ipynb.
+    """
+
+    side: int = eqx.field(static=True)
+    cell: int = eqx.field(static=True)
+    net: TimeMLP
+    scaling: InputScaling | None
+
+    def __init__(
+        self,
+        *,
+        side: int,
+        cell: int,
+        hidden: Sequence[int] = (128, 128),
+        embed_dim: int = 32,
+        key: jax.Array,
+        data_std: float | None = None,
+        process: AbstractGaussianProcess | None = None,
+    ):
+        self.side = check_int(side, "side", low=1)
+        self.cell = check_int(cell, "cell", low=1, high=self.side)
+        if self.side % self.cell:
+            raise ValueError(f"cell must divide side={self.side}, got cell={self.cell}.")
+        n = self.cell * self.cell
+        self.net = TimeMLP(2 * n, n, hidden=hidden, embed_dim=embed_dim, key=key)
+        self.scaling = _scaling(data_std, process)
+
+    def _to_cells(self, v: jax.Array) -> jax.Array:
+        # (side**2,) -> (n_cells, cell**2); cell m is row m // g, column m % g of the grid
+        g, s = self.side // self.cell, self.cell
+        return v.reshape(g, s, g, s).transpose(0, 2, 1, 3).reshape(g * g, s * s)
+
+    def __call__(self, x: jax.Array, t: jax.Array, c: jax.Array) -> jax.Array:
+        """The predicted noise at one flat canvas ``x`` ``(side**2,)`` and condition map ``c``."""
+        n = self.side * self.side
+        _check_call(x, c, n, n)
+        if self.scaling is not None:
+            x = x * self.scaling(t)
+        inputs = jnp.concatenate([self._to_cells(x), self._to_cells(c.astype(x.dtype))], axis=1)
+        eps = jax.vmap(self.net, in_axes=(0, None))(inputs, t)
+        g, s = self.side // self.cell, self.cell
+        return eps.reshape(g, g, s, s).transpose(0, 2, 1, 3).reshape(n)
 
 
 class ConditionalScore(eqx.Module):
