@@ -430,7 +430,7 @@ class UNet(eqx.Module):
     On the CPU its convolutions are computed as matrix products and shifted sums (the same
     function to float32 round-off): XLA's CPU convolution runs many times slower inside a
     ``while`` loop, which every sampler's ``lax.scan`` is. In our runs (2 shared CPU cores) the
-    reverse SDE over 500 digits in 100 steps took 19 s with the product form and 67 s with XLA's
+    reverse SDE over 500 digits in 100 steps took 19 s with the product form and 48 s with XLA's
     convolutions.
 
     Args:
