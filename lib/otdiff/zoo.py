@@ -390,7 +390,16 @@ register(
         learning_rate=2e-3,
         description="8x8 digits as 64-d vectors in [-1, 1], U-Net noise predictor "
         "(otdiff.nn.UNet, channels 16 and 32), cosine VP",
-        code=(nn.UNet, nn._UNetBlock, nn._zeroed, nn.TimeEmbedding),
+        code=(
+            nn.UNet,
+            nn._UNetBlock,
+            nn._zeroed,
+            nn.TimeEmbedding,
+            nn._Conv2d,
+            nn._ConvTranspose2d,
+            nn._conv_by_matmul,
+            nn._conv_transpose_by_matmul,
+        ),
     )
 )
 for _name, _make, _what in (
