@@ -44,14 +44,16 @@ def test_conv_by_matmul_matches_xla(c_in, c_out, kernel, stride, padding, side):
     key_w, key_x = jax.random.split(jax.random.key(0))
     layer = nn._Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, key=key_w)
     x = jax.random.normal(key_x, (5, c_in, side, side))
-    ref = jax.vmap(lambda v: xla(layer, v))(x)
+    ref = jax.jit(jax.vmap(lambda v: xla(layer, v)))(x)
     fast = jax.jit(jax.vmap(lambda v: nn._conv_by_matmul(layer, v)))(x)
     assert fast.shape == ref.shape
     np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
     # the layer itself (on the CPU: the product form), jitted and vmapped, and its gradient
     np.testing.assert_allclose(jax.jit(jax.vmap(layer))(x), ref, rtol=1e-5, atol=1e-5)
-    grad = jax.grad(lambda v: jnp.sum(jnp.sin(jax.vmap(layer)(v))))(x)
-    grad_ref = jax.grad(lambda v: jnp.sum(jnp.sin(jax.vmap(lambda u: xla(layer, u))(v))))(x)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(jax.vmap(layer)(v)))))(x)
+    grad_ref = jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(jax.vmap(lambda u: xla(layer, u))(v)))))(
+        x
+    )
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-5)
 
 
@@ -60,7 +62,7 @@ def test_conv_transpose_by_matmul_matches_xla(c_in, c_out, kernel):
     key_w, key_x = jax.random.split(jax.random.key(1))
     layer = nn._ConvTranspose2d(c_in, c_out, kernel, stride=kernel, key=key_w)
     x = jax.random.normal(key_x, (5, c_in, 4, 4))
-    ref = jax.vmap(lambda v: xla(layer, v))(x)
+    ref = jax.jit(jax.vmap(lambda v: xla(layer, v)))(x)
     np.testing.assert_allclose(jax.jit(jax.vmap(layer))(x), ref, rtol=1e-5, atol=1e-5)
 
 
