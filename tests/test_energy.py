@@ -46,10 +46,10 @@ def test_mixture_energy_gradient_is_minus_the_exact_score(setup):
     score = en.energy_score(energy)
     ref = exact_score(mix, process)
     x = jax.random.normal(jax.random.key(config.seed(0)), (20, 2)) * 2
-    for t in (0.01, 0.3, 0.9):
-        np.testing.assert_allclose(
-            jax.vmap(score, (0, None))(x, t), jax.vmap(ref, (0, None))(x, t), rtol=1e-4, atol=1e-4
-        )
+    ts = jnp.array([0.01, 0.3, 0.9])
+    # one program over the three times (eager, every operation compiled on its own)
+    over = lambda f: jax.jit(jax.vmap(jax.vmap(f, (0, None)), (None, 0)))  # noqa: E731
+    np.testing.assert_allclose(over(score)(x, ts), over(ref)(x, ts), rtol=1e-4, atol=1e-4)
 
 
 def test_energy_mlp_is_scalar_smooth_and_checks_its_input():
@@ -197,12 +197,19 @@ def test_proposal_is_the_core_reverse_kernel(setup):
     """One FK step moves particles with reverse_kernel's mean and std (the same noise)."""
     process, mix, energy = setup
     model = en.fk_model(energy, process, 2, 10)
-    particles, _ = model.init(jax.random.key(config.seed(0)), 64)
     t, t_next = model.inputs[0][0], model.inputs[1][0]
-    moved, log_g = model.step(jax.random.key(config.seed(1)), particles, (t, t_next))
-    s = jax.vmap(exact_score(mix, process), (0, None))(particles.x, t)
-    mean, std = reverse_kernel(process, particles.x, t, t_next, s)
-    z = jax.random.normal(jax.random.key(config.seed(1)), particles.x.shape)
+
+    @jax.jit  # one program (eager, every operation compiled on its own)
+    def both(k_init, k_step):
+        particles, _ = model.init(k_init, 64)
+        moved, log_g = model.step(k_step, particles, (t, t_next))
+        s = jax.vmap(exact_score(mix, process), (0, None))(particles.x, t)
+        mean, std = reverse_kernel(process, particles.x, t, t_next, s)
+        return moved, log_g, mean, std, jax.random.normal(k_step, particles.x.shape)
+
+    moved, log_g, mean, std, z = both(
+        jax.random.key(config.seed(0)), jax.random.key(config.seed(1))
+    )
     np.testing.assert_allclose(moved.x, mean + std * z, rtol=1e-4, atol=1e-4)
     assert log_g.shape == (64,) and bool(jnp.all(jnp.isfinite(log_g)))
 
@@ -315,31 +322,37 @@ def test_t_stop_switches_the_reweighting_off(setup):
     # only the initial weight pi_K / N(0, I) remains (same keys as smc_sample and smc.run)
     model = en.fk_model(product(energy, [2.0]), process, 2, 20)
     k_run = jax.random.split(jax.random.key(config.seed(0)))[0]
-    _, log_g0 = model.init(jax.random.split(k_run)[0], 200)
+    _, log_g0 = jax.jit(model.init, static_argnums=1)(jax.random.split(k_run)[0], 200)
     np.testing.assert_allclose(out.log_weights, smc.normalize_log_weights(log_g0)[0], atol=1e-4)
 
 
-def test_energy_smc_is_jit_safe_without_recompiling(setup):
+@pytest.fixture(scope="module")
+def jitted_smc(setup):
+    """One jitted low-temperature SMC with every widget value traced; the tests below share
+    its compiled program (one compilation, where a program per test cost about 4 s of CPU)."""
     process, _, energy = setup
 
     @jax.jit
-    def f(beta, kappa, t_stop):
-        return en.low_temperature_smc(
-            jax.random.key(config.seed(0)),
-            energy,
-            process,
-            100,
-            2,
-            inverse_temperature=beta,
-            n_steps=10,
-            ess_threshold=kappa,
-            t_stop=t_stop,
-        ).log_evidence
+    def run(beta, t_stop, ess_threshold, t_min):
+        out = en.low_temperature_smc(
+            jax.random.key(config.seed(0)), energy, process, 50, 2, inverse_temperature=beta, n_steps=5, t_stop=t_stop,
+            ess_threshold=ess_threshold, t_min=t_min,
+        )  # fmt: skip
+        return out.x, out.log_evidence
 
+    return run
+
+
+_GOOD = dict(beta=2.0, t_stop=0.0, ess_threshold=0.5, t_min=1e-3)
+
+
+def test_energy_smc_is_jit_safe_without_recompiling(jitted_smc):
+    jax.block_until_ready(jitted_smc(**_GOOD))  # compiles, unless an earlier test did
     with traces() as seen:
-        f(1.0, 0.5, 0.0)
-        f(3.0, 0.9, 0.1)
-    assert seen["f"] == 1
+        _, log_z = jitted_smc(beta=3.0, t_stop=0.1, ess_threshold=0.9, t_min=2e-3)
+        jitted_smc(beta=1.0, t_stop=0.0, ess_threshold=0.5, t_min=1e-3)
+    assert not seen, seen  # no program traced (nor compiled) again
+    assert np.isfinite(float(log_z))
 
 
 def test_bad_inputs_raise(setup):
@@ -374,20 +387,10 @@ def test_bad_inputs_raise(setup):
         (dict(t_min=1.2), "t_min must lie"),
     ],
 )
-def test_a_jitted_call_with_a_bad_value_raises(setup, kwargs, match):
+def test_a_jitted_call_with_a_bad_value_raises(jitted_smc, kwargs, match):
     """Eager checks skip traced values; the guards in the jitted core raise at run time."""
-    process, _, energy = setup
-    values = dict(beta=2.0, t_stop=0.0, ess_threshold=0.5, t_min=1e-3) | kwargs
-
-    @jax.jit
-    def run(beta, t_stop, ess_threshold, t_min):
-        return en.low_temperature_smc(
-            jax.random.key(config.seed(0)), energy, process, 50, 2, inverse_temperature=beta, n_steps=5, t_stop=t_stop,
-            ess_threshold=ess_threshold, t_min=t_min,
-        ).x  # fmt: skip
-
     with pytest.raises(Exception, match=match):
-        jax.block_until_ready(run(**values))
+        jax.block_until_ready(jitted_smc(**(_GOOD | kwargs)))
 
 
 def test_nan_energy_raises_a_clear_error(setup):

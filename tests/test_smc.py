@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jax_traces import traces
 
 from otdiff import config, smc
 
@@ -385,3 +386,14 @@ def test_zero_weights_everywhere_do_not_produce_nan():
     out = smc.run(jax.random.key(config.seed(0)), smc.FeynmanKac(init, step, jnp.zeros(2)), 8)
     assert not bool(jnp.any(jnp.isnan(out.log_weights)))
     assert float(out.log_evidence) == -np.inf
+
+
+def test_run_called_again_compiles_nothing():
+    """An eager run compiles once per model, size and resampler: a new key or threshold reuses
+    the program (a scan whose body is a new closure at each call would compile every time)."""
+    model, _ = _kalman_model()
+    smc.run(jax.random.key(config.seed(0)), model, 64, ess_threshold=0.5)
+    with traces() as seen:
+        out = smc.run(jax.random.key(config.seed(1)), model, 64, ess_threshold=0.9)
+    assert not seen, seen
+    assert np.isfinite(float(out.log_evidence))

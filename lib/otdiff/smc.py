@@ -56,6 +56,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -589,25 +590,34 @@ def run(
     n_particles = check_int(n_particles, "n_particles", low=1)
     mesh = check_mesh(mesh, n_particles, "n_particles")
     ess_threshold = _guard_threshold(ess_threshold)
-    kernel = _build_kernel(model, resampler, mesh)
-    k_init, k_run = jax.random.split(key)
-    with unguarded():
-        state = _shard(_init(k_init, model, n_particles, mesh), mesh)
-        n_steps = jax.tree_util.tree_leaves(model.inputs)[0].shape[0]
-        keys = jax.random.split(k_run, n_steps)
-
-        def body(s, xs):
-            k, inp = xs
-            new, info = kernel(k, s, inp, ess_threshold)
-            return _shard(new, mesh), info
-
-        final, infos = jax.lax.scan(body, state, (keys, model.inputs))
+    _build_kernel(model, resampler, mesh)  # checks the model and the resampler now
+    ess_threshold = jnp.asarray(ess_threshold, jnp.result_type(float))
+    final, ess, resampled, ancestors = _run(
+        key, model, n_particles, resampler, ess_threshold, bool(return_ancestors), mesh
+    )
     final = _guard_state(final)
     return SMCResult(
-        final.particles,
-        final.log_weights,
-        final.log_evidence,
-        jnp.concatenate([_ess(state.log_weights)[None], infos.ess]),
-        infos.resampled,
-        infos.ancestors if return_ancestors else None,
+        final.particles, final.log_weights, final.log_evidence, ess, resampled, ancestors
     )
+
+
+@eqx.filter_jit
+@unguarded()
+def _run(key, model, n_particles, resampler, ess_threshold, return_ancestors, mesh):
+    """:func:`run`'s loop, compiled once per model, size and resampler (the threshold is
+    dynamic): run eagerly, a ``lax.scan`` whose body is a new closure at every call would be
+    compiled again at every call."""
+    kernel = _build_kernel(model, resampler, mesh)
+    k_init, k_run = jax.random.split(key)
+    state = _shard(_init(k_init, model, n_particles, mesh), mesh)
+    n_steps = jax.tree_util.tree_leaves(model.inputs)[0].shape[0]
+    keys = jax.random.split(k_run, n_steps)
+
+    def body(s, xs):
+        k, inp = xs
+        new, info = kernel(k, s, inp, ess_threshold)
+        return _shard(new, mesh), info
+
+    final, infos = jax.lax.scan(body, state, (keys, model.inputs))
+    ess = jnp.concatenate([_ess(state.log_weights)[None], infos.ess])
+    return final, ess, infos.resampled, infos.ancestors if return_ancestors else None
