@@ -150,7 +150,19 @@ BASES: dict[str, dict[str, Callable[[], Any]]] = {
     "otdiff.smc.systematic": {"weights": lambda: jnp.full(6, 1 / 6)},
     "otdiff.smc.resample": {"particles": lambda: PTS},
     "otdiff.smc.maybe_resample": {"particles": lambda: PTS},
-    "otdiff.data.gaussian_mixture": {"means": lambda: PTS[:2]},
+    "otdiff.data.mixtures.gaussian_mixture": {"means": lambda: PTS[:2]},
+    "otdiff.nn.TimeEmbedding": {"embed_dim": lambda: 8},
+    "otdiff.nn.TimeMLP": {"in_size": lambda: 2, "out_size": lambda: 2},
+    "otdiff.nn.SphereMLP": {"in_size": lambda: 3, "out_size": lambda: 3},
+    "otdiff.train.make_optimizer": {"learning_rate": lambda: 1e-3},
+    "otdiff.metrics.memorised_fraction": {
+        "train": lambda: PTS + 0.1,
+        "held_out": lambda: PTS - 0.1,
+    },
+    "otdiff.ot.sinkhorn.relative_epsilon": {"fraction": lambda: 0.1},
+    "otdiff.ot.sinkhorn.sweep_epsilon": {"epsilons": lambda: jnp.array([0.5, 1.0])},
+    "otdiff.manifolds.walk.time_grid": {"horizon": lambda: 1.0},
+    "otdiff.manifolds.heat.n_terms_for": {"t_min": lambda: 0.1},
     "otdiff.diffusion.energy.product_smc": {"energies": lambda: [ENERGY, ENERGY]},
     "otdiff.diffusion.spell.sample": {"protected": lambda: PTS[:3] + 0.1},
     "otdiff.diffusion.samplers.reverse_kernel": {"score": lambda: PTS * 0.1},
@@ -237,10 +249,17 @@ _TOLERANCES = {"rtol": "positive", "atol": "positive"}
 
 #: Kinds given per callable where a parameter's name does not say it (or says it for other
 #: callables only): ``"points"`` (as :data:`POINTS`), ``"size"``, ``"positive"``, ``"unit"`` (in
-#: [0, 1]), ``"time"`` (a time of the flows, in [0, 1]; a scalar or one per point), ``"field"`` (a
+#: [0, 1]), ``"positive_vector"`` (a 1-D array of numbers > 0), ``"time"`` (a time of the flows, in [0, 1]; a scalar or one per point), ``"field"`` (a
 #: per-point function ``f(x, t)``), ``"pairs"`` (a :class:`otdiff.flows.Pairs`), ``"reflow_pairs"``
 #: (a :class:`otdiff.flows.ReflowPairs`) and ``"flow_config"`` (a :class:`otdiff.flows.FlowConfig`).
 KINDS: dict[str, dict[str, str]] = {
+    "otdiff.nn.TimeEmbedding": {"embed_dim": "size"},
+    "otdiff.nn.TimeMLP": {"in_size": "size", "embed_dim": "size"},
+    "otdiff.nn.SphereMLP": {"in_size": "size", "out_size": "size"},
+    "otdiff.metrics.memorised_fraction": {"train": "points", "held_out": "points"},
+    "otdiff.ot.sinkhorn.sweep_epsilon": {"epsilons": "positive_vector"},
+    "otdiff.manifolds.walk.time_grid": {"horizon": "positive"},
+    "otdiff.manifolds.heat.n_terms_for": {"t_min": "positive"},  # heat times: any t > 0
     "otdiff.diffusion.samplers.reverse_kernel": {"score": "points"},
     "otdiff.flows.interpolant.interpolate": {"t": "time"},
     "otdiff.flows.interpolant.velocity_from_denoiser": {"t": "positive_time"},
@@ -292,6 +311,14 @@ def bad_values(
         return [("zero", 0.0), ("above", 1.5), ("NaN", math.nan), ("str", "0.5")]
     if kind == "unit":
         return [("negative", -0.5), ("above", 1.5), ("NaN", math.nan), ("str", "0.5")]
+    if kind == "positive_vector":
+        return [
+            ("empty", jnp.zeros(0)),
+            ("negative", jnp.array([0.5, -1.0])),
+            ("NaN", jnp.array([0.5, math.nan])),
+            ("rank-2", jnp.ones((2, 2))),
+            ("None", None),
+        ]
     if kind == "field":
         return [("None", None), ("array", PTS)]
     if kind in ("pairs", "reflow_pairs", "flow_config"):
