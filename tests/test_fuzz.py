@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from ott.geometry import costs
 
 import otdiff
 from otdiff import flows
@@ -160,6 +161,12 @@ BASES: dict[str, dict[str, Callable[[], Any]]] = {
         "held_out": lambda: PTS - 0.1,
     },
     "otdiff.ot.sinkhorn.relative_epsilon": {"fraction": lambda: 0.1},
+    "otdiff.ot.sinkhorn.entropic_map": {"g": lambda: jnp.zeros(6)},
+    "otdiff.ot.progot.displace": {"g": lambda: jnp.zeros(6), "alpha": lambda: 0.5},
+    "otdiff.ot.monge.monge_map": {"g": lambda: jnp.zeros(6), "cost_fn": costs.SqEuclidean},
+    "otdiff.ot.m3g.matching_gap": {"embeddings": lambda: jnp.stack([PTS, PTS + 0.1])},
+    "otdiff.ot.m3g.m3g_loss": {"embeddings": lambda: jnp.stack([PTS, PTS + 0.1])},
+    "otdiff.ot.m3g.cross_view_retrieval": {"embeddings": lambda: jnp.stack([PTS, PTS + 0.1])},
     "otdiff.ot.sinkhorn.sweep_epsilon": {"epsilons": lambda: jnp.array([0.5, 1.0])},
     "otdiff.manifolds.walk.time_grid": {"horizon": lambda: 1.0},
     "otdiff.manifolds.heat.n_terms_for": {"t_min": lambda: 0.1},
@@ -249,7 +256,8 @@ _TOLERANCES = {"rtol": "positive", "atol": "positive"}
 
 #: Kinds given per callable where a parameter's name does not say it (or says it for other
 #: callables only): ``"points"`` (as :data:`POINTS`), ``"size"``, ``"positive"``, ``"unit"`` (in
-#: [0, 1]), ``"positive_vector"`` (a 1-D array of numbers > 0), ``"time"`` (a time of the flows, in [0, 1]; a scalar or one per point), ``"field"`` (a
+#: [0, 1]), ``"positive_vector"`` (a 1-D array of numbers > 0), ``"potential"`` (a dual potential, one value
+#: per point of ``y``), ``"time"`` (a time of the flows, in [0, 1]; a scalar or one per point), ``"field"`` (a
 #: per-point function ``f(x, t)``), ``"pairs"`` (a :class:`otdiff.flows.Pairs`), ``"reflow_pairs"``
 #: (a :class:`otdiff.flows.ReflowPairs`) and ``"flow_config"`` (a :class:`otdiff.flows.FlowConfig`).
 KINDS: dict[str, dict[str, str]] = {
@@ -259,6 +267,9 @@ KINDS: dict[str, dict[str, str]] = {
     "otdiff.metrics.memorised_fraction": {"train": "points", "held_out": "points"},
     "otdiff.ot.sinkhorn.sweep_epsilon": {"epsilons": "positive_vector"},
     "otdiff.manifolds.walk.time_grid": {"horizon": "positive"},
+    "otdiff.ot.sinkhorn.entropic_map": {"g": "potential"},
+    "otdiff.ot.progot.displace": {"g": "potential", "alpha": "unit"},
+    "otdiff.ot.monge.monge_map": {"g": "potential"},
     "otdiff.manifolds.heat.n_terms_for": {"t_min": "positive"},  # heat times: any t > 0
     "otdiff.diffusion.samplers.reverse_kernel": {"score": "points"},
     "otdiff.flows.interpolant.interpolate": {"t": "time"},
@@ -317,6 +328,13 @@ def bad_values(
             ("negative", jnp.array([0.5, -1.0])),
             ("NaN", jnp.array([0.5, math.nan])),
             ("rank-2", jnp.ones((2, 2))),
+            ("None", None),
+        ]
+    if kind == "potential":  # one value per point of y (6)
+        return [
+            ("NaN", jnp.zeros(6).at[2].set(jnp.nan)),
+            ("wrong-length", jnp.zeros(5)),
+            ("rank-2", jnp.zeros((6, 1))),
             ("None", None),
         ]
     if kind == "field":
@@ -383,6 +401,8 @@ DELIBERATE: dict[str, str] = {
         "a single point, a stack of batches and an empty batch are all valid"
         for label in ("rank-1", "rank-3", "empty")
     },
+    "otdiff.ot.m3g.m3g_loss:epsilon": "the unchecked training loss, traced inside a jitted "
+    "training step (as its docstring says); matching_gap is the checked version",
     "otdiff.ot.m3g.circular_variance:z=rank-3": "groups of k vectors in any batch shape "
     "(..., k, d): a stack of batches is valid",
 }

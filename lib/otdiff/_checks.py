@@ -59,6 +59,7 @@ __all__ = [
     "check_callable",
     "check_point_batch",
     "check_same_shape",
+    "check_potential",
     "WEIGHT_ATOL",
     "unguarded",
     "guards_active",
@@ -301,6 +302,17 @@ def check_same_shape(x: jax.Array, y: jax.Array, names: tuple[str, str] = ("x", 
             f"{names[0]} and {names[1]} must have the same shape (one {names[1]} per "
             f"{names[0]}), got {x.shape} and {y.shape}."
         )
+
+
+def check_potential(g: Any, n: int, name: str, of: str, dtype: Any = None) -> jax.Array:
+    """A dual potential: one finite value per point of ``of`` (``n`` points), shape ``(n,)``."""
+    arr = _as_array(g, name, f"({n},)")
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{name} must have shape ({n},) (one value per point of {of}), got {arr.shape}."
+        )
+    arr = arr.astype(dtype if dtype is not None else jnp.result_type(arr.dtype, float))
+    return check_finite(arr, name)
 
 
 def check_callable(fn: Any, name: str, signature: str = "f(x, t)") -> Any:
