@@ -33,8 +33,10 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from ott.geometry import costs
 
 import otdiff
+from otdiff import flows
 from otdiff.data import exact_score, gaussian_mixture
 from otdiff.diffusion import LinearVP
 from otdiff.diffusion.energy import MixtureEnergy
@@ -86,6 +88,19 @@ def _key():
     return jax.random.key(0)
 
 
+def FIELD(x, t):
+    """A per-point velocity field ``velocity(x, t)`` (the flows' convention)."""
+    return x - 0.5 * t
+
+
+def _flow_config():
+    return flows.FlowConfig(hidden=(8,), embed_dim=4, n_steps=2, batch_size=3)
+
+
+def _flow_pairs():
+    return flows.Pairs(PTS, PTS + 0.5)
+
+
 #: A valid value for each parameter name (a function: a fresh value per call).
 VALID: dict[str, Callable[[], Any]] = {
     "key": _key,
@@ -99,6 +114,7 @@ VALID: dict[str, Callable[[], Any]] = {
     "y": lambda: PTS + 1.0,
     "z": lambda: PTS,
     "x0": lambda: PTS,
+    "x1": lambda: PTS + 0.5,
     "x_init": lambda: PTS,
     "x0_hat": lambda: PTS,
     "data": lambda: PTS,
@@ -121,6 +137,9 @@ VALID: dict[str, Callable[[], Any]] = {
     "beta": lambda: 2.0,
     "inverse_temperature": lambda: 2.0,
     "t": lambda: 0.5,
+    "t_next": lambda: 0.25,
+    "velocity": lambda: FIELD,
+    "denoised": lambda: PTS * 0.5,
     "name": lambda: "x",
     "kind": lambda: "lin",
 }
@@ -132,9 +151,60 @@ BASES: dict[str, dict[str, Callable[[], Any]]] = {
     "otdiff.smc.systematic": {"weights": lambda: jnp.full(6, 1 / 6)},
     "otdiff.smc.resample": {"particles": lambda: PTS},
     "otdiff.smc.maybe_resample": {"particles": lambda: PTS},
-    "otdiff.data.gaussian_mixture": {"means": lambda: PTS[:2]},
+    "otdiff.data.mixtures.gaussian_mixture": {"means": lambda: PTS[:2]},
+    "otdiff.nn.TimeEmbedding": {"embed_dim": lambda: 8},
+    "otdiff.nn.TimeMLP": {"in_size": lambda: 2, "out_size": lambda: 2},
+    "otdiff.nn.SphereMLP": {"in_size": lambda: 3, "out_size": lambda: 3},
+    "otdiff.train.make_optimizer": {"learning_rate": lambda: 1e-3},
+    "otdiff.metrics.memorised_fraction": {
+        "train": lambda: PTS + 0.1,
+        "held_out": lambda: PTS - 0.1,
+    },
+    "otdiff.ot.sinkhorn.relative_epsilon": {"fraction": lambda: 0.1},
+    "otdiff.ot.sinkhorn.entropic_map": {"g": lambda: jnp.zeros(6)},
+    "otdiff.ot.progot.displace": {"g": lambda: jnp.zeros(6), "alpha": lambda: 0.5},
+    "otdiff.ot.monge.monge_map": {"g": lambda: jnp.zeros(6), "cost_fn": costs.SqEuclidean},
+    "otdiff.ot.m3g.matching_gap": {"embeddings": lambda: jnp.stack([PTS, PTS + 0.1])},
+    "otdiff.ot.m3g.m3g_loss": {"embeddings": lambda: jnp.stack([PTS, PTS + 0.1])},
+    "otdiff.ot.m3g.cross_view_retrieval": {"embeddings": lambda: jnp.stack([PTS, PTS + 0.1])},
+    "otdiff.ot.sinkhorn.sweep_epsilon": {"epsilons": lambda: jnp.array([0.5, 1.0])},
+    "otdiff.manifolds.walk.time_grid": {"horizon": lambda: 1.0},
+    "otdiff.manifolds.heat.n_terms_for": {"t_min": lambda: 0.1},
     "otdiff.diffusion.energy.product_smc": {"energies": lambda: [ENERGY, ENERGY]},
     "otdiff.diffusion.spell.sample": {"protected": lambda: PTS[:3] + 0.1},
+    "otdiff.diffusion.samplers.reverse_kernel": {"score": lambda: PTS * 0.1},
+    "otdiff.flows.interpolant.denoiser_from_velocity": {"velocity": lambda: PTS * 0.5},
+    "otdiff.flows.interpolant.high_pass": {
+        "x": lambda: jnp.linspace(-1.0, 1.0, 24).reshape(6, 4),
+        "side": lambda: 2,
+    },
+    "otdiff.flows.interpolant.sample_times": {"shape": lambda: (4,)},
+    "otdiff.flows.reflow.make_flow": {"cfg": _flow_config},
+    "otdiff.flows.reflow.train_flow": {
+        "model": lambda: flows.make_flow(_key(), 2, _flow_config()),
+        "cfg": _flow_config,
+    },
+    "otdiff.flows.reflow.training_pairs": {
+        "pairs": lambda: flows.ReflowPairs(_flow_pairs(), _flow_pairs(), 1, 1),
+        "cfg": _flow_config,
+    },
+    "otdiff.flows.reflow.project_pairs": {"pairs": _flow_pairs},
+    "otdiff.flows.reflow.mix_pairs": {
+        "forward": _flow_pairs,
+        "backward": _flow_pairs,
+        "forward_fraction": lambda: 0.5,
+    },
+    "otdiff.flows.reflow.cached_flow": {
+        "seed": lambda: 0,
+        "cfg": _flow_config,
+        "data_inputs": lambda: "PTS",
+        "make_data": lambda: lambda: PTS,
+    },
+    "otdiff.flows.reflow.cached_pairs": {
+        "seed": lambda: 0,
+        "teacher_inputs": lambda: "FIELD",
+        "n_pairs": lambda: 4,
+    },
     "otdiff.metrics.total_variation": {
         "p": lambda: jnp.array([0.5, 0.5]),
         "q": lambda: jnp.array([0.25, 0.75]),
@@ -144,8 +214,8 @@ BASES: dict[str, dict[str, Callable[[], Any]]] = {
 # -- bad values, by kind ----------------------------------------------------------------------------
 
 POINTS = {
-    "x", "y", "z", "x0", "x_init", "x0_hat", "data", "protected", "y_eval", "pred", "truth",
-    "centres", "means",
+    "x", "y", "z", "x0", "x1", "x_init", "x0_hat", "data", "protected", "y_eval", "pred",
+    "truth", "centres", "means", "denoised",
 }  # fmt: skip
 SIZES = {"n", "d", "dim", "n_steps", "n_samples", "n_particles", "n_batches", "batch_size"}
 UNIT_OPEN = {"t_min"}  # in (0, 1)
@@ -181,9 +251,97 @@ def sphere_kind(qualified: str, name: str) -> str | None:
     return SPHERE_POINTS.get(qualified, {}).get(name)
 
 
-def bad_values(name: str, sphere: str | None = None) -> list[tuple[str, Any]]:
+_FLOW_TIMES = {"t": "time", "t_next": "time"}
+_TOLERANCES = {"rtol": "positive", "atol": "positive"}
+
+#: Kinds given per callable where a parameter's name does not say it (or says it for other
+#: callables only): ``"points"`` (as :data:`POINTS`), ``"size"``, ``"positive"``, ``"unit"`` (in
+#: [0, 1]), ``"positive_vector"`` (a 1-D array of numbers > 0), ``"potential"`` (a dual potential, one value
+#: per point of ``y``), ``"time"`` (a time of the flows, in [0, 1]; a scalar or one per point), ``"field"`` (a
+#: per-point function ``f(x, t)``), ``"pairs"`` (a :class:`otdiff.flows.Pairs`), ``"reflow_pairs"``
+#: (a :class:`otdiff.flows.ReflowPairs`) and ``"flow_config"`` (a :class:`otdiff.flows.FlowConfig`).
+KINDS: dict[str, dict[str, str]] = {
+    "otdiff.nn.TimeEmbedding": {"embed_dim": "size"},
+    "otdiff.nn.TimeMLP": {"in_size": "size", "embed_dim": "size"},
+    "otdiff.nn.SphereMLP": {"in_size": "size", "out_size": "size"},
+    "otdiff.metrics.memorised_fraction": {"train": "points", "held_out": "points"},
+    "otdiff.ot.sinkhorn.sweep_epsilon": {"epsilons": "positive_vector"},
+    "otdiff.manifolds.walk.time_grid": {"horizon": "positive"},
+    "otdiff.ot.sinkhorn.entropic_map": {"g": "potential"},
+    "otdiff.ot.progot.displace": {"g": "potential", "alpha": "unit"},
+    "otdiff.ot.monge.monge_map": {"g": "potential"},
+    "otdiff.manifolds.heat.n_terms_for": {"t_min": "positive"},  # heat times: any t > 0
+    "otdiff.diffusion.samplers.reverse_kernel": {"score": "points"},
+    "otdiff.flows.interpolant.interpolate": {"t": "time"},
+    "otdiff.flows.interpolant.velocity_from_denoiser": {"t": "positive_time"},
+    "otdiff.flows.interpolant.denoiser_from_velocity": {"velocity": "points", "t": "time"},
+    "otdiff.flows.interpolant.sample_times": {"cosh_scale": "positive"},
+    "otdiff.flows.interpolant.time_density": {"cosh_scale": "positive", "t": "time"},
+    "otdiff.flows.interpolant.FlowLoss": {"cosh_scale": "positive"},
+    "otdiff.flows.interpolant.high_pass": {"side": "size"},
+    "otdiff.flows.samplers.euler_step": {**_FLOW_TIMES, "velocity": "field"},
+    "otdiff.flows.samplers.heun_step": {**_FLOW_TIMES, "velocity": "field"},
+    "otdiff.flows.samplers.flow_time_grid": {"rho": "positive"},
+    "otdiff.flows.samplers.sample_flow": {"rho": "positive", "velocity": "field"},
+    "otdiff.flows.samplers.path_straightness": {"velocity": "field"},
+    "otdiff.flows.samplers.solve_flow": {
+        **_TOLERANCES, "t_start": "time", "t_end": "time", "velocity": "field",
+    },
+    "otdiff.flows.reflow.backward_pairs": {**_TOLERANCES, "velocity": "field"},
+    "otdiff.flows.reflow.forward_pairs": {**_TOLERANCES, "velocity": "field"},
+    "otdiff.flows.reflow.cached_pairs": {**_TOLERANCES, "n_pairs": "size", "velocity": "field"},
+    "otdiff.flows.reflow.mix_pairs": {
+        "forward": "pairs", "backward": "pairs", "forward_fraction": "unit",
+    },
+    "otdiff.flows.reflow.project_pairs": {"pairs": "pairs"},
+    "otdiff.flows.reflow.training_pairs": {"pairs": "reflow_pairs", "cfg": "flow_config"},
+    "otdiff.flows.reflow.make_flow": {"cfg": "flow_config"},
+    "otdiff.flows.reflow.train_flow": {"cfg": "flow_config"},
+    "otdiff.flows.reflow.cached_flow": {"cfg": "flow_config"},
+}  # fmt: skip
+
+
+def kind_of(qualified: str, name: str) -> str | None:
+    """The kind :data:`KINDS` gives ``name`` in ``qualified`` (``None``: its name decides)."""
+    return KINDS.get(qualified, {}).get(name)
+
+
+def is_points(qualified: str, name: str) -> bool:
+    return name in POINTS or kind_of(qualified, name) == "points"
+
+
+def bad_values(
+    name: str, sphere: str | None = None, kind: str | None = None
+) -> list[tuple[str, Any]]:
     """``(label, value)`` pairs of bad values for the parameter ``name`` (none if not fuzzed),
-    or for sphere points of the kind ``sphere`` (:data:`SPHERE_POINTS`)."""
+    for sphere points of the kind ``sphere`` (:data:`SPHERE_POINTS`), or for the kind ``kind``
+    (:data:`KINDS`)."""
+    if kind == "time":
+        return [("negative", -0.5), ("above", 1.5), ("NaN", math.nan), ("str", "0.5")]
+    if kind == "positive_time":
+        return [("zero", 0.0), ("above", 1.5), ("NaN", math.nan), ("str", "0.5")]
+    if kind == "unit":
+        return [("negative", -0.5), ("above", 1.5), ("NaN", math.nan), ("str", "0.5")]
+    if kind == "positive_vector":
+        return [
+            ("empty", jnp.zeros(0)),
+            ("negative", jnp.array([0.5, -1.0])),
+            ("NaN", jnp.array([0.5, math.nan])),
+            ("rank-2", jnp.ones((2, 2))),
+            ("None", None),
+        ]
+    if kind == "potential":  # one value per point of y (6)
+        return [
+            ("NaN", jnp.zeros(6).at[2].set(jnp.nan)),
+            ("wrong-length", jnp.zeros(5)),
+            ("rank-2", jnp.zeros((6, 1))),
+            ("None", None),
+        ]
+    if kind == "field":
+        return [("None", None), ("array", PTS)]
+    if kind in ("pairs", "reflow_pairs", "flow_config"):
+        return [("None", None), ("array", PTS)]
+    name = {"points": "x", "size": "n", "positive": "epsilon"}.get(kind, name)
     if sphere is not None:
         cases = [
             ("NaN", SPHERE.at[1, 0].set(jnp.nan)),
@@ -243,6 +401,8 @@ DELIBERATE: dict[str, str] = {
         "a single point, a stack of batches and an empty batch are all valid"
         for label in ("rank-1", "rank-3", "empty")
     },
+    "otdiff.ot.m3g.m3g_loss:epsilon": "the unchecked training loss, traced inside a jitted "
+    "training step (as its docstring says); matching_gap is the checked version",
     "otdiff.ot.m3g.circular_variance:z=rank-3": "groups of k vectors in any batch shape "
     "(..., k, d): a stack of batches is valid",
 }
@@ -282,7 +442,7 @@ def _cases() -> list:
         except (TypeError, ValueError):
             continue
         mine: list = []
-        points = [p.name for p in sig.parameters.values() if p.name in POINTS]
+        points = [p.name for p in sig.parameters.values() if is_points(qualified, p.name)]
         clouds = [n for n in points if sphere_kind(qualified, n) in (None, "cloud")]
         for other in clouds[1:]:  # a dimension mismatch must name both arguments
             label = f"dim-vs-{clouds[0]}"
@@ -291,7 +451,8 @@ def _cases() -> list:
                 pytest.param(qualified, other, label, value, id=f"{qualified}:{other}={label}")
             )
         for p in sig.parameters.values():
-            for label, value in bad_values(p.name, sphere_kind(qualified, p.name)):
+            kind = kind_of(qualified, p.name)
+            for label, value in bad_values(p.name, sphere_kind(qualified, p.name), kind):
                 if value is None and p.default is None:
                     continue  # None is the documented default
                 case_id = f"{qualified}:{p.name}={label}"
@@ -340,7 +501,11 @@ def _has_nan(result: Any) -> bool:
 
 
 @pytest.mark.parametrize(("qualified", "param", "label", "value"), _cases())
-def test_bad_input_is_refused_with_a_message_naming_the_argument(qualified, param, label, value):
+def test_bad_input_is_refused_with_a_message_naming_the_argument(
+    qualified, param, label, value, tmp_path, monkeypatch
+):
+    # a callable that caches what it builds (a refused value builds nothing) writes here
+    monkeypatch.setenv("OTDIFF_CACHE_DIR", str(tmp_path))
     reason = (
         DELIBERATE.get(f"{qualified}:{param}={label}")
         or DELIBERATE.get(f"{qualified}:{param}")

@@ -56,6 +56,10 @@ __all__ = [
     "check_nonnegative_weights",
     "check_mask",
     "check_key",
+    "check_callable",
+    "check_point_batch",
+    "check_same_shape",
+    "check_potential",
     "WEIGHT_ATOL",
     "unguarded",
     "guards_active",
@@ -262,6 +266,8 @@ def check_times(
     ``low_open`` (skipped under a transformation)."""
     if is_concrete(t):
         try:
+            if isinstance(t, str | bytes):  # np.asarray("0.5", dtype=float) would read it
+                raise TypeError
             arr = np.asarray(t, dtype=float)
         except (TypeError, ValueError):
             raise TypeError(
@@ -273,6 +279,47 @@ def check_times(
             interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
             raise ValueError(f"{name} must lie in {interval}, got {bad.tolist()}.")
     return t
+
+
+def check_point_batch(x: Any, name: str) -> jax.Array:
+    """Points in any batch shape ``(..., d)``, ``d >= 1``: a single point ``(d,)``, a cloud, a
+    stack of clouds or an empty batch (the argument of a pure map on points); a finite floating
+    array (finiteness checked on concrete values only)."""
+    arr = _as_array(x, name, "(..., d)")
+    if arr.ndim < 1 or arr.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (..., d) with d >= 1, got shape {arr.shape}.")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    check_finite(arr, name)
+    return arr
+
+
+def check_same_shape(x: jax.Array, y: jax.Array, names: tuple[str, str] = ("x", "y")) -> None:
+    """Two arrays of points paired one to one: the same dimension and the same batch shape."""
+    check_same_dim(x, y, names)
+    if x.shape != y.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape (one {names[1]} per "
+            f"{names[0]}), got {x.shape} and {y.shape}."
+        )
+
+
+def check_potential(g: Any, n: int, name: str, of: str, dtype: Any = None) -> jax.Array:
+    """A dual potential: one finite value per point of ``of`` (``n`` points), shape ``(n,)``."""
+    arr = _as_array(g, name, f"({n},)")
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{name} must have shape ({n},) (one value per point of {of}), got {arr.shape}."
+        )
+    arr = arr.astype(dtype if dtype is not None else jnp.result_type(arr.dtype, float))
+    return check_finite(arr, name)
+
+
+def check_callable(fn: Any, name: str, signature: str = "f(x, t)") -> Any:
+    """``fn`` must be callable (a function, a module, a partial), documented as ``signature``."""
+    if not callable(fn):
+        raise TypeError(f"{name} must be a function {signature}, got {type(fn).__name__}.")
+    return fn
 
 
 def _as_array(x: Any, name: str, shape: str) -> jax.Array:

@@ -385,6 +385,11 @@ def memorised_fraction(x, train, held_out, *, quantile: float = 0.1) -> float:
 
     Taught in: book/diffusion/03_spell.ipynb
     """
+    x, train, held_out = (
+        check_points(v, name) for v, name in ((x, "x"), (train, "train"), (held_out, "held_out"))
+    )
+    check_same_dim(x, train, ("x", "train"))
+    check_same_dim(x, held_out, ("x", "held_out"))
     check_in_range(quantile, "quantile", 0.0, 1.0, low_open=True, high_open=True)
     q = np.quantile(nearest_distance(held_out, train), quantile)
     return float(np.mean(nearest_distance(x, train) < q))

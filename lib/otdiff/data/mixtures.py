@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otdiff._checks import check_finite, check_int, check_positive, check_weights
+from otdiff._checks import check_int, check_points, check_positive, check_weights
 
 __all__ = ["GaussianMixture", "gaussian_mixture", "ring", "grid", "exact_score", "exact_log_prob"]
 
@@ -137,10 +137,7 @@ def gaussian_mixture(
 
     Taught in: book/diffusion/01_score_based.ipynb, book/diffusion/02_energy_smc.ipynb.
     """
-    means = jnp.asarray(means, dtype=jnp.result_type(float))
-    if means.ndim != 2:
-        raise ValueError(f"means must have shape (K, d), got shape {means.shape}.")
-    check_finite(means, "means")
+    means = check_points(means, "means").astype(jnp.result_type(float))
     k, d = means.shape
     if covs is None:
         stds_arr = (

@@ -58,8 +58,10 @@ from otdiff._checks import (
     check_choice,
     check_in_range,
     check_int,
+    check_key,
     check_nonnegative,
     check_points,
+    check_same_shape,
     guard,
     guard_finite,
     guard_in_range,
@@ -159,6 +161,9 @@ def reverse_kernel(
 
     Taught in: book/diffusion/01_score_based.ipynb.
     """
+    x = check_points(x, "x")
+    score = check_points(score, "score")
+    check_same_shape(x, score, ("x", "score"))
     dt = t - t_next
     mean = x - process.reverse_drift(x, t, score) * dt
     return mean, jnp.sqrt(process.diffusion_squared(t) * dt)
@@ -198,6 +203,8 @@ def euler_maruyama_step(
 
     Taught in: book/diffusion/01_score_based.ipynb.
     """
+    key = check_key(key)
+    x = check_points(x, "x")
     mean, std = reverse_kernel(process, x, t, t_next, batch_score(score)(x, t))
     return mean + noise * std * jax.random.normal(key, x.shape, x.dtype)
 
@@ -226,6 +233,9 @@ def ddim_step(
 
     Taught in: book/diffusion/01_score_based.ipynb.
     """
+    key = check_key(key)
+    x = check_points(x, "x")
+    check_nonnegative(eta, "eta")
     s = batch_score(score)(x, t)
     sigma, sigma_next = process.sigma(t), process.sigma(t_next)
     a, a_next = process.alpha(t), process.alpha(t_next)

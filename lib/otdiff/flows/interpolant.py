@@ -52,7 +52,11 @@ from otdiff._checks import (
     check_in_range,
     check_int,
     check_nonnegative,
+    check_point_batch,
+    check_points,
     check_positive,
+    check_same_shape,
+    check_times,
 )
 
 __all__ = [
@@ -83,11 +87,33 @@ def _expand(t, x):
     return t.reshape(t.shape + (1,) * (jnp.ndim(x) - t.ndim))
 
 
+def _check_map(
+    x: jax.Array, other: jax.Array, t: jax.Array, names: tuple[str, str], *, t_positive=False
+):
+    """The arguments of a pure map on points: ``x`` and ``other`` of one shape ``(..., d)``, and
+    times in ``[0, 1]`` (``(0, 1]`` with ``t_positive``), a scalar or one per leading index."""
+    x, other = check_point_batch(x, names[0]), check_point_batch(other, names[1])
+    check_same_shape(x, other, names)
+    check_times(t, "t", low_open=t_positive)
+    t = jnp.asarray(t)
+    if t.ndim >= x.ndim or t.shape != x.shape[: t.ndim]:
+        raise ValueError(
+            f"t must be a scalar or one time per point, of shape {x.shape[:-1]} (or a leading "
+            f"part of it), got shape {t.shape}."
+        )
+    return x, other, t
+
+
 def interpolate(x0: jax.Array, x1: jax.Array, t: jax.Array) -> jax.Array:
     """:math:`x_t = (1 - t)x_0 + t x_1` (``t`` a scalar or one time per leading index).
 
+    Args:
+        x0, x1: data and noise points of one shape ``(..., d)``.
+        t: times in :math:`[0, 1]`, a scalar or of a leading part of the shape ``x0.shape[:-1]``.
+
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    x0, x1, t = _check_map(x0, x1, t, ("x0", "x1"))
     t = _expand(t, x0)
     return (1.0 - t) * x0 + t * x1
 
@@ -95,16 +121,26 @@ def interpolate(x0: jax.Array, x1: jax.Array, t: jax.Array) -> jax.Array:
 def velocity_from_denoiser(x: jax.Array, t: jax.Array, denoised: jax.Array) -> jax.Array:
     """:math:`v = (x - D)/t` (``t > 0``).
 
+    Args:
+        x, denoised: points and their denoised values, of one shape ``(..., d)``.
+        t: times in :math:`(0, 1]`, a scalar or one per leading index.
+
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    x, denoised, t = _check_map(x, denoised, t, ("x", "denoised"), t_positive=True)
     return (x - denoised) / _expand(t, x)
 
 
 def denoiser_from_velocity(x: jax.Array, t: jax.Array, velocity: jax.Array) -> jax.Array:
     """:math:`D = x - t\\,v`.
 
+    Args:
+        x, velocity: points and their velocities, of one shape ``(..., d)``.
+        t: times in :math:`[0, 1]`, a scalar or one per leading index.
+
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    x, velocity, t = _check_map(x, velocity, t, ("x", "velocity"))
     return x - _expand(t, x) * velocity
 
 
@@ -201,6 +237,7 @@ def sample_times(
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     check_choice(distribution, "distribution", TIME_DISTRIBUTIONS)
+    check_positive(cosh_scale, "cosh_scale")
     u = jax.random.uniform(key, shape)
     if distribution == "uniform":
         return u
@@ -216,6 +253,8 @@ def time_density(t: jax.Array, distribution: str = "uniform", *, cosh_scale: flo
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     check_choice(distribution, "distribution", TIME_DISTRIBUTIONS)
+    check_positive(cosh_scale, "cosh_scale")
+    check_times(t, "t")
     t = jnp.asarray(t, jnp.float32)
     if distribution == "uniform":
         return jnp.ones_like(t)
@@ -242,6 +281,7 @@ def high_pass(x: jax.Array, side: int) -> jax.Array:
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     side = check_int(side, "side", low=2)
+    x = check_point_batch(x, "x")
     if x.shape[-1] != side * side:
         raise ValueError(
             f"x's last axis must have side * side = {side * side} entries, got {x.shape}."
@@ -271,6 +311,12 @@ class Pairs(eqx.Module):
 
     x0: jax.Array
     x1: jax.Array
+
+    def __init__(self, x0: jax.Array, x1: jax.Array):
+        # n = 0 is a coupling with no rows (cached_pairs' forward pairs with with_forward=False)
+        self.x0 = check_points(x0, "x0", min_points=0)
+        self.x1 = check_points(x1, "x1", min_points=0)
+        check_same_shape(self.x0, self.x1, ("x0", "x1"))
 
 
 class FlowLoss(eqx.Module):

@@ -38,6 +38,7 @@ from otdiff import artifacts, checkpoint, nn, train
 from otdiff import config as _config
 from otdiff._checks import (
     check_bool,
+    check_callable,
     check_choice,
     check_in_range,
     check_int,
@@ -45,6 +46,7 @@ from otdiff._checks import (
     check_nonnegative,
     check_points,
     check_positive,
+    check_same_dim,
 )
 from otdiff.flows.interpolant import (
     PARAMETERISATIONS,
@@ -158,6 +160,23 @@ class FlowConfig(NamedTuple):
         return d
 
 
+def _check_config(cfg: Any) -> FlowConfig:
+    """``cfg`` checked (:meth:`FlowConfig.check`), or a ``TypeError`` if it is not a FlowConfig."""
+    if not isinstance(cfg, FlowConfig):
+        raise TypeError(f"cfg must be an otdiff.flows.FlowConfig, got {type(cfg).__name__}.")
+    return cfg.check()
+
+
+def _check_field(velocity) -> None:
+    check_callable(velocity, "velocity", "velocity(x, t) of one point x (d,)")
+
+
+def _check_pairs(pairs: Any, name: str) -> Pairs:
+    if not isinstance(pairs, Pairs):
+        raise TypeError(f"{name} must be otdiff.flows.Pairs, got {type(pairs).__name__}.")
+    return pairs
+
+
 class ReflowPairs(NamedTuple):
     """The pairs a teacher flow generates, with their cost.
 
@@ -180,6 +199,7 @@ def backward_pairs(velocity, x1: jax.Array, *, rtol: float = 1e-5, atol: float =
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_field(velocity)
     x1 = check_points(x1, "x1")
     out = solve_flow(velocity, x1, t_start=1.0, t_end=0.0, rtol=rtol, atol=atol)
     return Pairs(out.x, x1), out.nfe
@@ -190,6 +210,7 @@ def forward_pairs(velocity, x0: jax.Array, *, rtol: float = 1e-5, atol: float = 
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_field(velocity)
     x0 = check_points(x0, "x0")
     out = solve_flow(velocity, x0, t_start=0.0, t_end=1.0, rtol=rtol, atol=atol)
     return Pairs(x0, out.x), out.nfe
@@ -226,8 +247,7 @@ def project_pairs(
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
     key = check_key(key)
-    if not isinstance(pairs, Pairs):
-        raise TypeError(f"pairs must be otdiff.flows.Pairs, got {type(pairs).__name__}.")
+    _check_pairs(pairs, "pairs")
     data = check_points(data, "data")
     n, d = pairs.x0.shape
     batch_size = check_int(batch_size, "batch_size", low=2)
@@ -267,6 +287,9 @@ def mix_pairs(forward: Pairs, backward: Pairs, forward_fraction: float) -> Pairs
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_pairs(forward, "forward")
+    _check_pairs(backward, "backward")
+    check_same_dim(forward.x0, backward.x0, ("forward", "backward"))
     check_in_range(forward_fraction, "forward_fraction", 0.0, 1.0)
     n = backward.x0.shape[0]
     k = int(round(float(forward_fraction) * n))
@@ -285,7 +308,7 @@ def make_flow(key: jax.Array, dim: int, cfg: FlowConfig) -> FlowNet:
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
-    cfg = cfg.check()
+    cfg = _check_config(cfg)
     return FlowNet(
         dim, key=key, hidden=tuple(cfg.hidden), embed_dim=cfg.embed_dim,
         parameterisation=cfg.parameterisation,
@@ -299,7 +322,7 @@ def train_flow(key: jax.Array, model: FlowNet, data, cfg: FlowConfig, **fit_kwar
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
-    cfg = cfg.check()
+    cfg = _check_config(cfg)
     return train.fit(
         key, model, data, cfg.loss(), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, ema_decay=cfg.ema_decay, **fit_kwargs,
@@ -312,7 +335,12 @@ def training_pairs(key: jax.Array, pairs: ReflowPairs, data: jax.Array, cfg: Flo
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
-    cfg = cfg.check()
+    key = check_key(key)
+    if not isinstance(pairs, ReflowPairs):
+        raise TypeError(f"pairs must be otdiff.flows.ReflowPairs, got {type(pairs).__name__}.")
+    data = check_points(data, "data")
+    check_same_dim(pairs.backward.x0, data, ("pairs", "data"))
+    cfg = _check_config(cfg)
     backward = pairs.backward
     if cfg.projected:
         backward = project_pairs(key, backward, data, epsilon=cfg.projection_epsilon)
@@ -363,7 +391,7 @@ def cached_flow(
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
-    cfg = cfg.check()
+    cfg = _check_config(cfg)
     seed = check_int(seed, "seed", low=0)
     key = jax.random.key(seed)
     params_like, static = train.split(make_flow(jax.random.fold_in(key, 0), dim, cfg))
@@ -457,8 +485,11 @@ def cached_pairs(
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_field(velocity)
     seed = check_int(seed, "seed", low=0)
     n_pairs = check_int(n_pairs, "n_pairs", low=1)
+    check_positive(rtol, "rtol")
+    check_positive(atol, "atol")
     chunk_size = check_int(chunk_size, "chunk_size", low=1)
     data = check_points(data, "data")
     if data.shape[0] < n_pairs:

@@ -34,11 +34,14 @@ import jax.numpy as jnp
 
 from otdiff import metrics
 from otdiff._checks import (
+    check_callable,
     check_choice,
     check_in_range,
     check_int,
+    check_key,
     check_points,
     check_positive,
+    check_times,
     guard,
     guard_finite,
     guard_positive,
@@ -129,19 +132,45 @@ def _batch(velocity: Velocity):
     return jax.vmap(velocity, in_axes=(0, None))
 
 
+def _check_field(velocity: Velocity) -> Velocity:
+    return check_callable(velocity, "velocity", "velocity(x, t) of one point x (d,)")
+
+
+def _check_step(key, x, t, t_next, velocity):
+    # a step kernel's arguments; inside the driver's scan they are traced: shapes only
+    check_key(key)
+    x = check_points(x, "x")
+    for name, value in (("t", t), ("t_next", t_next)):
+        check_times(value, name)
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar time, got shape {jnp.shape(value)}.")
+    _check_field(velocity)
+    return x
+
+
 def euler_step(key, x: jax.Array, t: jax.Array, t_next: jax.Array, *, velocity: Velocity):
     """One Euler step :math:`x' = x + (t' - t)\\,v(x, t)` of a batch ``(n, d)`` (``key`` unused).
 
+    Args:
+        key: a JAX random key (unused: the step is deterministic; the driver passes one).
+        x: the batch ``(n, d)`` at time ``t``.
+        t, t_next: the current and the next time, scalars in :math:`[0, 1]`.
+        velocity: the per-point field ``velocity(x, t)``.
+
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    x = _check_step(key, x, t, t_next, velocity)
     return x + (t_next - t) * _batch(velocity)(x, t)
 
 
 def heun_step(key, x: jax.Array, t: jax.Array, t_next: jax.Array, *, velocity: Velocity):
     """One Heun step (explicit trapezoid) of a batch ``(n, d)`` (``key`` unused; two evaluations).
 
+    Arguments as :func:`euler_step`.
+
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    x = _check_step(key, x, t, t_next, velocity)
     v = _batch(velocity)(x, t)
     x_pred = x + (t_next - t) * v
     return x + 0.5 * (t_next - t) * (v + _batch(velocity)(x_pred, t_next))
@@ -171,6 +200,7 @@ def sample_flow(
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_field(velocity)
     x1 = check_points(x1, "x1")
     check_choice(solver, "solver", SOLVERS)
     times = flow_time_grid(n_steps, rho)
@@ -215,6 +245,7 @@ def solve_flow(
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_field(velocity)
     x = check_points(x, "x")
     for name, value in (("t_start", t_start), ("t_end", t_end)):
         check_in_range(value, name, 0.0, 1.0)
@@ -256,6 +287,7 @@ def path_straightness(velocity: Velocity, x1: jax.Array, n_steps: int = 64) -> j
 
     Taught in: book/diffusion/05_simple_reflow.ipynb.
     """
+    _check_field(velocity)
     x1 = check_points(x1, "x1")
     times = flow_time_grid(n_steps)
     field = _batch(velocity)

@@ -68,6 +68,7 @@ def time_grid(horizon, n_steps: int) -> jax.Array:
 
     Taught in: book/diffusion/06_rdsb.ipynb.
     """
+    check_positive(horizon, "horizon")
     n_steps = check_int(n_steps, "n_steps", low=1)
     return jnp.asarray(horizon, jnp.result_type(float)) * jnp.arange(n_steps + 1) / n_steps
 

@@ -148,12 +148,9 @@ def _check_map_inputs(z, points, potential, epsilon, cost_fn, names):
     z = _checks.check_points(z, names[0])
     points = _checks.check_points(points, names[1])
     _checks.check_same_dim(z, points, (names[0], names[1]))
-    potential = _checks.check_finite(jnp.asarray(potential, dtype=points.dtype), names[2])
-    if potential.shape != (points.shape[0],):
-        raise ValueError(
-            f"{names[2]} must have shape ({points.shape[0]},) (one value per point of "
-            f"{names[1]}), got {potential.shape}."
-        )
+    potential = _checks.check_potential(
+        potential, points.shape[0], names[2], names[1], points.dtype
+    )
     _checks.check_positive(epsilon, "epsilon")
     if not isinstance(cost_fn, costs.TICost):
         raise TypeError(

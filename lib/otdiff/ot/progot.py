@@ -296,7 +296,9 @@ def displace(
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    return (1.0 - alpha) * z + alpha * entropic_map(z, y, g, epsilon, cost_fn)
+    _checks.check_in_range(alpha, "alpha", 0.0, 1.0)
+    mapped = entropic_map(z, y, g, epsilon, cost_fn)  # checks z, y, g and epsilon
+    return (1.0 - alpha) * jnp.asarray(z, mapped.dtype) + alpha * mapped
 
 
 def progot_init(x: jax.Array, y: jax.Array) -> ProgOTState:

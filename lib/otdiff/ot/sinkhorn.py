@@ -765,7 +765,10 @@ def entropic_map(
 
     Taught in: book/ot/03_progot.ipynb.
     """
-    z, y, g = jnp.asarray(z), jnp.asarray(y), jnp.asarray(g)
+    z, y = _checks.check_points(z, "z"), _checks.check_points(y, "y")
+    _checks.check_same_dim(z, y, ("z", "y"))
+    g = _checks.check_potential(g, y.shape[0], "g", "y", y.dtype)
+    _checks.check_positive(epsilon, "epsilon")
     if cost_fn is None or type(cost_fn) is costs.SqEuclidean:
         cost = _geometry(z, y, None, None, None).cost_matrix
         return jax.nn.softmax((g[None, :] - cost) / epsilon, axis=1) @ y
