@@ -795,6 +795,24 @@ def _learn_chapter_costs(seed: int, settings: dict) -> dict:
     return {"factor": learned.factor, "loss": info["loss"]}
 
 
+def _cached_per_seed(name, seeds, settings, code, learn, like, verbose) -> list:
+    """``learn(seed, settings)`` for each seed, through the artifact cache ``name`` (shipped or
+    user cache, keyed by the settings and the code's fingerprint): the trees, in seed order."""
+    from otdiff import artifacts
+
+    return [
+        artifacts.cached(
+            name,
+            seed,
+            {"settings": settings, "code": code, "version": 1},
+            build=lambda progress, seed=seed: (learn(seed, settings), {}),
+            like=like,
+            verbose=verbose,
+        ).tree
+        for seed in seeds
+    ]
+
+
 def chapter_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterCosts:
     r"""The chapter's learned Mahalanobis costs, cached as artifacts (shipped for ``demo``).
 
@@ -804,7 +822,6 @@ def chapter_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterC
 
     Taught in: book/ot/04_monge.ipynb.
     """
-    from otdiff import artifacts
     from otdiff import config as _config
 
     settings = chapter_settings(scale)
@@ -828,17 +845,9 @@ def chapter_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterC
         ti_costs.grad_h_legendre,
         sinkhorn._sinkhorn,
     ]
-    trees = []
-    for seed in seeds:
-        art = artifacts.cached(
-            "monge_mahalanobis",
-            seed,
-            {"settings": settings, "code": code, "version": 1},
-            build=lambda progress, seed=seed: (_learn_chapter_costs(seed, settings), {}),
-            like=like,
-            verbose=verbose,
-        )
-        trees.append(art.tree)
+    trees = _cached_per_seed(
+        "monge_mahalanobis", seeds, settings, code, _learn_chapter_costs, like, verbose
+    )
     return ChapterCosts(
         settings,
         list(seeds),
@@ -958,7 +967,6 @@ def chapter_neural_costs(*, scale: str | None = None, verbose: bool = True) -> C
 
     Taught in: book/ot/04_monge.ipynb.
     """
-    from otdiff import artifacts
     from otdiff import config as _config
 
     settings = neural_settings(scale)
@@ -988,17 +996,9 @@ def chapter_neural_costs(*, scale: str | None = None, verbose: bool = True) -> C
         ti_costs.grad_h_legendre,
         sinkhorn._sinkhorn,
     ]
-    trees = []
-    for seed in seeds:
-        art = artifacts.cached(
-            "monge_neural",
-            seed,
-            {"settings": settings, "code": code, "version": 1},
-            build=lambda progress, seed=seed: (_learn_neural_costs(seed, settings), {}),
-            like=like,
-            verbose=verbose,
-        )
-        trees.append(art.tree)
+    trees = _cached_per_seed(
+        "monge_neural", seeds, settings, code, _learn_neural_costs, like, verbose
+    )
     return ChapterNeuralCosts(
         settings,
         list(seeds),
