@@ -1,6 +1,8 @@
 """Scale presets, the cache folder and the notebook set-up."""
 
 import random
+import re
+from pathlib import Path
 
 import jax
 import matplotlib as mpl
@@ -81,3 +83,31 @@ def test_seed_offset_shifts_every_seed(monkeypatch):
             config.seed(bad)
     with pytest.raises(ValueError, match="n must"):
         config.seeds(0)
+
+
+def test_benchmark_results_reads_the_projects_record_from_any_subfolder(tmp_path):
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "toy.json").write_text('{"rows": [1, 2]}')
+    (tmp_path / "book" / "ot").mkdir(parents=True)
+    assert config.benchmark_results("toy", start=tmp_path / "book" / "ot") == {"rows": [1, 2]}
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        config.benchmark_results("missing", start=tmp_path)
+    with pytest.raises(ValueError, match="name"):
+        config.benchmark_results("toy.json", start=tmp_path)
+
+
+def test_benchmark_results_outside_the_project_says_where_the_records_live(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmarks"):
+        config.benchmark_results("reflow", start=tmp_path)
+
+
+def test_every_record_a_chapter_quotes_is_in_the_repository():
+    root = Path(__file__).resolve().parents[1]
+    names = {
+        name
+        for path in (root / "book").rglob("*.ipynb")
+        for name in re.findall(r'benchmark_results\(\\"(\w+)\\"\)', path.read_text())
+    }
+    assert len(names) >= 8  # the chapters quote their benchmarks through this one function
+    for name in sorted(names):
+        assert isinstance(config.benchmark_results(name, start=root / "book"), dict)

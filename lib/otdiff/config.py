@@ -32,6 +32,7 @@ __all__ = [
     "seed",
     "seeds",
     "cache_dir",
+    "benchmark_results",
     "enable_compilation_cache",
     "device_report",
     "setup_notebook",
@@ -171,6 +172,46 @@ def cache_dir() -> Path:
         return Path(override).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "otdiff"
+
+
+def benchmark_results(name: str, *, start: str | os.PathLike | None = None) -> dict:
+    """The record ``benchmarks/results/<name>.json`` that ``benchmarks/bench_<...>.py`` wrote.
+
+    Each record holds the date, the machine (device, CPU count, JAX version), the settings and
+    the measured rows; the chapters quote them instead of timing inside the notebook.
+
+    Args:
+        name: the record's name, without ``.json`` (e.g. ``"reflow"``, ``"scaling"``).
+        start: the folder to look from (default the working directory); the project is the first
+            of it and its parents that holds a ``benchmarks`` folder.
+
+    Raises:
+        FileNotFoundError: outside the project (no ``benchmarks`` folder above ``start``), or when
+            the record was not written; the message names the file and the benchmarks' README.
+
+    Taught in: book/ot/01_sinkhorn.ipynb, book/ot/02_sinkhorn_init.ipynb, book/ot/03_progot.ipynb,
+    book/ot/04_monge.ipynb, book/ot/05_m3g.ipynb, book/diffusion/02_energy_smc.ipynb,
+    book/diffusion/03_spell.ipynb, book/diffusion/05_simple_reflow.ipynb,
+    book/optim/01_bloop.ipynb.
+    """
+    import json
+
+    if not isinstance(name, str) or not name or "/" in name or name.endswith(".json"):
+        raise ValueError(f"name must be a record name such as 'reflow' (no '.json'), got {name!r}.")
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    root = next((p for p in [here, *here.parents] if (p / "benchmarks").is_dir()), None)
+    if root is None:
+        raise FileNotFoundError(
+            f"no 'benchmarks' folder in {here} or above it: the benchmark records live in the "
+            "book's repository (benchmarks/results/); run this from inside it."
+        )
+    path = root / "benchmarks" / "results" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: write it with the benchmark that records {name!r} "
+            "(benchmarks/README.md lists them)."
+        )
+    return json.loads(path.read_text())
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
