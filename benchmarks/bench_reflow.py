@@ -7,10 +7,11 @@ book, else cached or trained by ``otdiff.flows.chapter_ring`` and
 * **ring**: the 1-RF teacher and the 2-RF student of the 2-D ring, Euler at NFE 1, 2, 4 and Heun
   at NFE 9 (5 steps, the last an Euler step), ``--n-ring`` samples; quality is the energy distance
   to 4,096 held-out points (``otdiff.metrics.energy_distance``).
-* **digits**: the 2-RF student, the zoo's VP ``"digits"`` teacher as a flow (the same ladder), and
-  the teacher's DDIM at the same NFE and at 100 steps, ``--n-digits`` samples; quality is the
-  Fréchet distance to the real test digits (``otdiff.metrics.frechet_distance``) and the share the
-  digit classifier recognises with probability above 0.8, every sampler's final samples clipped to
+* **digits**: the 2-RF student, the zoo's VP ``"digits_unet"`` teacher as a flow (the same
+  ladder), and the teacher's DDIM at the same NFE and at 100 steps, ``--n-digits`` samples;
+  quality is the Fréchet distance to the real test digits in the digit classifier's features
+  (``otdiff.metrics.DigitClassifier.frechet_distance``) and the share the classifier recognises
+  with probability above 0.8, every sampler's final samples clipped to
   the data range [-1, 1] (as the chapter does).
 
 Each timing is the median of ``--repeats`` calls after a compiling warm-up
@@ -88,7 +89,7 @@ def main() -> None:
         rows.append({
             "setting": "digits", "model": name, "nfe": nfe, "solver": solver, "seconds": seconds,
             "samples_per_second": args.n_digits / seconds,
-            "frechet_distance": float(metrics.frechet_distance(x, real)),
+            "frechet_distance": float(judge.frechet_distance(x, real)),
             "recognised": judge.confident_fraction(x),
         })  # fmt: skip
         print(rows[-1], flush=True)
