@@ -288,6 +288,26 @@ def test_vp_flow_from_pure_noise_is_the_probability_flow_ode_despite_a_score_err
     np.testing.assert_allclose(ode, pf, atol=5e-3)
 
 
+def test_vp_flow_does_not_call_the_network_beyond_the_schedules_end():
+    # one Euler step from tau = 1 needs no network (the field is y / tau there); two steps, one
+    process = CosineVP()
+    calls = []
+    exact = vp_gaussian_score(process)
+
+    def score(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return exact(x, t)
+
+    vel = flows.vp_velocity(score, process)
+    x1 = jax.random.normal(jax.random.key(3), (8, 2))
+    for n_steps, called in ((1, False), (2, True)):
+        calls.clear()
+        x = jax.jit(lambda x1, n=n_steps: flows.sample_flow(vel, x1, n).x)(x1)
+        jax.block_until_ready(x)
+        jax.effects_barrier()
+        assert bool(calls) == called and np.all(np.isfinite(x))
+
+
 # -- pairs ------------------------------------------------------------------------------------------
 
 

@@ -120,12 +120,16 @@ def vp_velocity(
 
     def velocity(y: jax.Array, tau: jax.Array) -> jax.Array:
         tau_eval = jnp.maximum(tau, tau_lo)
-        t = jnp.clip(vp_time(process, tau_eval), t_min, 1.0)
-        scale = process.alpha(t) + process.sigma(t)
-        x = scale * y
-        denoised = process.denoise(x, t, score(x, t))
-        # beyond the schedule's end: the denoiser 0 (module docstring)
-        denoised = jnp.where(tau > tau_hi, jnp.zeros_like(denoised), denoised)
-        return (y - denoised) / tau_eval
+
+        def denoised():
+            t = jnp.clip(vp_time(process, tau_eval), t_min, 1.0)
+            x = (process.alpha(t) + process.sigma(t)) * y
+            return process.denoise(x, t, score(x, t)).astype(y.dtype)
+
+        # beyond the schedule's end the denoiser is 0 (module docstring) and the network is not
+        # called: a sampler's time is the same for the whole batch, so under `vmap` this stays a
+        # branch (a time batched with the points makes it a select, both sides computed)
+        den = jax.lax.cond(tau > tau_hi, lambda: jnp.zeros_like(y), denoised)
+        return (y - den) / tau_eval
 
     return velocity
