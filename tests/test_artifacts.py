@@ -207,6 +207,25 @@ def test_ship_keeps_only_the_planned_files_not_what_they_were_built_from(folders
     assert [state for _, state in zoo.shipped_status(["toy"])] == ["ok"]
 
 
+def test_one_shipping_run_builds_a_shared_model_once(folders, monkeypatch):
+    def teacher():
+        return artifacts.cached("teacher", 0, {}, build=build_tree(1.0), like=LIKE, verbose=False)
+
+    def student():  # trained from the teacher, which is shipped too
+        def build(progress):
+            return {"w": 2 * teacher().tree["w"], "steps": jnp.arange(3, dtype=jnp.int32)}, {}
+
+        return artifacts.cached("student", 0, {}, build=build, like=LIKE, verbose=False)
+
+    monkeypatch.setitem(zoo.SHIPPED, "toy_teacher", teacher)
+    monkeypatch.setitem(zoo.SHIPPED, "toy_student", student)
+    written = zoo.ship(["toy_teacher", "toy_student"])
+    assert BUILDS["n"] == 1  # the teacher, once; the student's build is not build_tree's
+    assert [p.name for p in written] == ["teacher-seed0.ckpt", "student-seed0.ckpt"]
+    zoo.ship(["toy_student"])  # a run of its own builds the teacher afresh
+    assert BUILDS["n"] == 2
+
+
 @pytest.mark.parametrize("damage", ["stale", "truncated", "garbage"])
 def test_a_stale_or_damaged_shipped_file_is_skipped_with_a_warning(folders, damage):
     with artifacts.shipping():

@@ -297,6 +297,7 @@ def _check_name(name: Any) -> str:
 class _Shipping(NamedTuple):
     folder: Path
     written: list
+    built: set  # (name, seed, fingerprint) built afresh by this shipping run (maybe shared)
 
 
 class _Planning(list):
@@ -307,18 +308,26 @@ _MODE: list = []  # the active shipping or planning context (innermost last)
 
 
 @contextlib.contextmanager
-def shipping(folder: str | os.PathLike | None = None) -> Iterator[list[Path]]:
+def shipping(
+    folder: str | os.PathLike | None = None, *, built: set | None = None
+) -> Iterator[list[Path]]:
     """Inside this context every :func:`cached` call builds afresh and writes a shipped file.
+
+    An artifact is built once per shipping run: a second call for the same name, seed and
+    fingerprint (a model another artifact is trained from) reads the copy just built.
 
     Args:
         folder: where to write ``<name>-seed<seed>.ckpt`` (default :func:`shipped_dir`).
+        built: a set shared by several contexts that form one run (what ``make zoo`` does); it
+            collects ``(name, seed, fingerprint)`` of the artifacts built so far.
 
     Yields:
         The list of the files written so far (filled as the calls run).
 
     Taught in: book/diffusion/01_score_based.ipynb.
     """
-    state = _Shipping(Path(folder) if folder is not None else shipped_dir(), [])
+    folder = Path(folder) if folder is not None else shipped_dir()
+    state = _Shipping(folder, [], built if built is not None else set())
     _MODE.append(state)
     try:
         yield state.written
@@ -577,9 +586,11 @@ def cached(
         path = shipped_dir() / f"{name}-seed{seed}.ckpt"
         return Artifact(_zeros_like(like_fn()), {"name": name, "seed": seed}, path, "planned")
     shipping_to = mode.folder if isinstance(mode, _Shipping) else None
-    fresh = retrain or shipping_to is not None
+    # inside a shipping run: built afresh, once (then the user cache holds this run's build)
+    built_now = shipping_to is not None and (name, seed, fp) in mode.built
+    fresh = retrain or (shipping_to is not None and not built_now)
 
-    if not fresh:
+    if not fresh and not built_now:
         art = _try_shipped(name, seed, fp, like_fn)
         if art is not None:
             return art
@@ -618,6 +629,7 @@ def cached(
             _save(target, tree, meta, storage_dtype)
             forget(target)
             mode.written.append(target)
+            mode.built.add((name, seed, fp))
             if verbose:
                 size = target.stat().st_size / 1e6
                 print(f"otdiff: shipped {target} ({size:.2f} MB)", flush=True)

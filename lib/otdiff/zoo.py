@@ -831,11 +831,11 @@ def ship(names=None, *, folder: str | os.PathLike | None = None) -> list[Path]:
             f"the shipped files are those of seed offset 0; unset {config.SEED_OFFSET_VAR} "
             f"(it is {config.seed_offset()})."
         )
-    written = []
+    written, built = [], set()  # one run: a model several artifacts need is trained once
     for name in _selected(names):
         t0 = time.perf_counter()
         print(f"== otdiff.zoo: shipping {name!r}", flush=True)
-        with artifacts.shipping(folder) as files:
+        with artifacts.shipping(folder, built=built) as files:
             SHIPPED[name]()
         # an artifact built only to build another (the ReFlow pairs of a student) is not shipped
         planned = {(e.name, e.seed) for e in shipping_plan([name])}
