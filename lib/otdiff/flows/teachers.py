@@ -36,7 +36,7 @@ diffusion model. A VP schedule starts at a :math:`t_{\\min} > 0` and stops short
   :math:`1/\\alpha_1` (about 119 for the book's cosine schedule): in our runs with the
   ``"digits_unet"`` teacher of the Simple ReFlow chapter (1,000 draws), that start raised the
   Fréchet distance of the ODE's digits to the real ones (in the digit judge's features) from
-  10.3 to 11.4.
+  10.4 to 11.4.
 
 Taught in: book/diffusion/05_simple_reflow.ipynb
 """
