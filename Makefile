@@ -89,9 +89,11 @@ robust: install
 	done
 
 # Retrain every shipped artifact (otdiff.zoo.SHIPPED) from its seed with the project's own code
-# and write lib/otdiff/zoo_weights/; `ZOO=digits` ships one. A test fails until this is rerun
-# after a recipe changes. On 2 CPU cores: ring8 about 15 s and digits about 95 s when the machine
-# is idle; on a GPU the same command runs there (JAX picks the accelerator).
+# and write lib/otdiff/zoo_weights/; `ZOO=digits_unet` ships one. A test fails until this is
+# rerun after a recipe changes. Measured on 2 CPU cores shared with other jobs: 37 min in all, of
+# which the digits U-Net 12 min (7 min on idle cores) and the ReFlow digits students 6 min (their
+# pairs 5); 13 more minutes went to training the U-Net a second time, which a run no longer does.
+# The other artifacts take 8 to 62 s each. On a GPU the same command runs there (not measured).
 zoo: install
 	$(BIN)/python -m otdiff.zoo $(ZOO)
 	$(BIN)/python -m otdiff.zoo --check
