@@ -795,6 +795,16 @@ def _learn_chapter_costs(seed: int, settings: dict) -> dict:
     return {"factor": learned.factor, "loss": info["loss"]}
 
 
+def _fitting_code(learners: list, costs: list) -> list:
+    # what a chapter's learned costs are fingerprinted on: their learners, the fitting and map
+    # code they run, and their cost classes (the order is part of the fingerprint)
+    fitting = [
+        fit_cost_core, fit_cost_step, fit_cost_init, pair_loss, _refine, monge_map_core,
+        inverse_monge_map_core, potential_gradient,
+    ]  # fmt: skip
+    return [*learners, *fitting, *costs, ti_costs.grad_h_legendre, sinkhorn._sinkhorn]
+
+
 def _cached_per_seed(name, seeds, settings, code, learn, like, verbose) -> list:
     """``learn(seed, settings)`` for each seed, through the artifact cache ``name`` (shipped or
     user cache, keyed by the settings and the code's fingerprint): the trees, in seed order."""
@@ -831,20 +841,7 @@ def chapter_costs(*, scale: str | None = None, verbose: bool = True) -> ChapterC
         "factor": jax.ShapeDtypeStruct((len(counts), 2, 2), jnp.float32),
         "loss": jax.ShapeDtypeStruct((len(counts), n_steps), jnp.float32),
     }
-    code = [
-        _learn_chapter_costs,
-        fit_cost_core,
-        fit_cost_step,
-        fit_cost_init,
-        pair_loss,
-        _refine,
-        monge_map_core,
-        inverse_monge_map_core,
-        potential_gradient,
-        ti_costs.Mahalanobis,
-        ti_costs.grad_h_legendre,
-        sinkhorn._sinkhorn,
-    ]
+    code = _fitting_code([_learn_chapter_costs], [ti_costs.Mahalanobis])
     trees = _cached_per_seed(
         "monge_mahalanobis", seeds, settings, code, _learn_chapter_costs, like, verbose
     )
@@ -978,24 +975,8 @@ def chapter_neural_costs(*, scale: str | None = None, verbose: bool = True) -> C
         "factor": jax.ShapeDtypeStruct((2, 2), jnp.float32),
         "loss": jax.ShapeDtypeStruct((settings["n_steps"],), jnp.float32),
     }
-    code = [
-        _learn_neural_costs,
-        _neural_start,
-        fit_cost_core,
-        fit_cost_step,
-        fit_cost_init,
-        pair_loss,
-        _refine,
-        monge_map_core,
-        inverse_monge_map_core,
-        potential_gradient,
-        ti_costs.Mahalanobis,
-        ti_costs.NeuralCost,
-        ti_costs.ICNN,
-        ti_costs._neural_h,
-        ti_costs.grad_h_legendre,
-        sinkhorn._sinkhorn,
-    ]
+    costs = [ti_costs.Mahalanobis, ti_costs.NeuralCost, ti_costs.ICNN, ti_costs._neural_h]
+    code = _fitting_code([_learn_neural_costs, _neural_start], costs)
     trees = _cached_per_seed(
         "monge_neural", seeds, settings, code, _learn_neural_costs, like, verbose
     )
